@@ -1,0 +1,117 @@
+"""``MPLConfig``: every setting of one MPL step, validated on construction.
+
+The semantics of each field are fixed by ``shared/docs/mpl-algorithm.md``; the defaults are
+the CIFAR-10-4K recipe's step settings with the paper-correct choices (hard labels from the
+strong view, h = L_old - L_new, no baseline).
+"""
+from __future__ import annotations
+
+import math
+from dataclasses import asdict, dataclass, fields
+from typing import Any
+
+META_SIGNALS = ("loss_diff", "grad_dot", "none")
+PSEUDO_LABELS = ("hard", "sample", "soft")
+PSEUDO_LABEL_VIEWS = ("strong", "weak")
+PRECISIONS = ("auto", "fp32", "bf16", "fp16")
+
+
+def _real(name: str, value: Any) -> float:
+    # bool is an int subclass; True as a temperature is almost surely a mistake.
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or math.isnan(value):
+        raise ValueError(f"MPLConfig.{name} must be a real number, got {value!r}")
+    return float(value)
+
+
+def _choice(name: str, value: Any, allowed: tuple) -> None:
+    if value not in allowed:
+        raise ValueError(f"MPLConfig.{name} must be one of {allowed}, got {value!r}")
+
+
+@dataclass
+class MPLConfig:
+    """Settings of one MPL step (see the spec for each step's meaning).
+
+    Fields and allowed ranges:
+      temperature       tau > 0: UDA sharpening temperature of the weak-view teacher probabilities.
+      threshold         [0, 1]: UDA confidence mask threshold on max_c q.
+      lambda_u          >= 0: UDA loss weight (ramped by min(1, (t+1)/uda_steps)).
+      uda_steps         int >= 1: length of the UDA weight ramp.
+      label_smoothing   [0, 1): eps of CE_eps for L_sup and the student loss.
+      meta_signal       "loss_diff" | "grad_dot" | "none".
+      meta_sign         +1 | -1: multiplies h (-1 reproduces L_new - L_old of the public code).
+      meta_baseline_decay [0, 1): moving-baseline decay d (0 = no baseline).
+      pseudo_label      "hard" | "sample" | "soft".
+      pseudo_label_view "strong" | "weak" (weak: the student's hard label comes from z_uw).
+      grad_clip         None or > 0: max total grad norm for each model.
+      precision         "auto" | "fp32" | "bf16" | "fp16".
+    """
+
+    temperature: float = 0.7
+    threshold: float = 0.6
+    lambda_u: float = 8.0
+    uda_steps: int = 5000
+    label_smoothing: float = 0.15
+    meta_signal: str = "loss_diff"
+    meta_sign: int = 1
+    meta_baseline_decay: float = 0.0
+    pseudo_label: str = "hard"
+    pseudo_label_view: str = "strong"
+    grad_clip: float | None = None
+    precision: str = "auto"
+
+    def __post_init__(self) -> None:
+        t = _real("temperature", self.temperature)
+        if not (t > 0 and math.isfinite(t)):
+            raise ValueError(f"MPLConfig.temperature must be in (0, inf), got {self.temperature!r}")
+        th = _real("threshold", self.threshold)
+        if not 0.0 <= th <= 1.0:
+            raise ValueError(f"MPLConfig.threshold must be in [0, 1], got {self.threshold!r}")
+        lu = _real("lambda_u", self.lambda_u)
+        if not (lu >= 0 and math.isfinite(lu)):
+            raise ValueError(f"MPLConfig.lambda_u must be in [0, inf), got {self.lambda_u!r}")
+        if isinstance(self.uda_steps, bool) or not isinstance(self.uda_steps, int) or self.uda_steps < 1:
+            raise ValueError(f"MPLConfig.uda_steps must be an integer >= 1, got {self.uda_steps!r}")
+        ls = _real("label_smoothing", self.label_smoothing)
+        if not 0.0 <= ls < 1.0:
+            raise ValueError(
+                f"MPLConfig.label_smoothing must be in [0, 1), got {self.label_smoothing!r}"
+            )
+        _choice("meta_signal", self.meta_signal, META_SIGNALS)
+        if isinstance(self.meta_sign, bool) or self.meta_sign not in (1, -1):
+            raise ValueError(f"MPLConfig.meta_sign must be 1 or -1, got {self.meta_sign!r}")
+        self.meta_sign = int(self.meta_sign)
+        d = _real("meta_baseline_decay", self.meta_baseline_decay)
+        if not 0.0 <= d < 1.0:
+            raise ValueError(
+                f"MPLConfig.meta_baseline_decay must be in [0, 1), got {self.meta_baseline_decay!r}"
+            )
+        _choice("pseudo_label", self.pseudo_label, PSEUDO_LABELS)
+        _choice("pseudo_label_view", self.pseudo_label_view, PSEUDO_LABEL_VIEWS)
+        if self.pseudo_label == "soft" and self.pseudo_label_view == "weak":
+            # "weak" only changes the student's *hard* label; with soft targets it would mean
+            # nothing, so asking for it is a mistake rather than a no-op.
+            raise ValueError(
+                "MPLConfig.pseudo_label_view='weak' only applies to hard/sampled labels; "
+                "use pseudo_label_view='strong' with pseudo_label='soft'"
+            )
+        if self.grad_clip is not None:
+            g = _real("grad_clip", self.grad_clip)
+            if not (g > 0 and math.isfinite(g)):
+                raise ValueError(
+                    f"MPLConfig.grad_clip must be None or in (0, inf), got {self.grad_clip!r}"
+                )
+        _choice("precision", self.precision, PRECISIONS)
+
+    def to_dict(self) -> dict[str, Any]:
+        """Plain dict of all fields (for checkpoints and config files)."""
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> "MPLConfig":
+        """Inverse of ``to_dict``; unknown keys raise ValueError naming them."""
+        known = {f.name for f in fields(cls)}
+        unknown = sorted(set(d) - known)
+        if unknown:
+            raise ValueError(f"MPLConfig: unknown field(s) {unknown}; known: {sorted(known)}")
+        return cls(**d)
