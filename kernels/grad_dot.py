@@ -1,0 +1,150 @@
+"""Triton multi-tensor dot products: sum_i <x_i, y_i> and sum_i <g_i, new_i - old_i>.
+
+Exposes ``grad_dot`` and ``grad_dot_delta`` with the primitive signatures of docs/DESIGN.md.
+
+In the style of apex's ``multi_tensor_apply``: the tensor lists are cut into chunks of at most
+``_CHUNK`` elements and described by a table (one int64 row per chunk: the chunk's start address
+in each list, and its element count). One launch per dtype group (and per ``_TABLE_CAPACITY``
+chunks, so a table never grows without bound) runs one program per chunk; each program writes
+one fp32 partial. The partials are summed in fp64 by torch in table order, so the result is
+deterministic (no atomics) and independent of scheduling.
+
+The table holds raw addresses, so it is cached by (addresses, sizes): the same parameter and
+gradient buffers every step reuse one device-side table and skip the host-to-device copy.
+"""
+from __future__ import annotations
+
+from collections import OrderedDict
+from typing import Sequence
+
+import torch
+import triton
+import triton.language as tl
+
+__all__ = ["grad_dot", "grad_dot_delta"]
+
+_CHUNK = 65536  # elements per table row (one program)
+_BLOCK = 1024  # elements per inner-loop step
+_TABLE_CAPACITY = 4096  # chunks per launch
+_KIND = {torch.float32: 0, torch.float16: 1, torch.bfloat16: 2}
+_TABLE_CACHE: "OrderedDict[tuple, torch.Tensor]" = OrderedDict()
+_TABLE_CACHE_SIZE = 16
+
+
+@triton.jit
+def _as_ptr(addr, KIND: tl.constexpr):
+    if KIND == 0:
+        p = addr.to(tl.pointer_type(tl.float32))
+    elif KIND == 1:
+        p = addr.to(tl.pointer_type(tl.float16))
+    else:
+        p = addr.to(tl.pointer_type(tl.bfloat16))
+    return p
+
+
+@triton.jit
+def _multi_dot_kernel(
+    table_ptr,  # int64 [n_chunks, NCOL]: addresses of the chunk in each list, then numel
+    partial_ptr,  # fp32 [n_chunks]
+    NCOL: tl.constexpr, DELTA: tl.constexpr,
+    KA: tl.constexpr, KB: tl.constexpr, KC: tl.constexpr,
+    BLOCK: tl.constexpr,
+):
+    pid = tl.program_id(0)
+    row = table_ptr + pid.to(tl.int64) * NCOL
+    a = _as_ptr(tl.load(row), KA)
+    b = _as_ptr(tl.load(row + 1), KB)
+    if DELTA:
+        c = _as_ptr(tl.load(row + 2), KC)
+    numel = tl.load(row + NCOL - 1).to(tl.int32)
+    offs = tl.arange(0, BLOCK)
+    acc = tl.zeros([BLOCK], dtype=tl.float32)
+    for start in range(0, numel, BLOCK):  # numel <= _CHUNK; tiny tensors loop once
+        o = start + offs
+        msk = o < numel
+        va = tl.load(a + o, mask=msk, other=0.0).to(tl.float32)
+        vb = tl.load(b + o, mask=msk, other=0.0).to(tl.float32)
+        if DELTA:
+            vc = tl.load(c + o, mask=msk, other=0.0).to(tl.float32)
+            acc += va * (vb - vc)
+        else:
+            acc += va * vb
+    tl.store(partial_ptr + pid, tl.sum(acc, axis=0))
+
+
+def _table(tensors: list[tuple[torch.Tensor, ...]], device: torch.device) -> torch.Tensor:
+    """Device int64 table [n_chunks, k + 1] for same-shaped flat tensors (cached by address)."""
+    # Everything the table holds is derived from (address, element size, numel): equal keys give
+    # equal tables even if the memory now belongs to other tensors.
+    key = (device, _CHUNK, tuple((tuple((t.data_ptr(), t.element_size()) for t in group), group[0].numel())
+                                 for group in tensors))
+    hit = _TABLE_CACHE.get(key)
+    if hit is not None:
+        _TABLE_CACHE.move_to_end(key)
+        return hit
+    rows: list[list[int]] = []
+    for group in tensors:
+        numel = group[0].numel()
+        sizes = [t.element_size() for t in group]
+        ptrs = [t.data_ptr() for t in group]
+        for off in range(0, numel, _CHUNK):
+            rows.append([p + off * s for p, s in zip(ptrs, sizes)] + [min(_CHUNK, numel - off)])
+    table = torch.tensor(rows, dtype=torch.int64)
+    if device.type == "cuda":
+        table = table.pin_memory().to(device, non_blocking=True)
+    _TABLE_CACHE[key] = table
+    if len(_TABLE_CACHE) > _TABLE_CACHE_SIZE:
+        _TABLE_CACHE.popitem(last=False)
+    return table
+
+
+def _run(lists: Sequence[Sequence[torch.Tensor]], delta: bool, name: str) -> torch.Tensor:
+    n = len(lists[0])
+    if any(len(lst) != n for lst in lists):
+        raise ValueError(f"triton {name}: list-length mismatch {[len(lst) for lst in lists]}")
+    device = lists[0][0].device if n else torch.device("cpu")
+    # Group by dtype combination: the table rows of one launch share element types.
+    groups: dict[tuple[torch.dtype, ...], list[tuple[torch.Tensor, ...]]] = {}
+    keep_alive = []  # contiguous copies must outlive the launches that read them
+    for i in range(n):
+        ts = tuple(lst[i] for lst in lists)
+        if ts[0].numel() == 0:
+            continue
+        for t in ts:
+            if t.dtype not in _KIND:
+                raise TypeError(f"triton {name}: unsupported dtype {t.dtype} (fp32, fp16, bf16)")
+            if t.shape != ts[0].shape:
+                raise ValueError(f"triton {name}: shape mismatch at index {i}: {[tuple(x.shape) for x in ts]}")
+            if t.device != device:
+                raise ValueError(f"triton {name}: mixed devices {device} and {t.device}")
+        ts = tuple(t if t.is_contiguous() else t.contiguous() for t in ts)
+        keep_alive.append(ts)
+        groups.setdefault(tuple(t.dtype for t in ts), []).append(ts)
+    partials: list[torch.Tensor] = []
+    for dtypes, group in groups.items():  # insertion order: deterministic
+        table = _table(group, device)
+        kinds = [_KIND[d] for d in dtypes] + [0]
+        for lo in range(0, table.shape[0], _TABLE_CAPACITY):
+            sub = table[lo:lo + _TABLE_CAPACITY]
+            part = torch.empty(sub.shape[0], dtype=torch.float32, device=device)
+            _multi_dot_kernel[(sub.shape[0],)](
+                sub, part, NCOL=sub.shape[1], DELTA=delta,
+                KA=kinds[0], KB=kinds[1], KC=kinds[2], BLOCK=_BLOCK, num_warps=4,
+            )
+            partials.append(part)
+    if not partials:
+        return torch.zeros((), dtype=torch.float32, device=device)
+    out = torch.cat(partials).to(torch.float64).sum().to(torch.float32)
+    del keep_alive
+    return out
+
+
+def grad_dot(xs: Sequence[torch.Tensor], ys: Sequence[torch.Tensor]) -> torch.Tensor:
+    """sum_i <x_i, y_i>: 0-dim fp32; x_i, y_i same shape (empty allowed), fp32/fp16/bf16."""
+    return _run([xs, ys], delta=False, name="grad_dot")
+
+
+def grad_dot_delta(grads: Sequence[torch.Tensor], new: Sequence[torch.Tensor],
+                   old: Sequence[torch.Tensor]) -> torch.Tensor:
+    """sum_i <g_i, new_i - old_i> without materialising the difference: 0-dim fp32."""
+    return _run([grads, new, old], delta=True, name="grad_dot_delta")

@@ -1,0 +1,201 @@
+"""Triton fused (soft-target, label-smoothed) cross-entropy: loss and gradient in one launch.
+
+Exposes ``soft_ce_forward`` with the primitive signature of docs/DESIGN.md. Layout: each program
+owns ``ROWS`` rows (many for small C, one for large C) and walks the classes in chunks of
+``BLOCK_C``:
+
+* pass 1: online max / sum-of-exp (fp32), plus the target sums needed for the loss, so a row of
+  any width (C = 32000) needs no huge block;
+* pass 2 (only when a gradient is requested): re-reads the logits once and writes the gradient.
+
+When the whole row fits in one chunk (``SINGLE``) the row stays in registers and the logits are
+read exactly once. Masked lanes are filled with a large finite negative rather than -inf, so no
+inf - inf = NaN appears in padding.
+
+Loss accuracy: logits are shifted by the row's first element ``r`` before they are summed, so the
+loss is computed as ``(lse - r) - sum t'(z - r)`` without the catastrophic cancellation of
+``lse - sum t' z`` for large logits.
+"""
+from __future__ import annotations
+
+import torch
+import triton
+import triton.language as tl
+
+from mplfast.ops.reference import check_index_target
+
+__all__ = ["soft_ce_forward"]
+
+_NEG = -1.0e30  # "minus infinity" for padding: exp(_NEG - m) == 0 without inf arithmetic
+_MAX_SINGLE = 8192  # widest row kept entirely in registers (one read of the logits)
+_CHUNK = 4096  # chunk width for wider rows (two reads of the logits)
+_SUPPORTED = (torch.float32, torch.float16, torch.bfloat16)
+
+
+@triton.jit
+def _soft_ce_kernel(
+    z_ptr, z_stride,  # logits [N, C], unit column stride
+    t_ptr, t_stride,  # int64 [N] (stride unused) or float [N, C] targets
+    loss_ptr,  # fp32 [N]
+    g_ptr, g_stride,  # gradient [N, C] in the logits' dtype
+    N, C, eps, grad_scale,
+    SOFT: tl.constexpr, GRAD: tl.constexpr, SINGLE: tl.constexpr,
+    ROWS: tl.constexpr, BLOCK_C: tl.constexpr,
+):
+    pid = tl.program_id(0)
+    rows = pid * ROWS + tl.arange(0, ROWS)
+    rmask = rows < N
+    rows64 = rows.to(tl.int64)  # N * C can exceed 2**31
+    cols = tl.arange(0, BLOCK_C)
+    z_row = z_ptr + rows64 * z_stride
+    eps_c = eps / C
+
+    # Reference value per row (its first logit): all sums are taken of z - r.
+    r = tl.load(z_row, mask=rmask, other=0.0).to(tl.float32)
+    if not SOFT:
+        y = tl.load(t_ptr + rows64, mask=rmask, other=0)
+        valid = (y >= 0) & (y < C)
+        # Invalid labels never address memory: the gather reads column 0 instead, masked off.
+        y_safe = tl.where(valid, y, 0)
+        zy = tl.load(z_row + y_safe, mask=rmask & valid, other=0.0).to(tl.float32)
+
+    if SINGLE:
+        msk = rmask[:, None] & (cols < C)[None, :]
+        x = tl.load(z_row[:, None] + cols[None, :], mask=msk, other=0.0).to(tl.float32)
+        x = tl.where(msk, x, _NEG)
+        m = tl.max(x, axis=1)
+        e = tl.exp(x - m[:, None])
+        s = tl.sum(e, axis=1)
+        s = tl.where(rmask, s, 1.0)  # padding rows: avoid log(0)
+        d = tl.where(msk, x - r[:, None], 0.0)
+        B = tl.sum(d, axis=1)
+        if SOFT:
+            t = tl.load(t_ptr + rows64[:, None] * t_stride + cols[None, :], mask=msk, other=0.0).to(tl.float32)
+            T = tl.sum(t, axis=1)
+            A = tl.sum(t * d, axis=1)
+    else:
+        m = r
+        s = tl.zeros([ROWS], dtype=tl.float32)
+        B = tl.zeros([ROWS], dtype=tl.float32)
+        T = tl.zeros([ROWS], dtype=tl.float32)
+        A = tl.zeros([ROWS], dtype=tl.float32)
+        for start in range(0, C, BLOCK_C):
+            c = start + cols
+            msk = rmask[:, None] & (c < C)[None, :]
+            x = tl.load(z_row[:, None] + c[None, :], mask=msk, other=0.0).to(tl.float32)
+            x = tl.where(msk, x, _NEG)
+            m_new = tl.maximum(m, tl.max(x, axis=1))
+            s = s * tl.exp(m - m_new) + tl.sum(tl.exp(x - m_new[:, None]), axis=1)
+            m = m_new
+            d = tl.where(msk, x - r[:, None], 0.0)
+            B += tl.sum(d, axis=1)
+            if SOFT:
+                t = tl.load(t_ptr + rows64[:, None] * t_stride + c[None, :], mask=msk, other=0.0).to(tl.float32)
+                T += tl.sum(t, axis=1)
+                A += tl.sum(t * d, axis=1)
+        s = tl.where(rmask, s, 1.0)
+
+    log_s = tl.log(s)
+    lse_r = (m - r) + log_s  # logsumexp(z) - r
+    if SOFT:
+        # t' = (1 - eps) t + eps / C:  sum t' = (1-eps) T + eps,  sum t'(z - r) = (1-eps) A + eps/C B
+        Tp = (1.0 - eps) * T + eps
+        loss = Tp * lse_r - ((1.0 - eps) * A + eps_c * B)
+    else:
+        loss = lse_r - (1.0 - eps) * (zy - r) - eps_c * B
+        loss = tl.where(valid, loss, float("nan"))
+    tl.store(loss_ptr + rows64, loss, mask=rmask)
+
+    if GRAD:
+        g_row = g_ptr + rows64 * g_stride
+        if SINGLE:
+            p = e / s[:, None]
+            if SOFT:
+                g = Tp[:, None] * p - ((1.0 - eps) * t + eps_c)
+            else:
+                hit = cols[None, :] == y_safe[:, None]
+                g = p - eps_c - tl.where(hit, 1.0 - eps, 0.0)
+                g = tl.where(valid[:, None], g, float("nan"))
+            g = g * grad_scale
+            tl.store(g_row[:, None] + cols[None, :], g.to(g_ptr.dtype.element_ty), mask=msk)
+        else:
+            for start in range(0, C, BLOCK_C):
+                c = start + cols
+                msk = rmask[:, None] & (c < C)[None, :]
+                x = tl.load(z_row[:, None] + c[None, :], mask=msk, other=0.0).to(tl.float32)
+                x = tl.where(msk, x, _NEG)
+                # (x - m) first: exact for x near the max, then the (small) log-sum.
+                p = tl.exp((x - m[:, None]) - log_s[:, None])
+                if SOFT:
+                    t = tl.load(t_ptr + rows64[:, None] * t_stride + c[None, :], mask=msk, other=0.0).to(tl.float32)
+                    g = Tp[:, None] * p - ((1.0 - eps) * t + eps_c)
+                else:
+                    hit = c[None, :] == y_safe[:, None]
+                    g = p - eps_c - tl.where(hit, 1.0 - eps, 0.0)
+                    g = tl.where(valid[:, None], g, float("nan"))
+                g = g * grad_scale
+                tl.store(g_row[:, None] + c[None, :], g.to(g_ptr.dtype.element_ty), mask=msk)
+
+
+def _config(n: int, c: int, soft: bool) -> tuple[bool, int, int, int]:
+    """(SINGLE, ROWS, BLOCK_C, num_warps) for an [n, c] problem."""
+    width = triton.next_power_of_2(c)
+    max_single = _MAX_SINGLE // 2 if soft else _MAX_SINGLE  # soft targets double the registers
+    single = width <= max_single
+    block_c = width if single else _CHUNK
+    # Pack rows for narrow C so one program still moves ~4K elements.
+    rows = max(1, min(128, 4096 // block_c, triton.next_power_of_2(max(n, 1))))
+    elems = rows * block_c
+    num_warps = 4 if elems <= 1024 else (8 if elems <= 4096 else 16)
+    return single, rows, block_c, num_warps
+
+
+def _launch(logits: torch.Tensor, target: torch.Tensor, label_smoothing: float,
+            grad_scale: float | None, check_labels: bool = True) -> tuple[torch.Tensor, torch.Tensor | None]:
+    if logits.dtype not in _SUPPORTED:
+        raise TypeError(f"triton soft_ce_forward: unsupported logits dtype {logits.dtype} (fp32, fp16, bf16)")
+    if logits.dim() != 2:
+        raise ValueError(f"triton soft_ce_forward: logits must be [N, C], got {tuple(logits.shape)}")
+    n, c = logits.shape
+    if logits.stride(1) != 1:
+        logits = logits.contiguous()
+    soft = target.dtype != torch.int64
+    if soft:
+        if target.stride(1) != 1:
+            target = target.contiguous()
+        t_stride = target.stride(0)
+    else:
+        t_stride = 1
+        if check_labels:
+            check_index_target(target, c)  # CPU: ValueError; CUDA: only under MPLFAST_DEBUG=1
+        if target.stride(0) != 1:
+            target = target.contiguous()
+    loss = torch.empty(n, dtype=torch.float32, device=logits.device)
+    grad = torch.empty((n, c), dtype=logits.dtype, device=logits.device) if grad_scale is not None else None
+    if n == 0:
+        return loss, grad
+    single, rows, block_c, num_warps = _config(n, c, soft)
+    g_arg = grad if grad is not None else loss  # dummy pointer when no gradient is written
+    _soft_ce_kernel[(triton.cdiv(n, rows),)](
+        logits, logits.stride(0), target, t_stride, loss,
+        g_arg, grad.stride(0) if grad is not None else 0,
+        n, c, float(label_smoothing), float(grad_scale if grad_scale is not None else 1.0),
+        SOFT=soft, GRAD=grad is not None, SINGLE=single, ROWS=rows, BLOCK_C=block_c,
+        num_warps=num_warps,
+    )
+    return loss, grad
+
+
+def soft_ce_forward(
+    logits: torch.Tensor,
+    target: torch.Tensor,
+    label_smoothing: float,
+    grad_scale: float | None,
+) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """Primitive of docs/DESIGN.md: per-row loss fp32 [N] and grad_scale * dloss/dlogits [N, C].
+
+    logits: [N, C] fp32 | fp16 | bf16; target: int64 [N] or float [N, C]. Invalid class indices:
+    ValueError on CPU; on CUDA the row's loss and gradient are NaN (no out-of-bounds read) unless
+    MPLFAST_DEBUG=1, which checks them on the host first.
+    """
+    return _launch(logits, target, label_smoothing, grad_scale)

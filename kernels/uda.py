@@ -1,0 +1,162 @@
+"""Triton fused UDA consistency loss: sharpened teacher probabilities, confidence mask,
+cross-entropy against the strong logits and its gradient, in one launch.
+
+Exposes ``uda_forward`` with the primitive signature of docs/DESIGN.md. Per row (``ROWS`` rows a
+program, classes in chunks of ``BLOCK_C``):
+
+* pass 1 keeps two online softmax states, for w = weak / tau and for the strong logits s, and
+  A = sum_c exp(w_c - m_w) (s_c - r), rescaled whenever m_w grows. Then
+  max q = 1 / sum_w (the max entry is exp(0) / sum), and
+  CE = -sum q log_softmax(s) = (lse_s - r) - A / sum_w   (sum q = 1; r = s_0 avoids cancellation);
+* pass 2 (gradient requested) re-reads both rows and writes m * scale * (softmax(s) - q). Rows the
+  mask drops read nothing and get zeros.
+
+When a row fits in one chunk (``SINGLE``) both rows stay in registers and are read once.
+"""
+from __future__ import annotations
+
+import torch
+import triton
+import triton.language as tl
+
+__all__ = ["uda_forward"]
+
+_NEG = -1.0e30  # finite "minus infinity" for padding
+_MAX_SINGLE = 4096  # two rows in registers
+_CHUNK = 4096
+_SUPPORTED = (torch.float32, torch.float16, torch.bfloat16)
+
+
+@triton.jit
+def _uda_kernel(
+    w_ptr, w_stride,  # weak logits [N, C]
+    s_ptr, s_stride,  # strong logits [N, C]
+    loss_ptr, mask_ptr,  # fp32 [N] each
+    g_ptr, g_stride,  # gradient [N, C], strong dtype
+    N, C, inv_tau, threshold, grad_scale,
+    GRAD: tl.constexpr, SINGLE: tl.constexpr, ROWS: tl.constexpr, BLOCK_C: tl.constexpr,
+):
+    pid = tl.program_id(0)
+    rows = pid * ROWS + tl.arange(0, ROWS)
+    rmask = rows < N
+    rows64 = rows.to(tl.int64)
+    cols = tl.arange(0, BLOCK_C)
+    w_row = w_ptr + rows64 * w_stride
+    s_row = s_ptr + rows64 * s_stride
+
+    r = tl.load(s_row, mask=rmask, other=0.0).to(tl.float32)
+    if SINGLE:
+        msk = rmask[:, None] & (cols < C)[None, :]
+        w = tl.load(w_row[:, None] + cols[None, :], mask=msk, other=0.0).to(tl.float32) * inv_tau
+        w = tl.where(msk, w, _NEG)
+        x = tl.load(s_row[:, None] + cols[None, :], mask=msk, other=0.0).to(tl.float32)
+        x = tl.where(msk, x, _NEG)
+        mw = tl.max(w, axis=1)
+        ew = tl.exp(w - mw[:, None])
+        sw = tl.sum(ew, axis=1)
+        ms = tl.max(x, axis=1)
+        es = tl.exp(x - ms[:, None])
+        ss = tl.sum(es, axis=1)
+        A = tl.sum(ew * tl.where(msk, x - r[:, None], 0.0), axis=1)
+    else:
+        mw = tl.full([ROWS], _NEG, dtype=tl.float32)
+        sw = tl.zeros([ROWS], dtype=tl.float32)
+        ms = r
+        ss = tl.zeros([ROWS], dtype=tl.float32)
+        A = tl.zeros([ROWS], dtype=tl.float32)
+        for start in range(0, C, BLOCK_C):
+            c = start + cols
+            msk = rmask[:, None] & (c < C)[None, :]
+            w = tl.load(w_row[:, None] + c[None, :], mask=msk, other=0.0).to(tl.float32) * inv_tau
+            w = tl.where(msk, w, _NEG)
+            x = tl.load(s_row[:, None] + c[None, :], mask=msk, other=0.0).to(tl.float32)
+            x = tl.where(msk, x, _NEG)
+            mw_new = tl.maximum(mw, tl.max(w, axis=1))
+            alpha = tl.exp(mw - mw_new)
+            ew = tl.exp(w - mw_new[:, None])
+            sw = sw * alpha + tl.sum(ew, axis=1)
+            A = A * alpha + tl.sum(ew * tl.where(msk, x - r[:, None], 0.0), axis=1)
+            mw = mw_new
+            ms_new = tl.maximum(ms, tl.max(x, axis=1))
+            ss = ss * tl.exp(ms - ms_new) + tl.sum(tl.exp(x - ms_new[:, None]), axis=1)
+            ms = ms_new
+    sw = tl.where(rmask, sw, 1.0)  # padding rows: no division by zero / log(0)
+    ss = tl.where(rmask, ss, 1.0)
+
+    keep = (1.0 / sw) >= threshold  # max_c q = exp(0) / sum_w
+    log_ss = tl.log(ss)
+    ce = (ms - r) + log_ss - A / sw
+    tl.store(loss_ptr + rows64, tl.where(keep, ce, 0.0), mask=rmask)
+    tl.store(mask_ptr + rows64, tl.where(keep, 1.0, 0.0), mask=rmask)
+
+    if GRAD:
+        g_row = g_ptr + rows64 * g_stride
+        scale = tl.where(keep, grad_scale, 0.0)
+        if SINGLE:
+            g = (es / ss[:, None] - ew / sw[:, None]) * scale[:, None]
+            tl.store(g_row[:, None] + cols[None, :], g.to(g_ptr.dtype.element_ty), mask=msk)
+        else:
+            log_sw = tl.log(sw)
+            for start in range(0, C, BLOCK_C):
+                c = start + cols
+                msk = rmask[:, None] & (c < C)[None, :]
+                lmsk = msk & keep[:, None]  # dropped rows: read nothing, write zeros
+                w = tl.load(w_row[:, None] + c[None, :], mask=lmsk, other=0.0).to(tl.float32) * inv_tau
+                x = tl.load(s_row[:, None] + c[None, :], mask=lmsk, other=0.0).to(tl.float32)
+                p = tl.exp((x - ms[:, None]) - log_ss[:, None])
+                q = tl.exp((w - mw[:, None]) - log_sw[:, None])
+                g = (p - q) * scale[:, None]
+                tl.store(g_row[:, None] + c[None, :], g.to(g_ptr.dtype.element_ty), mask=msk)
+
+
+def _config(n: int, c: int) -> tuple[bool, int, int, int]:
+    """(SINGLE, ROWS, BLOCK_C, num_warps) for an [n, c] problem."""
+    width = triton.next_power_of_2(c)
+    single = width <= _MAX_SINGLE
+    block_c = width if single else _CHUNK
+    rows = max(1, min(128, 4096 // block_c, triton.next_power_of_2(max(n, 1))))
+    elems = rows * block_c
+    num_warps = 4 if elems <= 1024 else (8 if elems <= 4096 else 16)
+    return single, rows, block_c, num_warps
+
+
+def uda_forward(
+    logits_weak: torch.Tensor,
+    logits_strong: torch.Tensor,
+    temperature: float,
+    threshold: float,
+    grad_scale: float | None,
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]:
+    """Primitive of docs/DESIGN.md: (loss fp32 [N], mask fp32 [N], grad [N, C] strong dtype | None).
+
+    logits_weak, logits_strong: [N, C], same shape and dtype (fp32 | fp16 | bf16); math in fp32.
+    """
+    if logits_strong.dtype not in _SUPPORTED or logits_weak.dtype != logits_strong.dtype:
+        raise TypeError(
+            f"triton uda_forward: logits must share one dtype of fp32/fp16/bf16, got "
+            f"{logits_weak.dtype} and {logits_strong.dtype}"
+        )
+    if logits_weak.shape != logits_strong.shape or logits_strong.dim() != 2:
+        raise ValueError(
+            f"triton uda_forward: expected two [N, C] tensors of one shape, got "
+            f"{tuple(logits_weak.shape)} and {tuple(logits_strong.shape)}"
+        )
+    weak = logits_weak if logits_weak.stride(1) == 1 else logits_weak.contiguous()
+    strong = logits_strong if logits_strong.stride(1) == 1 else logits_strong.contiguous()
+    n, c = strong.shape
+    dev = strong.device
+    loss = torch.empty(n, dtype=torch.float32, device=dev)
+    mask = torch.empty(n, dtype=torch.float32, device=dev)
+    grad = torch.empty((n, c), dtype=strong.dtype, device=dev) if grad_scale is not None else None
+    if n == 0:
+        return loss, mask, grad
+    single, rows, block_c, num_warps = _config(n, c)
+    g_arg = grad if grad is not None else loss  # dummy pointer when no gradient is written
+    _uda_kernel[(triton.cdiv(n, rows),)](
+        weak, weak.stride(0), strong, strong.stride(0), loss, mask,
+        g_arg, grad.stride(0) if grad is not None else 0,
+        n, c, 1.0 / float(temperature), float(threshold),
+        float(grad_scale if grad_scale is not None else 1.0),
+        GRAD=grad is not None, SINGLE=single, ROWS=rows, BLOCK_C=block_c, num_warps=num_warps,
+    )
+    return loss, mask, grad
