@@ -1,0 +1,168 @@
+// CPU soft-target / label-smoothed cross-entropy with the gradient computed in the forward pass.
+//
+// Per row, in L1/L2-resident scratch: (1) max, (2) one loop that stores e_c = exp(z_c - m) and
+// accumulates every sum the loss and gradient need, (3) the gradient write. The exp loop is
+// vectorized by gcc through glibc's libmvec (needs -O3 -ffast-math and `omp simd`), which is
+// what makes this faster than torch's eager log_softmax + backward; see
+// ../shared/docs/performance-notes.md.
+//
+// The loss is computed as sum(t') * log(S) - sum_c t'_c (z_c - m), i.e. from the *shifted*
+// logits, like torch's log_softmax, so huge logits (|z| ~ 1e4) lose no precision.
+#include <cmath>
+#include <limits>
+#include <stdexcept>
+#include <vector>
+
+#include "common.h"
+#include "cpu/parallel.h"
+#include "kernels.h"
+
+namespace mplfast {
+namespace {
+
+inline float exp_c(float x) { return expf(x); }
+inline double exp_c(double x) { return std::exp(x); }
+inline float log_c(float x) { return logf(x); }
+inline double log_c(double x) { return std::log(x); }
+
+template <typename A> A nan_value() {
+  // Built from bits: under -ffast-math std::numeric_limits<>::quiet_NaN() may be folded oddly.
+  if constexpr (sizeof(A) == 4) return bits_to_float(0x7fc00000u);
+  else { uint64_t u = 0x7ff8000000000000ull; double d; std::memcpy(&d, &u, 8); return d; }
+}
+
+// Row source in the compute type A: the row itself when T == A, else a converted scratch copy.
+template <typename T, typename A>
+inline const A* load_row(const T* src, int64_t C, A* scratch) {
+  if constexpr (std::is_same_v<T, A>) {
+    (void)C; (void)scratch;
+    return src;
+  } else {
+#pragma omp simd
+    for (int64_t c = 0; c < C; ++c) scratch[c] = A(to_compute(src[c]));
+    return scratch;
+  }
+}
+
+template <typename A>
+inline A row_max(const A* z, int64_t C) {
+  A m = z[0];
+#pragma omp simd reduction(max : m)
+  for (int64_t c = 1; c < C; ++c) m = z[c] > m ? z[c] : m;
+  return m;
+}
+
+// T: logits storage type; TT: probability-target storage type (unused for index targets);
+// A: compute type (float, or double for fp64 logits).
+template <typename T, typename TT, typename A, bool kIndex>
+void soft_ce_impl(const T* logits, const void* target_v, A* loss, T* grad, int64_t N, int64_t C,
+                  A eps, A scale, int nthreads) {
+  const int64_t* tidx = static_cast<const int64_t*>(target_v);
+  const TT* tprob = static_cast<const TT*>(target_v);
+  const A eps_c = eps / A(C);
+  const A keep = A(1) - eps;
+#pragma omp parallel num_threads(nthreads) if (nthreads > 1)
+  {
+    std::vector<A> zbuf(std::is_same_v<T, A> ? 0 : C), tbuf(kIndex ? 0 : C), ebuf(C);
+    A* e = ebuf.data();
+#pragma omp for schedule(static)
+    for (int64_t n = 0; n < N; ++n) {
+      const A* z = load_row<T, A>(logits + n * C, C, zbuf.data());
+      T* g = grad ? grad + n * C : nullptr;
+      const A m = row_max(z, C);
+      A S = 0, sum_zm = 0;
+      if constexpr (kIndex) {
+        const int64_t y = tidx[n];
+        if (y < 0 || y >= C) {
+          // Python validates labels first; this only keeps a bad call from reading out of bounds.
+          loss[n] = nan_value<A>();
+          if (g) for (int64_t c = 0; c < C; ++c) g[c] = Store<T>::conv(nan_value<A>());
+          continue;
+        }
+#pragma omp simd reduction(+ : S, sum_zm)
+        for (int64_t c = 0; c < C; ++c) {
+          const A d = z[c] - m;
+          const A ec = exp_c(d);
+          e[c] = ec;
+          S += ec;
+          sum_zm += d;
+        }
+        // t' = eps/C everywhere plus (1 - eps) at y; sum(t') = 1.
+        const A B = eps_c * sum_zm + keep * (z[y] - m);
+        loss[n] = log_c(S) - B;
+        if (g) {
+          const A a = scale / S, b = scale * eps_c;
+          for (int64_t c = 0; c < C; ++c) g[c] = Store<T>::conv(a * e[c] - b);
+          g[y] = Store<T>::conv(a * e[y] - b - scale * keep);
+        }
+      } else {
+        const A* t = load_row<TT, A>(tprob + n * C, C, tbuf.data());
+        A sum_t = 0, sum_tzm = 0;
+#pragma omp simd reduction(+ : S, sum_zm, sum_t, sum_tzm)
+        for (int64_t c = 0; c < C; ++c) {
+          const A d = z[c] - m;
+          const A ec = exp_c(d);
+          e[c] = ec;
+          S += ec;
+          sum_zm += d;
+          sum_t += t[c];
+          sum_tzm += t[c] * d;
+        }
+        // t' = (1 - eps) t + eps/C, which need not sum to 1 (torch does not renormalise).
+        const A sum_tp = keep * sum_t + eps;
+        const A B = keep * sum_tzm + eps_c * sum_zm;
+        loss[n] = sum_tp * log_c(S) - B;
+        if (g) {
+          const A a = scale * sum_tp / S, b = scale * keep, d0 = scale * eps_c;
+#pragma omp simd
+          for (int64_t c = 0; c < C; ++c) g[c] = Store<T>::conv(a * e[c] - b * t[c] - d0);
+        }
+      }
+    }
+  }
+}
+
+template <typename T, typename A>
+void dispatch_target(const T* logits, const void* target, int target_dtype, A* loss, T* grad,
+                     int64_t N, int64_t C, A eps, A scale, int nt) {
+  switch (target_dtype) {
+    case -1: return soft_ce_impl<T, float, A, true>(logits, target, loss, grad, N, C, eps, scale, nt);
+    case kFloat32: return soft_ce_impl<T, float, A, false>(logits, target, loss, grad, N, C, eps, scale, nt);
+    case kFloat64: return soft_ce_impl<T, double, A, false>(logits, target, loss, grad, N, C, eps, scale, nt);
+    case kFloat16: return soft_ce_impl<T, half_t, A, false>(logits, target, loss, grad, N, C, eps, scale, nt);
+    case kBFloat16: return soft_ce_impl<T, bf16_t, A, false>(logits, target, loss, grad, N, C, eps, scale, nt);
+    default: throw std::invalid_argument(std::string("soft_ce_cpu: unsupported target dtype ") + dtype_name(target_dtype));
+  }
+}
+
+}  // namespace
+
+void soft_ce_cpu(const void* logits, int dtype, const void* target, int target_dtype, void* loss,
+                 void* grad, int64_t N, int64_t C, double label_smoothing, double grad_scale,
+                 int num_threads) {
+  if (N <= 0) return;
+  if (C <= 0) throw std::invalid_argument("soft_ce_cpu: C must be >= 1");
+  const int nt = threads_for(N * C, num_threads);
+  switch (dtype) {
+    case kFloat32:
+      return dispatch_target<float, float>(static_cast<const float*>(logits), target, target_dtype,
+                                           static_cast<float*>(loss), static_cast<float*>(grad), N, C,
+                                           float(label_smoothing), float(grad_scale), nt);
+    case kFloat64:
+      return dispatch_target<double, double>(static_cast<const double*>(logits), target, target_dtype,
+                                             static_cast<double*>(loss), static_cast<double*>(grad), N, C,
+                                             label_smoothing, grad_scale, nt);
+    case kFloat16:
+      return dispatch_target<half_t, float>(static_cast<const half_t*>(logits), target, target_dtype,
+                                            static_cast<float*>(loss), static_cast<half_t*>(grad), N, C,
+                                            float(label_smoothing), float(grad_scale), nt);
+    case kBFloat16:
+      return dispatch_target<bf16_t, float>(static_cast<const bf16_t*>(logits), target, target_dtype,
+                                            static_cast<float*>(loss), static_cast<bf16_t*>(grad), N, C,
+                                            float(label_smoothing), float(grad_scale), nt);
+    default:
+      throw std::invalid_argument(std::string("soft_ce_cpu: unsupported logits dtype ") + dtype_name(dtype));
+  }
+}
+
+}  // namespace mplfast
