@@ -1,0 +1,97 @@
+"""Augmentation views of MPL (weak, strong) and their dispatch.
+
+Semantics: ``docs/augmentation.md``. Implementations, all bit-compatible with each other:
+
+- ``reference``: ``mplfast.augment.reference``, image by image, op by op (always available);
+- ``cpu``:       ``mplfast.augment.cpu``, batched vectorized torch (CPU default; also any device);
+- ``triton``:    ``mplfast.kernels.augment``, one fused kernel per view (CUDA default; on CPU
+                 only when ``TRITON_INTERPRET=1`` and asked for by name).
+"""
+from __future__ import annotations
+
+import os
+import warnings
+from typing import Sequence
+
+import torch
+from torch import Tensor
+
+from . import params, rng
+from .params import Policy
+
+__all__ = ["Policy", "augment_view", "resolve_backend", "params", "rng", "BACKENDS"]
+
+BACKENDS = ("reference", "cpu", "triton")
+_warned: set[str] = set()
+
+
+def _triton_reason(device: torch.device) -> str | None:
+    """None when the Triton kernel can run on ``device``, else why not."""
+    try:
+        import triton  # noqa: F401
+    except Exception as e:  # noqa: BLE001 - any import failure means "not available"
+        return f"triton is not importable ({e})"
+    if device.type == "cuda":
+        return None
+    if os.environ.get("TRITON_INTERPRET") == "1":
+        return None
+    return f"triton needs a CUDA device (got {device.type}; set TRITON_INTERPRET=1 to interpret)"
+
+
+def resolve_backend(requested: str | None, device: torch.device) -> str:
+    """None: triton on CUDA (falls back to cpu with one warning), cpu elsewhere. A named backend
+    that cannot run raises RuntimeError saying why. ``native`` is an alias of ``cpu``."""
+    if requested == "native":
+        requested = "cpu"
+    if requested is not None:
+        if requested not in BACKENDS:
+            raise ValueError(f"augment backend must be one of {BACKENDS}, got {requested!r}")
+        if requested == "triton":
+            why = _triton_reason(device)
+            if why:
+                raise RuntimeError(f"augment backend 'triton' unavailable: {why}")
+        return requested
+    if device.type == "cuda":
+        why = _triton_reason(device)
+        if why is None:
+            return "triton"
+        if why not in _warned:
+            _warned.add(why)
+            warnings.warn(f"augment: falling back to the torch path: {why}", stacklevel=3)
+    return "cpu"
+
+
+def augment_view(out: Tensor, images: Tensor, index: Tensor, policy: Policy, *, seed: int,
+                 step: int, view: int, id_offset: int, mean: Sequence[float],
+                 std: Sequence[float], backend: str | None = None) -> None:
+    """Write one augmented, normalized view into ``out``.
+
+    out:    float32 | float16 | bfloat16 [N, C, H, W], any strides (channels-last is the fast
+            one), typically a slice of the step's [x_l; x_uw; x_us] buffer.
+    images: uint8 [M, H, W, C], the whole set, on ``out``'s device.
+    index:  int64 [N] rows of ``images`` to use.
+    Image j draws its parameters from stream (seed, step, view) at counter ``id_offset + j``
+    (``id_offset`` is the rank's offset, so ranks draw different parameters).
+    """
+    if images.dtype != torch.uint8 or images.dim() != 4:
+        raise TypeError(f"images must be uint8 [M, H, W, C], got {images.dtype} {tuple(images.shape)}")
+    N = index.numel()
+    _, H, W, C = images.shape
+    if tuple(out.shape) != (N, C, H, W):
+        raise ValueError(f"out must be [N, C, H, W] = {(N, C, H, W)}, got {tuple(out.shape)}")
+    if (H, W) != (policy.height, policy.width):
+        raise ValueError(f"policy is for {policy.height}x{policy.width}, images are {H}x{W}")
+    if N == 0:
+        return
+    key = rng.stream_key(seed, step, view)
+    ids = torch.arange(id_offset, id_offset + N, device=images.device, dtype=torch.int64)
+    name = resolve_backend(backend, out.device)
+    if name == "triton":
+        from mplfast.kernels.augment import augment as triton_augment
+        triton_augment(images, index, out, policy, key, id_offset, mean, std)
+    elif name == "cpu":
+        from . import cpu
+        cpu.augment(images, index, out, policy, key, ids, mean, std)
+    else:
+        from . import reference
+        reference.augment(images, index, out, policy, key, ids, mean, std)
