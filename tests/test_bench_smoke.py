@@ -1,0 +1,179 @@
+"""Smoke tests for the step benchmark (benchmarks/step_throughput.py, eager_reference.py) on CPU.
+
+They run the benchmark's own code path at a tiny size so it cannot rot between GPU sessions,
+and check that the eager reference computes the MPL step of the spec (the port's variant), so
+the speed-up the benchmark reports compares equal work.
+"""
+from __future__ import annotations
+
+import copy
+import importlib.util
+import json
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+BENCH = Path(__file__).resolve().parents[1] / "benchmarks"
+
+
+def _load(name: str):
+    if str(BENCH) not in sys.path:
+        sys.path.insert(0, str(BENCH))
+    if name in sys.modules:
+        return sys.modules[name]
+    spec = importlib.util.spec_from_file_location(name, BENCH / f"{name}.py")
+    mod = importlib.util.module_from_spec(spec)
+    sys.modules[name] = mod
+    spec.loader.exec_module(mod)
+    return mod
+
+
+er = _load("eager_reference")
+st = _load("step_throughput")
+
+
+def _mplfast_unavailable() -> str | None:
+    try:
+        from mplfast import MPLStep  # noqa: F401
+        from mplfast.data import ImageDataset, MPLBatcher  # noqa: F401
+    except Exception as exc:  # noqa: BLE001
+        return f"mplfast step or batcher not importable yet: {exc}"
+    return None
+
+
+def _tiny_models(seed: int = 0):
+    from mplfast.models import create_model
+
+    torch.manual_seed(seed)
+    t = create_model("wrn", 5, depth=10, widen_factor=1)
+    s = create_model("wrn", 5, depth=10, widen_factor=1)
+    return t, s
+
+
+def test_randaugment_and_views_are_valid_images():
+    images, labels = st.synthetic_images(8, 32, 10, seed=1)
+    unl = er.UnlabeledSet(images)
+    weak, strong = unl[3]
+    assert weak.shape == strong.shape == (3, 32, 32) and weak.dtype == torch.float32
+    assert torch.isfinite(strong).all() and not torch.equal(weak, strong)
+    # every op of the pool runs at the recipe's magnitude (16 > the nominal 10) on a real image
+    from PIL import Image
+
+    img = Image.fromarray(images[0])
+    for name, op in er._RANDAUG_OPS:
+        out = op(img, 16.0)
+        assert out.size == img.size and out.mode == "RGB", name
+    with pytest.raises(ValueError):
+        er.RandAugmentPIL(n=2, m=16, cutout=1.5)
+
+
+def test_eager_data_batches_have_the_port_shapes():
+    images, labels = st.synthetic_images(40, 32, 10, seed=2)
+    data = er.make_eager_data(images, labels, np.arange(10), batch_size=4, mu=3, workers=0, seed=0)
+    x_l, y_l = next(data.labeled)
+    x_uw, x_us = next(data.unlabeled)
+    assert x_l.shape == (4, 3, 32, 32) and y_l.shape == (4,) and y_l.dtype == torch.int64
+    assert x_uw.shape == x_us.shape == (12, 3, 32, 32)
+    for _ in range(5):  # crosses the labeled loader's epoch end (10 // 4 = 2 batches)
+        next(data.labeled)
+    with pytest.raises(ValueError, match="uint8"):
+        er.make_eager_data(images.astype(np.float32), labels, np.arange(10), batch_size=4, mu=3, workers=0, seed=0)
+
+
+def test_eager_step_follows_the_port():
+    """h = L_new - L_old (the port's sign), L_new is the student's loss after its update, and
+    both models move."""
+    teacher, student = _tiny_models()
+    ref = er.EagerMPL(teacher, student, "cpu", er.EagerConfig(warmup_steps=0, student_wait_steps=0))
+    g = torch.Generator().manual_seed(3)
+    x_l, x_uw, x_us = (torch.randn(n, 3, 16, 16, generator=g) for n in (4, 8, 8))
+    y_l = torch.randint(0, 5, (4,), generator=g)
+    t0 = copy.deepcopy(teacher.state_dict())
+    out = ref.step(x_l, y_l, x_uw, x_us)
+    assert torch.allclose(out["h"], out["student_loss_l_new"] - out["student_loss_l_old"])
+    student.train()
+    with torch.no_grad():
+        expect_new = torch.nn.functional.cross_entropy(student(x_l), y_l)
+    # same student, but batch-norm statistics moved by one more forward: close, not equal
+    assert torch.allclose(out["student_loss_l_new"], expect_new, rtol=1e-2)
+    assert not torch.equal(t0["fc.weight"], teacher.state_dict()["fc.weight"])
+    assert ref.t == 1 and ref.amp is False
+
+
+def test_eager_reference_matches_mplstep_port_settings():
+    """The eager reference and MPLStep with the port's settings (student label from the weak
+    view, h = L_new - L_old) produce the same parameters: the benchmark compares equal work."""
+    try:
+        from mplfast import MPLConfig, MPLStep, ModelEMA, param_groups, warmup_cosine_schedule
+    except Exception as exc:  # noqa: BLE001
+        pytest.skip(f"MPLStep not importable yet: {exc}")
+    teacher, student = _tiny_models(5)
+    t2, s2 = copy.deepcopy(teacher), copy.deepcopy(student)
+    cfg = er.EagerConfig(warmup_steps=2, student_wait_steps=1, total_steps=20, uda_steps=3)
+    ref = er.EagerMPL(teacher, student, "cpu", cfg)
+    kw = dict(lr=cfg.lr, momentum=cfg.momentum, nesterov=cfg.nesterov)
+    t_opt = torch.optim.SGD(param_groups(t2, cfg.weight_decay), **kw)
+    s_opt = torch.optim.SGD(param_groups(s2, cfg.weight_decay), **kw)
+    step = MPLStep(t2, s2, t_opt, s_opt,
+                   MPLConfig(temperature=cfg.temperature, threshold=0.3, lambda_u=cfg.lambda_u,
+                             uda_steps=cfg.uda_steps, label_smoothing=cfg.label_smoothing,
+                             pseudo_label_view="weak", meta_sign=-1, precision="fp32"),
+                   teacher_scheduler=warmup_cosine_schedule(t_opt, warmup_steps=2, total_steps=20),
+                   student_scheduler=warmup_cosine_schedule(s_opt, warmup_steps=2, total_steps=20, wait_steps=1),
+                   student_ema=ModelEMA(s2, cfg.ema))
+    ref.cfg.threshold = 0.3  # some rows kept, some masked: the UDA mask is exercised
+    g = torch.Generator().manual_seed(7)
+    for _ in range(3):  # 16x16 inputs keep it fast; the WRN pools globally
+        x_l, x_uw, x_us = (torch.randn(n, 3, 16, 16, generator=g) for n in (4, 8, 8))
+        y_l = torch.randint(0, 5, (4,), generator=g)
+        a = ref.step(x_l, y_l, x_uw, x_us)
+        b = step(x_l, y_l, x_uw, x_us)
+        # meta_sign=-1 makes MPLStep's h the port's L_new - L_old
+        torch.testing.assert_close(b["h"].float(), a["h"].float(), rtol=1e-4, atol=1e-6)
+        torch.testing.assert_close(b["mask_rate"].float(), a["mask_rate"].float())
+    for (n, p), q in zip(teacher.named_parameters(), t2.parameters()):
+        torch.testing.assert_close(p, q, rtol=1e-4, atol=1e-6, msg=f"teacher {n}")
+    for (n, p), q in zip(student.named_parameters(), s2.parameters()):
+        torch.testing.assert_close(p, q, rtol=1e-4, atol=1e-6, msg=f"student {n}")
+
+
+def test_step_throughput_runs_both_variants_tiny(tmp_path):
+    """The benchmark script end to end at the tiny CPU size: JSON, markdown table, profile."""
+    out_json, out_md, prof_md = tmp_path / "r.json", tmp_path / "r.md", tmp_path / "p.md"
+    rc = st.main(["--device", "cpu", "--preset", "tiny", "--variants", "eager", "mplfast",
+                  "--steps", "1", "--warmup", "1", "--num-images", "32", "--json", str(out_json),
+                  "--markdown", str(out_md), "--profile", "eager", "--profile-out", str(prof_md)])
+    res = json.loads(out_json.read_text())
+    by = {r["variant"]: r for r in res["results"]}
+    assert set(by) == {"eager", "mplfast"}
+    e = by["eager"]
+    assert e["ok"], e.get("traceback")
+    assert e["steps_per_s"] > 0 and e["student_param_change"] > 0 and e["finite"]
+    # FLOPs per step = F * (7B + 9 mu B) with F the WRN-10-1 forward FLOPs per image
+    assert e["flops_per_step"] == pytest.approx(e["forward_flops_per_image"] * (7 * 2 + 9 * 2 * 2))
+    assert 0 < e["mfu"] < 1
+    assert res["ceilings"]["matmul"]["flops_per_s"] > 0 and res["ceilings"]["copy"]["bytes_per_s"] > 0
+    assert "| eager | 2 | 2 |" in out_md.read_text()
+    assert "aten::" in prof_md.read_text()
+    reason = _mplfast_unavailable()
+    if reason is None:
+        assert by["mplfast"]["ok"], by["mplfast"].get("traceback")
+        assert rc == 0
+    else:
+        assert not by["mplfast"]["ok"] and by["mplfast"]["error"]
+        pytest.skip(f"eager path checked; {reason}")
+
+
+def test_summary_markdown_reports_speedup_and_failures():
+    out = {"results": [
+        {"variant": "eager", "batch_size": 64, "mu": 7, "ok": True, "steps_per_s": 10.0, "images_per_s": 5120.0,
+         "ms_per_step": 100.0, "peak_mem_bytes": 2**30, "mfu": 0.01, "compile": "eager", "precision": "fp16"},
+        {"variant": "mplfast", "batch_size": 64, "mu": 7, "ok": True, "steps_per_s": 55.0, "images_per_s": 28160.0,
+         "ms_per_step": 18.2, "peak_mem_bytes": 2**29, "mfu": 0.05, "compile": "reduce-overhead", "precision": "bf16"},
+        {"variant": "mplfast", "batch_size": 128, "mu": 7, "ok": False, "error": "RuntimeError: boom"}]}
+    md = st.summary_markdown(out)
+    assert "| mplfast | 64 | 7 | 55.00 |" in md and "| 5.50 |" in md
+    assert "failed: RuntimeError: boom" in md
