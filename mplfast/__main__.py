@@ -1,0 +1,7 @@
+"""``python -m mplfast ...`` (and ``torchrun ... -m mplfast train ...``): same as the ``mplfast`` script."""
+import sys
+
+from mplfast.cli import main
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,150 @@
+"""Build the pieces a run needs from its ``TrainConfig``: data, models, optimizers, precision.
+
+Every failure a user can cause (missing files, too many labels, unknown model) leaves here as
+a one-line :class:`mplfast.errors.UserError`.
+"""
+from __future__ import annotations
+
+import contextlib
+import math
+from dataclasses import dataclass
+from typing import Any, ContextManager
+
+import torch
+from torch import nn
+
+from mplfast.errors import UserError
+from mplfast.train.config import TrainConfig
+from mplfast.train.distributed import DistInfo
+
+
+def _first_line(e: BaseException) -> str:
+    text = str(e).strip()
+    return text.splitlines()[0] if text else type(e).__name__
+
+
+@dataclass
+class DataBundle:
+    """The data set, its labeled split and the batcher of this rank."""
+
+    dataset: Any            # mplfast.data.ImageDataset
+    labeled_idx: torch.Tensor
+    batcher: Any            # mplfast.data.MPLBatcher
+    per_rank_batch: int
+    num_classes: int
+    in_chans: int
+
+
+def load_data(cfg: TrainConfig) -> Any:
+    """``mplfast.data.load_dataset`` for ``cfg``; missing files and bad data become UserErrors."""
+    from mplfast.data import load_dataset
+
+    kw: dict[str, Any] = dict(cfg.synthetic_kw) if cfg.dataset == "synthetic" else {}
+    try:
+        return load_dataset(cfg.dataset, cfg.data, unlabeled=cfg.unlabeled,
+                            image_size=cfg.image_size, strict=cfg.strict_data, **kw)
+    except FileNotFoundError as e:
+        raise UserError(_first_line(e)) from None
+    except (ValueError, OSError) as e:  # a corrupt file, an empty folder, a bad keyword
+        raise UserError(f"cannot load data set {cfg.dataset}: {_first_line(e)}") from None
+
+
+def build_data(cfg: TrainConfig, info: DistInfo, *, dataset: Any = None) -> DataBundle:
+    """Data set, class-balanced labeled split (keyed by seed) and this rank's batcher."""
+    from mplfast.data import MPLBatcher, labeled_split
+
+    ds = dataset if dataset is not None else load_data(cfg)
+    n_train = int(ds.train_labels.numel())
+    if cfg.labels > n_train:
+        raise UserError(f"labels={cfg.labels} is more than the {n_train} training images of "
+                        f"{cfg.dataset}")
+    if cfg.labels < ds.num_classes:
+        raise UserError(f"labels={cfg.labels} is fewer than the {ds.num_classes} classes of "
+                        f"{cfg.dataset} (the split is class-balanced)")
+    if cfg.batch_size % info.world_size != 0:
+        raise UserError(f"batch_size={cfg.batch_size} must be divisible by the number of ranks "
+                        f"({info.world_size})")
+    try:
+        labeled_idx = labeled_split(ds.train_labels, cfg.labels, ds.num_classes, cfg.seed)
+    except ValueError as e:  # e.g. a class with fewer images than its share of the labels
+        raise UserError(f"cannot draw {cfg.labels} class-balanced labels: {_first_line(e)}") from None
+    per_rank = cfg.batch_size // info.world_size
+    batcher = MPLBatcher(ds, labeled_idx, batch_size=per_rank, mu=cfg.mu, seed=cfg.seed,
+                         device=info.device, randaug_n=cfg.randaug_n, randaug_m=cfg.randaug_m,
+                         cutout=cfg.cutout, channels_last=cfg.channels_last,
+                         backend=cfg.aug_backend, rank=info.rank, world_size=info.world_size)
+    return DataBundle(dataset=ds, labeled_idx=labeled_idx, batcher=batcher,
+                      per_rank_batch=per_rank, num_classes=int(ds.num_classes),
+                      in_chans=int(ds.train_images.shape[-1]))
+
+
+def build_model(cfg: TrainConfig, name: str, data: DataBundle, device: torch.device) -> nn.Module:
+    """One model on ``device`` (channels-last if asked)."""
+    from mplfast.models import create_model
+
+    try:
+        model = create_model(name, data.num_classes, in_chans=data.in_chans, **cfg.model_kwargs)
+    except TypeError as e:  # an unknown model_kwargs key for this architecture
+        raise UserError(f"model {name}: {_first_line(e)}") from None
+    model = model.to(device)
+    if cfg.channels_last:
+        model = model.to(memory_format=torch.channels_last)
+    return model
+
+
+def make_optimizer(model: nn.Module, *, lr: float, momentum: float, nesterov: bool,
+                   weight_decay: float) -> torch.optim.Optimizer:
+    """SGD over no-decay-on-BN/bias groups; the fastest implementation when mplfast.perf has it."""
+    from mplfast.optim import param_groups
+
+    groups = param_groups(model, weight_decay)
+    nesterov = nesterov and momentum > 0  # torch refuses nesterov without momentum
+    try:
+        from mplfast.perf import make_sgd
+    except ImportError:
+        return torch.optim.SGD(groups, lr=lr, momentum=momentum, nesterov=nesterov)
+    # make_sgd's weight_decay is the default for groups without one; ours all set theirs
+    return make_sgd(groups, lr=lr, momentum=momentum, nesterov=nesterov, weight_decay=weight_decay)
+
+
+def make_scheduler(opt: torch.optim.Optimizer, cfg: TrainConfig, total: int, wait: int) -> Any:
+    """Warmup + cosine; warmup and wait are clipped so short runs (tests) stay valid."""
+    from mplfast.schedule import warmup_cosine_schedule
+
+    wait = min(wait, total)
+    warmup = min(cfg.warmup_steps, total - wait)
+    return warmup_cosine_schedule(opt, warmup_steps=warmup, total_steps=total, wait_steps=wait)
+
+
+def maybe_compile(model: nn.Module, mode: str) -> nn.Module:
+    """torch.compile in place (state_dict keys unchanged), eager fallback with a warning."""
+    if mode == "none":
+        return model
+    try:
+        from mplfast.perf import maybe_compile as _compile
+    except ImportError:
+        return torch.compile(model) if mode == "default" else torch.compile(model, mode=mode)
+    return _compile(model, mode)[0]
+
+
+def resolve_precision(precision: str, device: torch.device) -> str:
+    """``auto`` -> bf16 on CUDA devices that support it, else fp32 (as MPLConfig defines it)."""
+    if precision != "auto":
+        return precision
+    if device.type == "cuda" and torch.cuda.is_bf16_supported():
+        return "bf16"
+    return "fp32"
+
+
+def autocast(precision: str, device: torch.device) -> ContextManager[Any]:
+    """Autocast context for a resolved precision (nullcontext for fp32)."""
+    if precision == "fp32":
+        return contextlib.nullcontext()
+    dtype = torch.bfloat16 if precision == "bf16" else torch.float16
+    return torch.autocast(device_type=device.type, dtype=dtype)
+
+
+def finetune_steps(cfg: TrainConfig) -> tuple[int, int]:
+    """(steps, batch size) of the finetune stage: epochs over the labeled set."""
+    bs = min(cfg.finetune_batch_size, cfg.labels)
+    return cfg.finetune_epochs * math.ceil(cfg.labels / bs), bs

@@ -1,0 +1,351 @@
+"""``TrainConfig``: every setting of a training run in one dataclass (nanoGPT style).
+
+A run's configuration is built in layers, each applied on top of the previous one:
+
+1. the dataclass defaults (equal to the ``digits`` preset),
+2. a preset (``--preset``; a dict of overrides in :mod:`mplfast.train.presets`),
+3. a YAML file (``--config FILE.yaml``; a mapping ``field: value``),
+4. the dedicated CLI flags (``--dataset``, ``--steps``, ...),
+5. ``--set key=value`` pairs, in the order given.
+
+Every user mistake (unknown key, wrong type, out-of-range value, incompatible options) raises
+:class:`mplfast.errors.UserError` with one line that says what is wrong and what is allowed.
+"""
+from __future__ import annotations
+
+import dataclasses
+import difflib
+import os
+import types
+import typing
+from dataclasses import asdict, dataclass, field, fields
+from typing import Any
+
+import yaml
+
+from mplfast.errors import UserError
+
+DATASETS = ("digits", "cifar10", "cifar100", "svhn", "imagefolder", "synthetic")
+METHODS = ("mpl", "uda", "supervised")
+PROGRESS = ("auto", "rich", "plain", "none")
+COMPILE_MODES = ("none", "default", "reduce-overhead", "max-autotune", "max-autotune-no-cudagraphs")
+
+
+@dataclass
+class TrainConfig:
+    """All settings of one run. Defaults are the ``digits`` preset (CPU-friendly, ~1-2 min)."""
+
+    # --- run -------------------------------------------------------------------------------
+    preset: str = "digits"            # recorded for reference; applying it is done by resolve()
+    method: str = "mpl"               # mpl | uda (teacher trained with h = 0) | supervised
+    seed: int = 0
+    out: str | None = None            # output directory; None: nothing is written
+    device: str = "auto"              # auto | cpu | cuda | cuda:N
+
+    # --- data ------------------------------------------------------------------------------
+    dataset: str = "digits"
+    data: str | None = None           # root of the data set files (not needed for digits/synthetic)
+    unlabeled: str | None = None      # extra unlabeled image folder (imagefolder only)
+    labels: int = 50                  # size of the class-balanced labeled subset
+    image_size: int | None = None     # resize for image folders
+    strict_data: bool = False         # imagefolder: fail on unreadable files instead of skipping
+    synthetic_kw: dict[str, Any] = field(default_factory=dict)  # passed to load_dataset
+    batch_size: int = 32              # labeled images per step, summed over all ranks
+    mu: int = 7                       # unlabeled batch = mu * batch_size
+    randaug_n: int = 2
+    randaug_m: float = 16.0
+    cutout: float = 0.5               # fraction of the image side
+    aug_backend: str | None = None    # None: fastest available augmentation backend
+
+    # --- models ----------------------------------------------------------------------------
+    model: str = "small_cnn"          # student (and teacher unless teacher_model is set)
+    teacher_model: str | None = None
+    model_kwargs: dict[str, Any] = field(default_factory=dict)
+
+    # --- optimisation ----------------------------------------------------------------------
+    steps: int = 2500
+    teacher_lr: float = 0.05
+    student_lr: float = 0.05
+    momentum: float = 0.9
+    nesterov: bool = True
+    teacher_weight_decay: float = 5e-4
+    student_weight_decay: float = 5e-4
+    warmup_steps: int = 100
+    student_wait_steps: int = 0       # student lr is 0 for its first N steps (paper: 3000)
+    ema_decay: float = 0.995          # 0 disables the EMA student
+    eval_ema: bool = True             # evaluate (and finetune) the EMA weights
+
+    # --- MPL (mapped one to one onto mplfast.MPLConfig) -------------------------------------
+    temperature: float = 0.7
+    threshold: float = 0.6
+    lambda_u: float = 8.0
+    uda_steps: int = 500
+    label_smoothing: float = 0.15
+    meta_signal: str = "loss_diff"    # loss_diff | grad_dot | none
+    meta_sign: int = 1
+    meta_baseline_decay: float = 0.0
+    pseudo_label: str = "hard"        # hard | sample | soft
+    pseudo_label_view: str = "strong"  # strong | weak
+    grad_clip: float | None = None
+
+    # --- precision and speed ---------------------------------------------------------------
+    precision: str = "auto"           # auto | fp32 | bf16 | fp16
+    channels_last: bool = False
+    compile: str = "none"             # none | default | reduce-overhead | max-autotune (true = default)
+
+    # --- finetune (labeled only, EMA student; 0 epochs: off) --------------------------------
+    finetune_epochs: int = 0
+    finetune_batch_size: int = 512
+    finetune_lr: float = 3e-5
+    finetune_weight_decay: float = 0.0
+    finetune_momentum: float = 0.9
+
+    # --- logging / evaluation / checkpoints ------------------------------------------------
+    log_interval: int = 50
+    eval_interval: int = 500          # 0: evaluate only at the end
+    ckpt_interval: int = 1000         # 0: checkpoint only at the end and on interruption
+    eval_batch_size: int = 512
+    tensorboard: bool = True
+    plot: bool = True
+    progress: str = "auto"            # auto (rich on a TTY, else plain lines) | rich | plain | none
+
+    def mpl_kwargs(self) -> dict[str, Any]:
+        """The keyword arguments of ``mplfast.MPLConfig`` taken from this config."""
+        meta_signal = "none" if self.method == "uda" else self.meta_signal
+        return dict(temperature=self.temperature, threshold=self.threshold,
+                    lambda_u=self.lambda_u, uda_steps=self.uda_steps,
+                    label_smoothing=self.label_smoothing, meta_signal=meta_signal,
+                    meta_sign=self.meta_sign, meta_baseline_decay=self.meta_baseline_decay,
+                    pseudo_label=self.pseudo_label, pseudo_label_view=self.pseudo_label_view,
+                    grad_clip=self.grad_clip, precision=self.precision)
+
+    def to_dict(self) -> dict[str, Any]:
+        """Plain dict (YAML/JSON-safe) of every field."""
+        return asdict(self)
+
+
+FIELD_NAMES: tuple[str, ...] = tuple(f.name for f in fields(TrainConfig))
+
+
+# ----------------------------------------------------------------------------------------
+# typed parsing
+# ----------------------------------------------------------------------------------------
+def _field_type(name: str) -> Any:
+    hints = typing.get_type_hints(TrainConfig)
+    return hints[name]
+
+
+def _split_optional(tp: Any) -> tuple[Any, bool]:
+    """(inner type, allows None) for ``X | None`` / ``Optional[X]``."""
+    origin = typing.get_origin(tp)
+    if origin in (typing.Union, types.UnionType):
+        args = [a for a in typing.get_args(tp) if a is not type(None)]
+        return (args[0] if len(args) == 1 else tp), len(args) != len(typing.get_args(tp))
+    return tp, False
+
+
+def _type_name(tp: Any) -> str:
+    inner, opt = _split_optional(tp)
+    base = getattr(typing.get_origin(inner) or inner, "__name__", str(inner))
+    return f"{base} or null" if opt else base
+
+
+def coerce_value(name: str, value: Any) -> Any:
+    """Convert ``value`` (a YAML scalar or a string from the command line) to the field's type.
+
+    Strings are first parsed as YAML so ``--set lr=1e-3``, ``--set nesterov=false`` and
+    ``--set model_kwargs={dropout: 0.2}`` all work; the result must then fit the field's type.
+    """
+    tp = _field_type(name)
+    inner, optional = _split_optional(tp)
+    if name == "compile" and str(value).lower() in ("true", "yes", "on", "1", "false", "no", "off", "0"):
+        # `--set compile=true` reads naturally; true means torch.compile's default mode
+        return "default" if str(value).lower() in ("true", "yes", "on", "1") else "none"
+    if isinstance(value, str) and inner is not str:
+        try:
+            value = yaml.safe_load(value) if value.strip() else None
+        except yaml.YAMLError:
+            raise UserError(f"{name}: cannot parse {value!r} as {_type_name(tp)}") from None
+    if value is None or (isinstance(value, str) and value.lower() in ("none", "null") and optional):
+        if optional:
+            return None
+        raise UserError(f"{name}: a value is required ({_type_name(tp)})")
+    origin = typing.get_origin(inner) or inner
+    bad = UserError(f"{name}: expected {_type_name(tp)}, got {value!r}")
+    if origin is bool:
+        if isinstance(value, bool):
+            return value
+        if isinstance(value, str) and value.lower() in ("true", "yes", "on", "1"):
+            return True
+        if isinstance(value, str) and value.lower() in ("false", "no", "off", "0"):
+            return False
+        if isinstance(value, int) and value in (0, 1):
+            return bool(value)
+        raise bad
+    if origin is int:
+        if isinstance(value, bool):
+            raise bad
+        if isinstance(value, int):
+            return value
+        if isinstance(value, float) and value.is_integer():
+            return int(value)  # "3e5" parses as a float; 300000 steps is still an integer
+        raise bad
+    if origin is float:
+        if isinstance(value, bool) or not isinstance(value, (int, float)):
+            raise bad
+        return float(value)
+    if origin is str:
+        return str(value)
+    if origin is dict:
+        if not isinstance(value, dict):
+            raise bad
+        return dict(value)
+    raise bad
+
+
+def unknown_key_error(key: str, where: str = "config") -> UserError:
+    """A UserError for an unknown field, listing the closest field names."""
+    close = difflib.get_close_matches(key, FIELD_NAMES, n=3, cutoff=0.7)
+    hint = f"; did you mean {', '.join(close)}?" if close else "; see `mplfast train --help-config`"
+    return UserError(f"unknown {where} key {key!r}{hint}")
+
+
+def apply_overrides(cfg: TrainConfig, overrides: dict[str, Any], where: str = "config") -> TrainConfig:
+    """Return a copy of ``cfg`` with ``overrides`` applied, each value typed and checked."""
+    changes: dict[str, Any] = {}
+    for key, value in overrides.items():
+        if key not in FIELD_NAMES:
+            raise unknown_key_error(key, where)
+        changes[key] = coerce_value(key, value)
+    return dataclasses.replace(cfg, **changes)
+
+
+def parse_set_args(pairs: list[str]) -> dict[str, Any]:
+    """``["a=1", "b=x"]`` -> ``{"a": "1", "b": "x"}`` (values typed later by apply_overrides)."""
+    out: dict[str, Any] = {}
+    for pair in pairs:
+        key, sep, value = pair.partition("=")
+        key = key.strip()
+        if not sep or not key:
+            raise UserError(f"--set expects key=value, got {pair!r}")
+        out[key] = value
+    return out
+
+
+def load_yaml(path: str) -> dict[str, Any]:
+    """Read a YAML mapping of config fields; a missing or malformed file is a UserError."""
+    if not os.path.isfile(path):
+        raise UserError(f"config file not found: {path}")
+    try:
+        with open(path, encoding="utf-8") as f:
+            data = yaml.safe_load(f)
+    except (yaml.YAMLError, UnicodeDecodeError) as e:
+        first = str(e).splitlines()[0] if str(e) else type(e).__name__
+        raise UserError(f"cannot parse config file {path}: {first}") from None
+    if data is None:
+        return {}
+    if not isinstance(data, dict):
+        raise UserError(f"config file {path} must hold a mapping of field: value")
+    return data
+
+
+def save_yaml(cfg: TrainConfig, path: str) -> None:
+    """Write the resolved config so ``--config path`` reproduces the run."""
+    with open(path, "w", encoding="utf-8") as f:
+        yaml.safe_dump(cfg.to_dict(), f, sort_keys=False)
+
+
+# ----------------------------------------------------------------------------------------
+# validation
+# ----------------------------------------------------------------------------------------
+def _check(cond: bool, msg: str) -> None:
+    if not cond:
+        raise UserError(msg)
+
+
+def validate(cfg: TrainConfig) -> None:
+    """Check ranges and combinations that do not need the data; raise UserError on the first."""
+    _check(cfg.method in METHODS, f"method: unknown {cfg.method!r}; choose from {', '.join(METHODS)}")
+    _check(cfg.dataset in DATASETS,
+           f"dataset: unknown {cfg.dataset!r}; choose from {', '.join(DATASETS)}")
+    _check(cfg.progress in PROGRESS, f"progress: choose from {', '.join(PROGRESS)}")
+    _check(cfg.compile in COMPILE_MODES, f"compile: choose from {', '.join(COMPILE_MODES)}")
+    _check(cfg.steps >= 0, f"steps must be >= 0, got {cfg.steps}")
+    _check(cfg.labels >= 1, f"labels must be >= 1, got {cfg.labels}")
+    _check(cfg.batch_size >= 1, f"batch_size must be >= 1, got {cfg.batch_size}")
+    _check(cfg.mu >= 1, f"mu must be >= 1, got {cfg.mu}")
+    _check(cfg.eval_batch_size >= 1, f"eval_batch_size must be >= 1, got {cfg.eval_batch_size}")
+    for name in ("teacher_lr", "student_lr", "finetune_lr", "teacher_weight_decay",
+                 "student_weight_decay", "finetune_weight_decay", "randaug_m"):
+        _check(getattr(cfg, name) >= 0, f"{name} must be >= 0, got {getattr(cfg, name)}")
+    for name in ("momentum", "finetune_momentum", "cutout"):
+        v = getattr(cfg, name)
+        _check(0 <= v <= 1, f"{name} must be in [0, 1], got {v}")
+    _check(0 <= cfg.ema_decay < 1, f"ema_decay must be in [0, 1), got {cfg.ema_decay}")
+    for name in ("warmup_steps", "student_wait_steps", "finetune_epochs", "log_interval",
+                 "eval_interval", "ckpt_interval", "randaug_n"):
+        v = getattr(cfg, name)
+        _check(v >= 0, f"{name} must be >= 0, got {v}")
+    _check(cfg.finetune_batch_size >= 1,
+           f"finetune_batch_size must be >= 1, got {cfg.finetune_batch_size}")
+    _check(cfg.image_size is None or cfg.image_size >= 1,
+           f"image_size must be >= 1, got {cfg.image_size}")
+    _check(cfg.unlabeled is None or cfg.dataset == "imagefolder",
+           "--unlabeled works only with --dataset imagefolder")
+    _check(cfg.dataset in ("digits", "synthetic") or cfg.data is not None,
+           f"dataset {cfg.dataset} needs --data PATH (mplfast never downloads)")
+    if cfg.method == "uda":
+        # uda trains the teacher with h = 0; a meta signal would silently be ignored
+        _check(cfg.meta_signal in ("loss_diff", "none"),
+               f"--method uda trains without a meta signal; meta_signal={cfg.meta_signal} "
+               "is incompatible (use --method mpl)")
+    for name in ("data", "unlabeled"):
+        path = getattr(cfg, name)
+        if path is not None and not os.path.exists(path):
+            raise UserError(f"{name} path does not exist: {path}")
+    mpl_config(cfg)  # MPL field ranges (threshold 2.5, unknown meta_signal, ...)
+
+
+def mpl_config(cfg: TrainConfig) -> Any:
+    """Build ``mplfast.MPLConfig`` from ``cfg``; its ValueError becomes a one-line UserError."""
+    from mplfast.config import MPLConfig
+
+    try:
+        return MPLConfig(**cfg.mpl_kwargs())
+    except (ValueError, TypeError) as e:
+        raise UserError(str(e).splitlines()[0] if str(e) else type(e).__name__) from None
+
+
+# ----------------------------------------------------------------------------------------
+# layering: defaults -> preset -> YAML file -> CLI flags -> --set
+# ----------------------------------------------------------------------------------------
+def resolve(preset: str | None = None, config_file: str | None = None,
+            flags: dict[str, Any] | None = None, sets: list[str] | None = None,
+            base: TrainConfig | None = None) -> TrainConfig:
+    """Build a validated config from its layers (see the module docstring).
+
+    ``preset=None`` picks the preset that fits the data set named by the flags, the YAML file
+    or ``--set`` (``--dataset cifar10`` starts from ``cifar10-4k``), else ``digits``.
+    ``base`` (used by ``--resume``) replaces defaults + preset with a saved config.
+    """
+    from mplfast.train.presets import DATASET_DEFAULT_PRESET, get_preset
+
+    flags = {k: v for k, v in (flags or {}).items() if v is not None}
+    file_overrides = load_yaml(config_file) if config_file else {}
+    set_overrides = parse_set_args(sets or [])
+    if base is not None:
+        cfg = base
+    else:
+        if preset is None:
+            preset = file_overrides.get("preset")
+        if preset is None:
+            dataset = set_overrides.get("dataset", flags.get("dataset", file_overrides.get("dataset")))
+            preset = DATASET_DEFAULT_PRESET.get(str(dataset), "digits") if dataset else "digits"
+        cfg = apply_overrides(TrainConfig(), get_preset(str(preset)), "preset")
+    # the file's `preset:` only chooses the starting point above; it is not a field override
+    cfg = apply_overrides(cfg, {k: v for k, v in file_overrides.items() if k != "preset"},
+                          "config file")
+    cfg = apply_overrides(cfg, flags, "option")
+    cfg = apply_overrides(cfg, set_overrides, "--set")
+    validate(cfg)
+    return cfg

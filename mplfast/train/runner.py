@@ -1,0 +1,478 @@
+"""The training driver: wires data, models and the step together and runs the phases.
+
+    train   MPLStep (mpl, uda) or SupervisedStep (supervised) for ``cfg.steps`` steps
+    finetune SupervisedStep on the labeled images only, starting from the headline model
+             (EMA weights when ``eval_ema``), for ``finetune_epochs`` epochs
+
+Reproducibility: data and augmentation are keyed by (seed, step, rank) in the batcher; every
+other random draw (init, dropout, sampled labels) comes from RNGs whose states are in the
+checkpoint, and evaluation never touches them, so on CPU a run stopped by SIGINT/SIGTERM and
+resumed ends bitwise identical to an uninterrupted one.
+"""
+from __future__ import annotations
+
+import copy
+import json
+import os
+import random
+import time
+from dataclasses import dataclass, field
+from typing import Any, Callable
+
+import numpy as np
+import torch
+from torch import nn
+
+from mplfast.errors import UserError
+from mplfast.train import builders, checkpoint as ckpt_io
+from mplfast.train.config import TrainConfig, apply_overrides, save_yaml, mpl_config
+from mplfast.train.distributed import DistInfo, any_flag, barrier, setup, teardown
+from mplfast.train.evaluate import accuracy
+from mplfast.train.metrics import MetricsWriter, RunningMean
+from mplfast.train.progress import Progress
+from mplfast.train.signals import StopRequest
+from mplfast.train.supervised import SupervisedStep
+
+CKPT_VERSION = 1
+
+
+@dataclass
+class RunResult:
+    """What ``run`` hands back to the CLI / ablation."""
+
+    summary: dict[str, Any]
+    interrupted: bool = False
+    signame: str | None = None
+    step: int = 0
+    out_dir: str | None = None
+    messages: list[str] = field(default_factory=list)
+
+
+def _raw(model: nn.Module) -> nn.Module:
+    """The module under DDP (torch.compile here compiles in place, keeping the module)."""
+    return model.module if isinstance(model, nn.parallel.DistributedDataParallel) else model
+
+
+def _seed_all(seed: int) -> None:
+    torch.manual_seed(seed)
+    np.random.seed(seed % 2**32)
+    random.seed(seed)
+
+
+class _Run:
+    """State of one run (models, optimizers, steps, sinks) and the phase loops."""
+
+    def __init__(self, cfg: TrainConfig, info: DistInfo, stop: StopRequest,
+                 resume_state: dict[str, Any] | None) -> None:
+        self.cfg, self.info, self.stop = cfg, info, stop
+        self.out = cfg.out if info.is_main else None
+        self.device = info.device
+        self.precision = builders.resolve_precision(cfg.precision, self.device)
+        if self.device.type == "cuda":
+            torch.backends.cudnn.benchmark = True
+        self.results: dict[str, float] = {}
+        self.train_time = 0.0
+        self.phase = "train"
+        self.ft_state: dict[str, Any] | None = None
+        self.finetuned_sd: dict[str, Any] | None = None  # final finetuned weights (phase "done")
+
+        _seed_all(cfg.seed)  # identical init on every rank (DDP also broadcasts rank 0's)
+        self.data = builders.build_data(cfg, info)
+        self.teacher: nn.Module | None = None
+        self.t_opt = self.t_sched = None
+        if cfg.method != "supervised":
+            self.teacher = builders.build_model(cfg, cfg.teacher_model or cfg.model, self.data, self.device)
+            self.t_opt = builders.make_optimizer(self.teacher, lr=cfg.teacher_lr, momentum=cfg.momentum,
+                                                 nesterov=cfg.nesterov, weight_decay=cfg.teacher_weight_decay)
+            self.t_sched = builders.make_scheduler(self.t_opt, cfg, cfg.steps, 0)
+        self.student = builders.build_model(cfg, cfg.model, self.data, self.device)
+        self.s_opt = builders.make_optimizer(self.student, lr=cfg.student_lr, momentum=cfg.momentum,
+                                             nesterov=cfg.nesterov, weight_decay=cfg.student_weight_decay)
+        wait = cfg.student_wait_steps if cfg.method != "supervised" else 0
+        self.s_sched = builders.make_scheduler(self.s_opt, cfg, cfg.steps, wait)
+        from mplfast.ema import ModelEMA
+
+        self.ema = ModelEMA(self.student, cfg.ema_decay) if cfg.ema_decay > 0 else None
+        # dropout / sampling differ per rank; rank 0 keeps the plain seed stream
+        if info.rank:
+            torch.manual_seed(cfg.seed + 7919 * info.rank)
+
+        self.teacher_w = self._wrap(self.teacher) if self.teacher is not None else None
+        self.student_w = self._wrap(self.student)
+        if cfg.method == "supervised":
+            self.stepper: Any = SupervisedStep(
+                self.student_w, self.s_opt, scheduler=self.s_sched, ema=self.ema,
+                label_smoothing=cfg.label_smoothing, grad_clip=cfg.grad_clip,
+                precision=self.precision, device=self.device)
+        else:
+            from mplfast.step import MPLStep
+
+            self.stepper = MPLStep(self.teacher_w, self.student_w, self.t_opt, self.s_opt,
+                                   mpl_config(cfg), teacher_scheduler=self.t_sched,
+                                   student_scheduler=self.s_sched, student_ema=self.ema,
+                                   seed=cfg.seed)
+        self.step = 0
+        if resume_state is not None:
+            self._load(resume_state)
+
+    # ------------------------------------------------------------------ helpers
+    def _wrap(self, model: nn.Module) -> nn.Module:
+        model = builders.maybe_compile(model, self.cfg.compile)
+        if self.info.distributed:
+            ids = [self.device.index] if self.device.type == "cuda" else None
+            model = nn.parallel.DistributedDataParallel(model, device_ids=ids)
+        return model
+
+    def headline_model(self) -> nn.Module:
+        """The model ``test_acc`` reports: teacher for uda, else the (EMA) student."""
+        if self.cfg.method == "uda":
+            assert self.teacher is not None
+            return self.teacher
+        if self.ema is not None and self.cfg.eval_ema:
+            return self.ema.module
+        return self.student
+
+    def evaluate_all(self) -> dict[str, float]:
+        """Accuracies of every model this method has."""
+        kw = dict(precision=self.precision, device=self.device, batch_size=self.cfg.eval_batch_size)
+        acc: dict[str, float] = {}
+        if self.teacher is not None:
+            acc["teacher_acc"] = accuracy(self.teacher, self.data.batcher, **kw)
+        acc["student_acc"] = accuracy(self.student, self.data.batcher, **kw)
+        if self.ema is not None:
+            acc["ema_acc"] = accuracy(self.ema.module, self.data.batcher, **kw)
+        return acc
+
+    def _lrs(self) -> dict[str, float]:
+        lrs = {"lr_student": float(self.s_opt.param_groups[0]["lr"])}
+        if self.t_opt is not None:
+            lrs["lr_teacher"] = float(self.t_opt.param_groups[0]["lr"])
+        return lrs
+
+    def images_per_step(self) -> int:
+        """Distinct images one step reads, over all ranks: B labeled (+ mu*B unlabeled)."""
+        b = self.cfg.batch_size
+        return b if self.cfg.method == "supervised" else b * (1 + self.cfg.mu)
+
+    # ------------------------------------------------------------------ checkpoints
+    def state(self) -> dict[str, Any]:
+        """Everything a bitwise-exact resume needs."""
+        rng = ckpt_io.rng_state()
+        if self.info.distributed:
+            import torch.distributed as dist
+
+            per_rank: list[Any] = [None] * self.info.world_size
+            dist.all_gather_object(per_rank, rng)
+        else:
+            per_rank = [rng]
+        step_state = self.stepper.state_dict()
+        return {
+            "version": CKPT_VERSION,
+            "step": self.step,
+            "phase": self.phase,
+            "method": self.cfg.method,
+            "config": self.cfg.to_dict(),
+            "world_size": self.info.world_size,
+            "teacher": self.teacher.state_dict() if self.teacher is not None else None,
+            "student": self.student.state_dict(),
+            "teacher_optimizer": self.t_opt.state_dict() if self.t_opt is not None else None,
+            "student_optimizer": self.s_opt.state_dict(),
+            "teacher_scheduler": self.t_sched.state_dict() if self.t_sched is not None else None,
+            "student_scheduler": self.s_sched.state_dict(),
+            "ema": self.ema.state_dict() if self.ema is not None else None,
+            "step_state": step_state,
+            # the grad scalers live in the step's state; named here too for readers of the file
+            "scalers": {k: v for k, v in step_state.items() if "scaler" in k},
+            "rng": per_rank,
+            "results": dict(self.results),
+            "train_time": self.train_time,
+            "finetune": self.ft_state,
+            "finetuned": self.finetuned_sd,
+        }
+
+    def _load(self, st: dict[str, Any]) -> None:
+        if st.get("version") != CKPT_VERSION:
+            raise UserError(f"checkpoint version {st.get('version')} is not supported "
+                            f"(expected {CKPT_VERSION})")
+        if st["method"] != self.cfg.method:
+            raise UserError(f"checkpoint was trained with --method {st['method']}, "
+                            f"not {self.cfg.method}")
+        if self.teacher is not None:
+            self.teacher.load_state_dict(st["teacher"])
+            self.t_opt.load_state_dict(st["teacher_optimizer"])  # type: ignore[union-attr]
+            self.t_sched.load_state_dict(st["teacher_scheduler"])  # type: ignore[union-attr]
+        self.student.load_state_dict(st["student"])
+        self.s_opt.load_state_dict(st["student_optimizer"])
+        self.s_sched.load_state_dict(st["student_scheduler"])
+        if self.ema is not None and st["ema"] is not None:
+            self.ema.load_state_dict(st["ema"])
+        self.stepper.load_state_dict(st["step_state"])
+        self.step = int(st["step"])
+        self.phase = st["phase"] if self.step >= self.cfg.steps else "train"
+        # results of a finished run are stale once training continues (more --steps)
+        self.results = dict(st.get("results") or {}) if self.phase != "train" else {}
+        self.train_time = float(st.get("train_time", 0.0))
+        self.ft_state = st.get("finetune") if self.phase == "finetune" else None
+        self.finetuned_sd = st.get("finetuned") if self.phase == "done" else None
+        rngs = st["rng"]
+        # same world size: each rank continues its own streams; else rank 0's for all
+        ckpt_io.set_rng_state(rngs[self.info.rank] if len(rngs) == self.info.world_size else rngs[0])
+
+    def save(self) -> None:
+        """Atomic checkpoint (rank 0 writes; all ranks take part in gathering RNG states)."""
+        st = self.state()
+        if self.out:
+            ckpt_io.save_atomic(st, os.path.join(self.out, ckpt_io.CHECKPOINT_NAME))
+        barrier(self.info)
+
+    # ------------------------------------------------------------------ phases
+    def _loop(self, *, phase: str, start: int, total: int, offset: int,
+              step_fn: Callable[[int], dict[str, torch.Tensor]],
+              on_eval: Callable[[int], None] | None, writer: MetricsWriter,
+              progress: Progress, extra_images: int, save: Callable[[], None],
+              counter: Callable[[int], None]) -> bool:
+        """Run steps ``start..total-1`` of one phase; True if stopped by a signal.
+
+        ``offset`` maps phase steps to the global step axis of the logs (finetune follows
+        training). ``counter`` stores the completed-step count where the checkpoint reads it.
+        """
+        cfg = self.cfg
+        running = RunningMean()
+        t_log = time.perf_counter()
+        steps_since_log = 0
+        i = start
+        while i < total:
+            t0 = time.perf_counter()
+            metrics = step_fn(i)
+            i += 1
+            counter(i)
+            running.add(metrics)
+            progress.advance(i)
+            steps_since_log += 1
+            if cfg.log_interval and (i % cfg.log_interval == 0 or i == total):
+                rec = running.pop()  # one host sync per log interval
+                now = time.perf_counter()
+                dt = now - t_log
+                rec.update(self._lrs() if phase == "train" else {})
+                rec["steps_per_s"] = steps_since_log / dt if dt > 0 else 0.0
+                rec["images_per_s"] = rec["steps_per_s"] * extra_images
+                t_log, steps_since_log = now, 0
+                if self.info.is_main:
+                    writer.write({"step": offset + i, "phase": phase, **rec})
+                progress.log(i, rec)
+            self.train_time += time.perf_counter() - t0
+            if on_eval is not None and cfg.eval_interval and i % cfg.eval_interval == 0 and i < total:
+                on_eval(i)
+            if any_flag(self.stop.requested, self.info):
+                save()
+                return True
+            if cfg.ckpt_interval and i % cfg.ckpt_interval == 0 and i < total:
+                save()
+        return False
+
+    def run_train(self, writer: MetricsWriter, progress_mode: str) -> bool:
+        """The main phase; True if interrupted."""
+        cfg, batcher = self.cfg, self.data.batcher
+        if self.step >= cfg.steps:
+            return False
+        if cfg.method == "supervised":
+            def step_fn(i: int) -> dict[str, torch.Tensor]:
+                x, y = batcher.labeled_batch(i)
+                return self.stepper(x, y)
+        else:
+            def step_fn(i: int) -> dict[str, torch.Tensor]:
+                x_l, y_l, x_uw, x_us = batcher.batch(i)
+                return self.stepper(x_l, y_l, x_uw, x_us)
+
+        progress = Progress(cfg.steps, self.step, mode=progress_mode, desc=f"{cfg.method} train",
+                            enabled=self.info.is_main)
+
+        def on_eval(i: int) -> None:
+            acc = self.evaluate_all()
+            if self.info.is_main:
+                writer.write({"step": i, "phase": "eval", **acc})
+            progress.message(f"step {i}: " + "  ".join(f"{k} {v:.2f}" for k, v in acc.items()))
+
+        def set_step(i: int) -> None:
+            self.step = i
+
+        try:
+            stopped = self._loop(phase="train", start=self.step, total=cfg.steps, offset=0,
+                                 step_fn=step_fn, on_eval=on_eval, writer=writer,
+                                 progress=progress, extra_images=self.images_per_step(),
+                                 save=self.save, counter=set_step)
+        finally:
+            progress.close()
+        if stopped:
+            return True
+        acc = self.evaluate_all()
+        self.results.update(acc)
+        if self.info.is_main:
+            writer.write({"step": cfg.steps, "phase": "eval", **acc})
+        return False
+
+    def run_finetune(self, writer: MetricsWriter, progress_mode: str) -> bool:
+        """Labeled-only finetune of the headline model; True if interrupted."""
+        cfg = self.cfg
+        total, bs = builders.finetune_steps(cfg)
+        if total == 0 or (self.phase == "done" and "finetune_acc" in self.results):
+            return False
+        self.phase = "finetune"
+        per_rank_bs = max(1, bs // self.info.world_size)
+        model = copy.deepcopy(_raw(self.headline_model()))
+        model.requires_grad_(True)
+        opt = builders.make_optimizer(model, lr=cfg.finetune_lr, momentum=cfg.finetune_momentum,
+                                      nesterov=cfg.nesterov, weight_decay=cfg.finetune_weight_decay)
+        wrapped = self._wrap(model)
+        stepper = SupervisedStep(wrapped, opt, label_smoothing=cfg.label_smoothing,
+                                 grad_clip=cfg.grad_clip, precision=self.precision, device=self.device)
+        start = 0
+        if self.ft_state is not None:
+            model.load_state_dict(self.ft_state["model"])
+            opt.load_state_dict(self.ft_state["optimizer"])
+            stepper.load_state_dict(self.ft_state["stepper"])
+            start = int(self.ft_state["step"])
+        ft_step = [start]
+
+        def snapshot() -> None:
+            self.ft_state = {"step": ft_step[0], "model": model.state_dict(),
+                             "optimizer": opt.state_dict(), "stepper": stepper.state_dict()}
+            self.save()
+
+        def step_fn(i: int) -> dict[str, torch.Tensor]:
+            # batches keyed past the training steps so they never repeat a training draw
+            x, y = self.data.batcher.labeled_batch(cfg.steps + i, per_rank_bs)
+            return stepper(x, y)
+
+        def set_step(i: int) -> None:
+            ft_step[0] = i
+
+        progress = Progress(total, start, mode=progress_mode, desc="finetune",
+                            enabled=self.info.is_main)
+        try:
+            stopped = self._loop(phase="finetune", start=start, total=total, offset=cfg.steps,
+                                 step_fn=step_fn, on_eval=None, writer=writer, progress=progress,
+                                 extra_images=bs, save=snapshot, counter=set_step)
+        finally:
+            progress.close()
+        if stopped:
+            return True
+        acc = accuracy(model, self.data.batcher, precision=self.precision, device=self.device,
+                       batch_size=cfg.eval_batch_size)
+        self.results["finetune_acc"] = acc
+        self.ft_state = None
+        if self.info.is_main:
+            writer.write({"step": cfg.steps + total, "phase": "eval", "finetune_acc": acc})
+        self.finetuned_sd = model.state_dict()
+        return False
+
+    def summary(self, wall_s: float) -> dict[str, Any]:
+        """summary.json: run identity, accuracies (test_acc = headline), timing."""
+        cfg, r = self.cfg, self.results
+        if "finetune_acc" in r:
+            headline = r["finetune_acc"]
+        elif cfg.method == "uda":
+            headline = r["teacher_acc"]
+        elif self.ema is not None and cfg.eval_ema:
+            headline = r["ema_acc"]
+        else:
+            headline = r["student_acc"]
+        out: dict[str, Any] = {
+            "method": cfg.method, "dataset": cfg.dataset, "labels": cfg.labels, "seed": cfg.seed,
+            "steps": cfg.steps, "world_size": self.info.world_size, "preset": cfg.preset,
+            "model": cfg.model, "meta_signal": "none" if cfg.method == "uda" else cfg.meta_signal,
+            "test_acc": headline,
+        }
+        for k in ("teacher_acc", "student_acc", "ema_acc", "finetune_acc"):
+            if k in r:
+                out[k] = r[k]
+        out["wall_s"] = wall_s
+        out["train_s"] = self.train_time
+        out["images_per_s"] = (self.images_per_step() * cfg.steps / self.train_time
+                               if self.train_time > 0 else 0.0)
+        out["device"] = str(self.device)
+        out["precision"] = self.precision
+        return out
+
+
+def _write_json_atomic(obj: Any, path: str) -> None:
+    tmp = path + ".tmp"
+    with open(tmp, "w", encoding="utf-8") as f:
+        json.dump(obj, f, indent=2)
+        f.flush()
+        os.fsync(f.fileno())
+    os.replace(tmp, path)
+
+
+def prepare_out_dir(cfg: TrainConfig, resume: bool) -> dict[str, Any] | None:
+    """Check the output directory; on ``resume`` return the checkpoint to continue from."""
+    if resume and not cfg.out:
+        raise UserError("--resume needs --out DIR (the directory holding checkpoint.pt)")
+    if not cfg.out:
+        return None
+    path = os.path.join(cfg.out, ckpt_io.CHECKPOINT_NAME)
+    if resume:
+        if not os.path.isfile(path):
+            raise UserError(f"--resume: no checkpoint to resume in {cfg.out} (expected {path})")
+        return ckpt_io.load(path)
+    if os.path.exists(path):
+        raise UserError(f"{cfg.out} already holds a checkpoint; pass --resume to continue it "
+                        "or choose another --out")
+    if os.path.exists(cfg.out) and not os.path.isdir(cfg.out):
+        raise UserError(f"--out {cfg.out} exists and is not a directory")
+    return None
+
+
+def resume_config(ckpt: dict[str, Any], overrides: dict[str, Any]) -> TrainConfig:
+    """The checkpoint's config with the user's explicit overrides (e.g. more ``steps``)."""
+    base = apply_overrides(TrainConfig(), ckpt["config"], "checkpoint config")
+    return apply_overrides(base, overrides, "option")
+
+
+def run(cfg: TrainConfig, *, resume_state: dict[str, Any] | None = None,
+        progress: str | None = None) -> RunResult:
+    """Train (and finetune) according to ``cfg``; write outputs to ``cfg.out`` on rank 0."""
+    t_start = time.perf_counter()
+    info = setup(cfg.device)
+    try:
+        with StopRequest() as stop:
+            return _run(cfg, info, stop, resume_state, progress or cfg.progress, t_start)
+    finally:
+        teardown(info)
+
+
+def _run(cfg: TrainConfig, info: DistInfo, stop: StopRequest, resume_state: dict[str, Any] | None,
+         progress_mode: str, t_start: float) -> RunResult:
+    out = cfg.out if info.is_main else None
+    if out:
+        os.makedirs(out, exist_ok=True)
+        save_yaml(cfg, os.path.join(out, "config.yaml"))
+        if resume_state is None:
+            for name in ("metrics.jsonl", "summary.json"):  # a fresh run starts fresh logs
+                if os.path.exists(os.path.join(out, name)):
+                    os.remove(os.path.join(out, name))
+    r = _Run(cfg, info, stop, resume_state)
+    writer = MetricsWriter(out, tensorboard=cfg.tensorboard,
+                           resume_step=(r.step + (int(r.ft_state["step"]) if r.ft_state else 0))
+                           if resume_state is not None else None)
+    result = RunResult(summary={}, out_dir=out)
+    try:
+        interrupted = r.run_train(writer, progress_mode)
+        if not interrupted:
+            interrupted = r.run_finetune(writer, progress_mode)
+        if interrupted:
+            result.interrupted, result.signame, result.step = True, stop.signame, r.step
+            return result
+        r.phase = "done"
+        summary = r.summary(time.perf_counter() - t_start)
+        result.summary, result.step = summary, r.step
+        r.save()
+        if out:
+            _write_json_atomic(summary, os.path.join(out, "summary.json"))
+    finally:
+        writer.close()
+        if out and cfg.plot:
+            from mplfast.train.plots import plot_curves
+
+            plot_curves(os.path.join(out, "metrics.jsonl"), os.path.join(out, "curves.png"))
+    return result
