@@ -82,6 +82,11 @@ def _batch_stats_only(model: nn.Module) -> Iterator[None]:
             m.track_running_stats = True
 
 
+def _hi(t: Tensor) -> Tensor:
+    """At least float32 (float64 stays float64): the meta-gradient math precision."""
+    return t.to(torch.promote_types(t.dtype, torch.float32))
+
+
 class _RngReplay:
     """Saves the RNG state before a forward so the JVP can redraw the same dropout masks."""
 
@@ -351,7 +356,7 @@ class MPLStep:
             G = G * (moved * cfg.meta_sign)
             G = torch.where(torch.isfinite(G).all(), G, torch.zeros_like(G))
             # d L_mpl / d z_us = softmax-Jacobian^T G, i.e. the chain rule through p = softmax(z_us).
-            l_mpl = (G * torch.softmax(z_us.float(), dim=-1)).sum()
+            l_mpl = (G * torch.softmax(z_us.to(G.dtype), dim=-1)).sum().float()
         else:
             l_mpl = h * soft_cross_entropy(z_us, y_teacher).float()
 
@@ -435,17 +440,17 @@ class MPLStep:
         cfg = self.cfg
         if inv_scale is not None:
             v = [t * inv_scale for t in v]
-        u = [t.float() * k for t, k in zip(v, lr_k)]
+        u = [_hi(t) * k for t, k in zip(v, lr_k)]
         if grad_norm is not None:
             # clip(g) = a g with a = min(1, c / (|g| + 1e-6)) (clip_grad_norm_'s formula), and g
             # here is the *clipped* gradient a*g0. Where a < 1:
             # J = a (I - g0 g0^T / (|g0| (|g0| + 1e-6))), applied to u.
             c = float(cfg.grad_clip)
-            n0 = grad_norm.float()
+            n0 = _hi(grad_norm)
             a_raw = c / (n0 + 1e-6)
             clipped = a_raw < 1
             a = torch.clamp(a_raw, max=1.0)
-            g0 = [(g.float() / a) if g is not None else torch.zeros_like(uu) for g, uu in zip(g_u, u)]
+            g0 = [(_hi(g) / a) if g is not None else torch.zeros_like(uu) for g, uu in zip(g_u, u)]
             dot = sum((gg * uu).sum() for gg, uu in zip(g0, u))
             corr = dot / (n0 * (n0 + 1e-6))
             u = [torch.where(clipped, a * (uu - gg * corr), uu) for uu, gg in zip(u, g0)]
@@ -454,12 +459,16 @@ class MPLStep:
         primals = {n: o.to(p.dtype) for n, o, p in zip(names, old, self._student_params)}
         tangents = {n: t.to(primals[n].dtype) for n, t in zip(names, u)}
 
+        pdtype = self._student_params[0].dtype
+        # Inputs may be half precision (a bf16 batcher); without autocast they must match the weights.
+        x_in = x_s.to(pdtype) if x_s.is_floating_point() else x_s
+
         def log_probs(pr: dict[str, Tensor]) -> Tensor:
             # fp32 even under bf16/fp16: forward-mode AD does not compose with autocast (the
             # dual weights and the activations end up in different dtypes), and fp32 is the
             # more accurate derivative anyway.
-            out = functional_call(module, pr, (x_s.float() if x_s.is_floating_point() else x_s,))
-            return torch.log_softmax(out[B:].float(), dim=-1)
+            out = functional_call(module, pr, (x_in,))
+            return torch.log_softmax(out[B:].to(torch.promote_types(out.dtype, torch.float32)), dim=-1)
 
         with rng.replay(), _batch_stats_only(module), torch.no_grad():
             _, jv = jvp(log_probs, (primals,), (tangents,))
