@@ -1,0 +1,107 @@
+"""Meta signals: grad_dot against autograd, the paper's plain-SGD form, and its small-lr limit."""
+from __future__ import annotations
+
+import copy
+
+import pytest
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from mplfast import MPLConfig, MPLStep, create_model
+
+
+@pytest.fixture(autouse=True, scope="module")
+def _one_thread():
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(n)
+
+
+B, M, C = 4, 6, 5
+
+
+def batch(seed: int = 0):
+    g = torch.Generator().manual_seed(seed)
+    buf = torch.randn(B + 2 * M, 1, 8, 8, generator=g, dtype=torch.float64)
+    return buf[:B], torch.randint(0, C, (B,), generator=g), buf[B:B + M], buf[B + M:]
+
+
+def mlp() -> nn.Module:
+    # No batch norm: L_old (from the joint [x_l; x_us] forward) and L_new (x_l alone) then
+    # differ only through the parameters, so loss_diff -> grad_dot as lr -> 0.
+    return nn.Sequential(nn.Flatten(), nn.Linear(64, 16), nn.Tanh(), nn.Linear(16, C)).double()
+
+
+def test_grad_dot_plain_sgd_is_paper_h():
+    """Plain SGD: h = -<grad L_new(theta'), theta' - theta> = lr <grad L_new(theta'), g_u>."""
+    torch.manual_seed(0)
+    T = create_model("small_cnn", C, in_chans=1, width=4).double()
+    S = create_model("small_cnn", C, in_chans=1, width=4).double()
+    T0, S0 = copy.deepcopy(T), copy.deepcopy(S)
+    lr, eps = 0.2, 0.1
+    cfg = MPLConfig(meta_signal="grad_dot", label_smoothing=eps, precision="fp32")
+    step = MPLStep(T, S, torch.optim.SGD(T.parameters(), lr=0.1), torch.optim.SGD(S.parameters(), lr=lr), cfg)
+    x_l, y_l, x_uw, x_us = batch()
+    h = step(x_l, y_l, x_uw, x_us)["h"]
+
+    # The same quantities by hand with autograd.
+    y_hat = T0(torch.cat([x_l, x_uw, x_us]))[B + M:].argmax(-1)
+    s = S0(torch.cat([x_l, x_us]))
+    g_u = torch.autograd.grad(F.cross_entropy(s[B:], y_hat, label_smoothing=eps), list(S0.parameters()))
+    with torch.no_grad():
+        for p, g in zip(S0.parameters(), g_u):
+            p.sub_(lr * g)
+    v = torch.autograd.grad(F.cross_entropy(S0(x_l), y_l), list(S0.parameters()))
+    want = lr * sum((a * b).sum() for a, b in zip(v, g_u))
+    assert abs(float(want)) > 1e-4
+    torch.testing.assert_close(h.double(), want, rtol=1e-6, atol=0)
+    # The step really updated the student to theta' = theta - lr g_u.
+    for p, q in zip(S.parameters(), S0.parameters()):
+        torch.testing.assert_close(p, q, rtol=1e-12, atol=1e-12)
+
+
+def test_grad_dot_with_momentum_matches_autograd():
+    """Nesterov + weight decay + clipping, second step: h = -<grad L_new(theta'), theta' - theta>."""
+    torch.manual_seed(1)
+    T = create_model("small_cnn", C, in_chans=1, width=4).double()
+    S = create_model("small_cnn", C, in_chans=1, width=4).double()
+    cfg = MPLConfig(meta_signal="grad_dot", precision="fp32", grad_clip=0.5)
+    opt_s = torch.optim.SGD(S.parameters(), lr=0.3, momentum=0.9, nesterov=True, weight_decay=5e-4)
+    step = MPLStep(T, S, torch.optim.SGD(T.parameters(), lr=0.1), opt_s, cfg)
+    step(*batch(1))
+    before = [p.detach().clone() for p in S.parameters()]
+    x_l, y_l, x_uw, x_us = batch(2)
+    h = step(x_l, y_l, x_uw, x_us)["h"]
+    S_new = copy.deepcopy(S)
+    v = torch.autograd.grad(F.cross_entropy(S_new(x_l), y_l), list(S_new.parameters()))
+    want = -sum((g * (p.detach() - o)).sum() for g, p, o in zip(v, S.parameters(), before))
+    torch.testing.assert_close(h.double(), want, rtol=1e-6, atol=0)
+
+
+def test_grad_dot_approaches_loss_diff_for_small_lr():
+    errs = []
+    for lr in (1e-1, 1e-2, 1e-3):
+        hs = {}
+        for signal in ("loss_diff", "grad_dot"):
+            torch.manual_seed(2)
+            T, S = mlp(), mlp()
+            step = MPLStep(T, S, torch.optim.SGD(T.parameters(), lr=0.1),
+                           torch.optim.SGD(S.parameters(), lr=lr, momentum=0.9, nesterov=True),
+                           MPLConfig(meta_signal=signal, precision="fp32"))
+            hs[signal] = float(step(*batch(3))["h"])
+        errs.append(abs(hs["grad_dot"] - hs["loss_diff"]) / abs(hs["loss_diff"]))
+    # First-order agreement: the relative gap shrinks ~linearly with lr.
+    assert errs[-1] < 1e-2, errs
+    assert errs[0] > errs[1] > errs[2], errs
+
+
+def test_meta_signal_none_trains_teacher_as_plain_uda():
+    torch.manual_seed(0)
+    T, S = mlp(), mlp()
+    step = MPLStep(T, S, torch.optim.SGD(T.parameters(), lr=0.1), torch.optim.SGD(S.parameters(), lr=0.1),
+                   MPLConfig(meta_signal="none", precision="fp32"))
+    m = step(*batch(4))
+    assert float(m["h"]) == 0.0 and float(m["mpl_loss"]) == 0.0
+    torch.testing.assert_close(m["teacher_loss"], m["teacher_loss_l"] + m["uda_weight"] * m["uda_loss"])
