@@ -14,6 +14,7 @@ gradient buffers every step reuse one device-side table and skip the host-to-dev
 """
 from __future__ import annotations
 
+import os
 from collections import OrderedDict
 from typing import Sequence
 
@@ -24,7 +25,8 @@ import triton.language as tl
 __all__ = ["grad_dot", "grad_dot_delta"]
 
 _CHUNK = 65536  # elements per table row (one program)
-_BLOCK = 1024  # elements per inner-loop step
+# elements per inner-loop step; the interpreter pays per op, not per element, so it takes more
+_BLOCK = 8192 if os.environ.get("TRITON_INTERPRET") == "1" else 1024
 _TABLE_CAPACITY = 4096  # chunks per launch
 _KIND = {torch.float32: 0, torch.float16: 1, torch.bfloat16: 2}
 _TABLE_CACHE: "OrderedDict[tuple, torch.Tensor]" = OrderedDict()

@@ -33,8 +33,14 @@ def _check_lists(op: str, named: list[tuple[str, Any]]) -> list[list[Tensor]]:
                 device, first = t.device, f"{name}[{i}]"
             elif t.device != device:
                 raise ValueError(f"{op}: mixed devices: {first} is on {device} but {name}[{i}] is on {t.device}")
-        shape0 = lists[0][i].shape
+        shape0, dtype0 = lists[0][i].shape, lists[0][i].dtype
         for (name, _), lst in zip(named[1:], lists[1:]):
+            if lst[i].dtype != dtype0:
+                # one contract for every backend: the native kernels take one dtype per index
+                raise TypeError(
+                    f"{op}: dtype mismatch at index {i}: {named[0][0]}[{i}] is {dtype0} but "
+                    f"{name}[{i}] is {lst[i].dtype}"
+                )
             if lst[i].shape != shape0:
                 raise ValueError(
                     f"{op}: shape mismatch at index {i}: {named[0][0]}[{i}] is {tuple(shape0)} but "
@@ -62,8 +68,8 @@ def grad_dot(xs: Sequence[Tensor], ys: Sequence[Tensor], *, backend: str | None 
 
     Args:
         xs, ys: sequences of tensors; x_i and y_i have the same shape (any, empty allowed).
-            float32 | float16 | bfloat16 (float64: reference / native on CPU); dtypes may differ
-            between x_i and y_i. All on one device.
+            float32 | float16 | bfloat16 (float64: reference / native on CPU); x_i and y_i share
+            a dtype, different indices may differ. All on one device.
         backend: ``None`` (fastest available), ``"reference"``, ``"native"`` or ``"triton"``.
 
     Returns:

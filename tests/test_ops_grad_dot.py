@@ -1,0 +1,152 @@
+"""grad_dot / grad_dot_delta on every backend against a float64 loop of torch ops.
+
+Tolerance: |error| <= 1e-5 * sum_i |x_i| . |y_i| (the scale of the dot product's rounding
+error in fp32 accumulation) for fp32; inputs in fp16/bf16 are exact in fp32, so the same bound
+applies to them (the products are accumulated in fp32).
+"""
+from __future__ import annotations
+
+import pytest
+import torch
+
+import mplfast
+from mplfast.backends import backends
+
+BACKENDS = ["reference", "native", "triton"]
+
+
+def need(backend: str) -> None:
+    st = backends()[backend]["cpu"]
+    if st is not True:
+        if backend == "native":
+            pytest.skip(f"native backend unavailable: {st}")
+        pytest.fail(f"{backend} should be available on CPU in the test environment: {st}")
+
+
+def expected(xs, ys, zs=None):
+    """(value, error scale) in float64."""
+    val, scale = 0.0, 0.0
+    for i, (x, y) in enumerate(zip(xs, ys)):
+        x64, y64 = x.double().reshape(-1), y.double().reshape(-1)
+        if zs is not None:
+            y64 = y64 - zs[i].double().reshape(-1)
+        val += float(x64 @ y64)
+        scale += float(x64.abs() @ y64.abs())
+    return val, scale
+
+
+# Ragged: empty tensors (leading, inner, trailing), a 0-dim scalar, sizes around and above the
+# Triton chunk (65536), odd sizes, conv-like 4-D shapes.
+SHAPES = [(0,), (3, 3, 16, 16), (), (1,), (0, 5), (7, 11), (65536,), (65537,), (150001,), (64,), (2, 0, 3), (0,)]
+
+
+def ragged(gen, dtypes=(torch.float32,)):
+    out = []
+    for k in range(3):
+        out.append([(torch.randn(s, generator=gen) * (1 + k)).to(dtypes[i % len(dtypes)])
+                    for i, s in enumerate(SHAPES)])
+    return out
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float16, torch.bfloat16], ids=str)
+def test_ragged_lists(backend, dtype, seeded):
+    need(backend)
+    xs, ys, zs = ragged(seeded, (dtype,))
+    out = mplfast.grad_dot(xs, ys, backend=backend)
+    assert out.dtype == torch.float32 and out.dim() == 0 and not out.requires_grad
+    val, scale = expected(xs, ys)
+    assert abs(out.item() - val) <= 1e-5 * scale + 1e-6
+    out = mplfast.grad_dot_delta(xs, ys, zs, backend=backend)
+    assert out.dtype == torch.float32 and out.dim() == 0
+    val, scale = expected(xs, ys, zs)
+    assert abs(out.item() - val) <= 1e-5 * scale + 1e-6
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_mixed_dtypes_in_one_call(backend, seeded):
+    """Several dtype groups in one call (Triton: one launch per group)."""
+    need(backend)
+    xs, ys, zs = ragged(seeded, (torch.float32, torch.bfloat16, torch.float16))
+    val, scale = expected(xs, ys)
+    assert abs(mplfast.grad_dot(xs, ys, backend=backend).item() - val) <= 1e-5 * scale + 1e-6
+    val, scale = expected(xs, ys, zs)
+    assert abs(mplfast.grad_dot_delta(xs, ys, zs, backend=backend).item() - val) <= 1e-5 * scale + 1e-6
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_many_tensors_and_determinism(backend, seeded):
+    """More tensors than apex's per-launch table (110); the result is bit-identical across calls.
+    (Kept at 130 tensors: the Triton interpreter pays ~10 ms per program.)"""
+    need(backend)
+    sizes = torch.randint(0, 300, (130,), generator=seeded).tolist()
+    xs = [torch.randn(s, generator=seeded) for s in sizes]
+    ys = [torch.randn(s, generator=seeded) for s in sizes]
+    zs = [torch.randn(s, generator=seeded) for s in sizes]
+    a = mplfast.grad_dot(xs, ys, backend=backend)
+    b = mplfast.grad_dot(xs, ys, backend=backend)
+    assert torch.equal(a, b)
+    val, scale = expected(xs, ys)
+    assert abs(a.item() - val) <= 1e-5 * scale + 1e-6
+    d1 = mplfast.grad_dot_delta(xs, ys, zs, backend=backend)
+    d2 = mplfast.grad_dot_delta(xs, ys, zs, backend=backend)
+    assert torch.equal(d1, d2)
+    val, scale = expected(xs, ys, zs)
+    assert abs(d1.item() - val) <= 1e-5 * scale + 1e-6
+
+
+def test_triton_table_split_is_bit_identical(monkeypatch, seeded):
+    """Tables larger than one launch's capacity are split into several launches; the partials
+    and their summation order do not change, so the result is bit-identical."""
+    need("triton")
+    import mplfast.kernels.grad_dot as kg
+
+    xs = [torch.randn(n, generator=seeded) for n in (5, 0, 70000, 3, 140000, 9, 11, 1)]
+    ys = [torch.randn(x.shape, generator=seeded) for x in xs]
+    whole = kg.grad_dot(xs, ys)
+    launches = []
+    real = kg._multi_dot_kernel
+
+    class Counting:
+        def __getitem__(self, grid):
+            launches.append(grid)
+            return real[grid]
+
+    monkeypatch.setattr(kg, "_multi_dot_kernel", Counting())
+    monkeypatch.setattr(kg, "_TABLE_CAPACITY", 2)
+    kg._TABLE_CACHE.clear()
+    split = kg.grad_dot(xs, ys)
+    assert len(launches) == 5  # 9 chunks (70000 -> 2, 140000 -> 3), 2 per launch
+    assert torch.equal(whole, split)
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_grad_dot_delta_equals_grad_dot_of_difference(backend, seeded):
+    need(backend)
+    g = [torch.randn(33, 7, generator=seeded), torch.randn(1000, generator=seeded)]
+    new = [torch.randn(33, 7, generator=seeded), torch.randn(1000, generator=seeded)]
+    old = [n + 1e-3 * torch.randn(n.shape, generator=seeded) for n in new]  # a small step
+    a = mplfast.grad_dot_delta(g, new, old, backend=backend)
+    b = mplfast.grad_dot([x.double() for x in g], [n.double() - o.double() for n, o in zip(new, old)],
+                         backend="reference")
+    assert a.item() == pytest.approx(b.item(), rel=1e-4, abs=1e-6)
+
+
+def test_empty_and_no_autograd(seeded):
+    out = mplfast.grad_dot([], [])
+    assert out.dtype == torch.float32 and out.item() == 0.0
+    assert mplfast.grad_dot_delta([], [], []).item() == 0.0
+    for backend in ("reference", "triton"):
+        assert mplfast.grad_dot([torch.empty(0)], [torch.empty(0)], backend=backend).item() == 0.0
+    x = torch.randn(10, generator=seeded, requires_grad=True)
+    out = mplfast.grad_dot([x], [x * 2])
+    assert not out.requires_grad
+
+
+def test_float64_on_cpu(seeded):
+    xs = [torch.randn(100, generator=seeded, dtype=torch.float64)]
+    ys = [torch.randn(100, generator=seeded, dtype=torch.float64)]
+    val, _ = expected(xs, ys)
+    assert mplfast.grad_dot(xs, ys).item() == pytest.approx(val, rel=1e-6)
+    with pytest.raises(TypeError, match="float64"):
+        mplfast.grad_dot(xs, ys, backend="triton")

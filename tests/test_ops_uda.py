@@ -1,0 +1,120 @@
+"""uda_loss on every backend against the unfused composite of mpl-algorithm.md, step 3.
+
+The expected values are the composite in float64 on the same (rounded) inputs. Tolerances (max
+abs error relative to the largest expected magnitude): fp32 1e-5, fp16 2e-3, bf16 1.6e-2.
+The mask itself must match exactly (random inputs keep max q away from the threshold).
+"""
+from __future__ import annotations
+
+import math
+
+import pytest
+import torch
+
+import mplfast
+from mplfast.backends import backends
+
+BACKENDS = ["reference", "native", "triton"]
+TOL = {torch.float32: 1e-5, torch.float16: 2e-3, torch.bfloat16: 1.6e-2, torch.float64: 1e-12}
+
+
+def need(backend: str) -> None:
+    st = backends()[backend]["cpu"]
+    if st is not True:
+        if backend == "native":
+            pytest.skip(f"native backend unavailable: {st}")
+        pytest.fail(f"{backend} should be available on CPU in the test environment: {st}")
+
+
+def composite(weak: torch.Tensor, strong: torch.Tensor, tau: float, thr: float):
+    """Spec composite in float64: (loss, mask_rate, per-row mask)."""
+    q = torch.softmax(weak.double() / tau, dim=1)
+    keep = q.amax(dim=1) >= thr
+    ce = -(q * torch.log_softmax(strong, dim=1)).sum(dim=1)
+    loss = torch.where(keep, ce, torch.zeros_like(ce)).sum() / weak.shape[0]
+    return loss, keep.double().mean(), keep
+
+
+def assert_close(actual, expected, tol, what):
+    a, e = actual.double(), expected.double()
+    assert torch.isfinite(a).all(), f"{what}: non-finite"
+    err = (a - e).abs().max().item()
+    bound = tol * max(e.abs().max().item(), 1e-30)
+    assert err <= bound, f"{what}: max abs error {err:.3g} > {bound:.3g}"
+
+
+CASES = [(1, 2), (7, 10), (64, 10), (5, 37), (6, 1000), (2, 32000), (4099, 10)]
+
+
+def weak_logits(n: int, c: int, gen: torch.Generator) -> torch.Tensor:
+    """Even rows get one class boosted so that max q ~ 0.95 at tau = 0.7 (kept at threshold
+    0.6); odd rows stay flat (max q well below 0.6 for C >= 10): the mask goes both ways."""
+    weak = torch.randn(n, c, generator=gen)
+    rows = torch.arange(0, n, 2)
+    weak[rows, torch.randint(0, c, (len(rows),), generator=gen)] += 0.7 * (math.log(c) + 5)
+    return weak
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float16, torch.bfloat16], ids=str)
+@pytest.mark.parametrize("case", CASES, ids=lambda c: f"{c[0]}x{c[1]}")
+def test_matches_composite(backend, dtype, case, seeded):
+    need(backend)
+    n, c = case
+    weak = weak_logits(n, c, seeded).to(dtype)
+    strong = torch.randn(n, c, generator=seeded) * 40  # naive exp overflows fp32
+    strong[torch.arange(n), torch.randint(0, c, (n,), generator=seeded)] = 120.0
+    strong = strong.to(dtype)
+    tol = TOL[dtype]
+    for thr in (0.0, 0.6, 1.0):
+        s = strong.clone().requires_grad_()
+        w = weak.clone().requires_grad_()  # must receive no gradient
+        loss, rate = mplfast.uda_loss(w, s, temperature=0.7, threshold=thr, backend=backend)
+        s64 = strong.double().requires_grad_()
+        ref, ref_rate, keep = composite(weak, s64, 0.7, thr)
+        assert loss.dtype == dtype and rate.dtype == torch.float32 and loss.dim() == 0
+        assert rate.item() == pytest.approx(ref_rate.item(), abs=1e-6)
+        assert_close(loss, ref, tol, f"loss thr={thr}")
+        go = 1.7
+        loss.backward(torch.tensor(go, dtype=dtype))
+        (gr,) = torch.autograd.grad(ref * go, s64)
+        assert w.grad is None, "gradient must not flow to logits_weak"
+        assert s.grad.dtype == dtype
+        assert_close(s.grad, gr, tol, f"grad thr={thr}")
+        assert (s.grad[~keep] == 0).all(), "dropped rows get exactly zero gradient"
+        if thr == 0.0:
+            assert rate.item() == 1.0
+        if thr == 0.6 and n >= 2 and c >= 10:
+            assert 0.0 < rate.item() < 1.0, "the mask must keep some rows and drop others"
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_mask_extremes_and_sharp_teacher(backend, seeded):
+    """Huge weak logits: q is one-hot (max q == 1), kept even at threshold 1."""
+    need(backend)
+    weak = torch.randn(5, 20, generator=seeded)
+    weak[:, 3] = 500.0
+    strong = torch.randn(5, 20, generator=seeded) * 30
+    loss, rate = mplfast.uda_loss(weak, strong, temperature=0.5, threshold=1.0, backend=backend)
+    assert rate.item() == 1.0
+    ref = -(torch.log_softmax(strong.double(), 1)[:, 3]).mean()
+    assert_close(loss, ref, 1e-5, "one-hot teacher")
+
+
+@pytest.mark.parametrize("backend", ["reference", "native"])
+def test_gradcheck_float64(backend, seeded):
+    need(backend)
+    weak = torch.randn(6, 7, generator=seeded, dtype=torch.float64) * 2
+    strong = (torch.randn(6, 7, generator=seeded, dtype=torch.float64) * 3).requires_grad_()
+    _, rate = mplfast.uda_loss(weak, strong, temperature=0.7, threshold=0.5, backend=backend)
+    assert 0.0 < rate.item() < 1.0
+    assert torch.autograd.gradcheck(
+        lambda s: mplfast.uda_loss(weak, s, temperature=0.7, threshold=0.5, backend=backend)[0], (strong,))
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_empty_batch(backend):
+    need(backend)
+    loss, rate = mplfast.uda_loss(torch.randn(0, 10), torch.randn(0, 10), temperature=1.0,
+                                  threshold=0.5, backend=backend)
+    assert torch.isnan(loss) and torch.isnan(rate)  # 0 / 0, as mean() over no rows
