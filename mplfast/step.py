@@ -266,7 +266,9 @@ class MPLStep:
             s = student(x_s)
         s_l, s_us = s[:B], s[B:]
         with torch.no_grad():
-            l_old = soft_cross_entropy(s_l.detach(), y_l).float()
+            # fp32 logits: the op returns the loss in the logits' dtype, and h = L_old - L_new
+            # would be quantized to half precision (~1e-3 in fp16, ~1e-2 in bf16).
+            l_old = soft_cross_entropy(s_l.detach().float(), y_l)
         l_s = soft_cross_entropy(s_us, target, label_smoothing=cfg.label_smoothing)
 
         # 6. Student update: backward, (unscale), clip, step, scheduler, EMA.
@@ -307,7 +309,7 @@ class MPLStep:
         need_v = cfg.meta_signal == "grad_dot" or soft_meta
         with torch.set_grad_enabled(need_v), self._autocast():
             s_new = student(x_l)
-        l_new_t = soft_cross_entropy(s_new, y_l)
+        l_new_t = soft_cross_entropy(s_new.float(), y_l)  # fp32, as L_old
         l_new = l_new_t.detach().float()
         v: list[Tensor] | None = None
         inv_scale = None
