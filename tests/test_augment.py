@@ -6,7 +6,7 @@ import pytest
 import torch
 from PIL import Image, ImageOps
 
-from mplfast.augment import augment_view, cpu, resolve_backend
+from mplfast.augment import augment_view, cpu, native, resolve_backend
 from mplfast.augment import params as P
 from mplfast.augment import reference as R
 from mplfast.augment import rng
@@ -160,6 +160,57 @@ def test_augment_view_determinism_and_backends():
     fill = (128 / 255 - torch.tensor(mean)) / torch.tensor(std)
     px = a.permute(0, 2, 3, 1).reshape(-1, 3)
     assert (px - fill).abs().amax(1).lt(1e-5).any()
-    assert resolve_backend(None, torch.device("cpu")) == "cpu"
+    want = "native" if native.unavailable_reason() is None else "cpu"
+    assert resolve_backend(None, torch.device("cpu")) == want
     with pytest.raises(ValueError):
         resolve_backend("bogus", torch.device("cpu"))
+
+
+# ---- C++ backend == reference ----------------------------------------------------------------
+needs_native = pytest.mark.skipif(native.unavailable_reason() is not None,
+                                  reason=str(native.unavailable_reason()))
+
+
+def _native_vs_ref(imgs, idx, pol, key, ids, dtype=torch.float32, channels_last=True, threads=1):
+    N, (H, W, C) = idx.numel(), imgs.shape[1:]
+    mean, std = tuple(0.4 + 0.05 * i for i in range(C)), tuple(0.2 + 0.03 * i for i in range(C))
+    if channels_last:
+        out = torch.empty(N, H, W, C, dtype=dtype).permute(0, 3, 1, 2)
+    else:
+        out = torch.empty(N, C, H, W, dtype=dtype)
+    ref = torch.empty_like(out)
+    native.augment(imgs, idx, out, pol, key, ids, mean, std, threads=threads)
+    R.augment(imgs, idx, ref, pol, key, ids, mean, std)
+    return out, ref
+
+
+@needs_native
+@pytest.mark.parametrize("op", range(P.NUM_OPS), ids=P.OP_NAMES)
+@pytest.mark.parametrize("c", [1, 3])
+def test_native_matches_reference_per_op(op, c):
+    imgs = _images(10, 17, 19, c, seed=op + 40)
+    pol = P.Policy(17, 19, c == 3, n_ops=1, magnitude=13.0, op_set=(op,))
+    out, ref = _native_vs_ref(imgs, torch.tensor([9, 0, 4, 4, 7]), pol, 7 + op, torch.arange(5))
+    assert torch.equal(out, ref)
+
+
+@needs_native
+@pytest.mark.parametrize("dtype,channels_last,threads", [(torch.float32, True, 2),
+                                                         (torch.bfloat16, True, 1),
+                                                         (torch.float32, False, 1)])
+def test_native_matches_reference_whole_policy(dtype, channels_last, threads):
+    imgs = _images(40, 32, 32, 3, seed=11)
+    idx = torch.randint(0, 40, (33,), generator=torch.Generator().manual_seed(1))
+    pol = P.Policy(32, 32, True, n_ops=2, magnitude=16.0, cutout=0.5)
+    out, ref = _native_vs_ref(imgs, idx, pol, 2024, torch.arange(33) + 500, dtype,
+                              channels_last, threads)
+    assert torch.equal(out, ref)
+
+
+@needs_native
+def test_native_rejects_bad_index():
+    imgs = _images(3, 8, 8, 3)
+    out = torch.empty(1, 3, 8, 8)
+    with pytest.raises(IndexError):
+        native.augment(imgs, torch.tensor([3]), out, P.Policy(8, 8, True), 1, torch.arange(1),
+                       (0.5,) * 3, (0.2,) * 3)

@@ -3,7 +3,8 @@
 Semantics: ``docs/augmentation.md``. Implementations, all bit-compatible with each other:
 
 - ``reference``: ``mplfast.augment.reference``, image by image, op by op (always available);
-- ``cpu``:       ``mplfast.augment.cpu``, batched vectorized torch (CPU default; also any device);
+- ``native``:    ``csrc/augment/augment.cpp`` in ``mplfast._C``, C++/OpenMP (CPU default);
+- ``cpu``:       ``mplfast.augment.cpu``, batched vectorized torch (any device; the fallback);
 - ``triton``:    ``mplfast.kernels.augment``, one fused kernel per view (CUDA default; on CPU
                  only when ``TRITON_INTERPRET=1`` and asked for by name).
 """
@@ -21,7 +22,7 @@ from .params import Policy
 
 __all__ = ["Policy", "augment_view", "resolve_backend", "params", "rng", "BACKENDS"]
 
-BACKENDS = ("reference", "cpu", "triton")
+BACKENDS = ("reference", "cpu", "native", "triton")
 _warned: set[str] = set()
 
 
@@ -38,26 +39,35 @@ def _triton_reason(device: torch.device) -> str | None:
     return f"triton needs a CUDA device (got {device.type}; set TRITON_INTERPRET=1 to interpret)"
 
 
+def _native_reason(device: torch.device) -> str | None:
+    if device.type != "cpu":
+        return f"the C++ augment kernel runs on CPU tensors (got {device.type})"
+    from .native import unavailable_reason
+
+    return unavailable_reason()
+
+
+def _warn_once(why: str) -> None:
+    if why not in _warned:
+        _warned.add(why)
+        warnings.warn(f"augment: falling back to the torch path: {why}", stacklevel=4)
+
+
 def resolve_backend(requested: str | None, device: torch.device) -> str:
-    """None: triton on CUDA (falls back to cpu with one warning), cpu elsewhere. A named backend
-    that cannot run raises RuntimeError saying why. ``native`` is an alias of ``cpu``."""
-    if requested == "native":
-        requested = "cpu"
+    """None: triton on CUDA, native (C++) on CPU; either falls back to the vectorized torch
+    path ("cpu") with one warning. A named backend that cannot run raises RuntimeError."""
     if requested is not None:
         if requested not in BACKENDS:
             raise ValueError(f"augment backend must be one of {BACKENDS}, got {requested!r}")
-        if requested == "triton":
-            why = _triton_reason(device)
-            if why:
-                raise RuntimeError(f"augment backend 'triton' unavailable: {why}")
+        check = {"triton": _triton_reason, "native": _native_reason}.get(requested)
+        why = check(device) if check else None
+        if why:
+            raise RuntimeError(f"augment backend {requested!r} unavailable: {why}")
         return requested
-    if device.type == "cuda":
-        why = _triton_reason(device)
-        if why is None:
-            return "triton"
-        if why not in _warned:
-            _warned.add(why)
-            warnings.warn(f"augment: falling back to the torch path: {why}", stacklevel=3)
+    why = _triton_reason(device) if device.type == "cuda" else _native_reason(device)
+    if why is None:
+        return "triton" if device.type == "cuda" else "native"
+    _warn_once(why)
     return "cpu"
 
 
@@ -96,6 +106,9 @@ def augment_view(out: Tensor, images: Tensor, index: Tensor, policy: Policy, *, 
     if name == "triton":
         from mplfast.kernels.augment import augment as triton_augment
         triton_augment(images, index, out, policy, key, id_offset, mean, std)
+    elif name == "native":
+        from . import native
+        native.augment(images, index, out, policy, key, ids, mean, std)
     elif name == "cpu":
         from . import cpu
         cpu.augment(images, index, out, policy, key, ids, mean, std)
