@@ -78,6 +78,7 @@ class BenchConfig:
     workers: int = 4         # the eager reference's DataLoader workers (the port's default)
     compile_mode: str = "reduce-overhead"
     seed: int = 0
+    profile_steps: int = 0   # > 0: after timing, profile this many steps of the same runner
 
 
 PRESETS: dict[str, dict[str, Any]] = {
@@ -133,6 +134,7 @@ class Runner:
 def build_eager(cfg: BenchConfig, images: np.ndarray, labels: np.ndarray, lab_idx: np.ndarray) -> Runner:
     """The port-style reference: DataLoader + PIL, fp16 autocast + GradScalers on CUDA."""
     device = torch.device(cfg.device)
+    torch.backends.cudnn.benchmark = False  # the port leaves cuDNN's autotuner off
     torch.manual_seed(cfg.seed)
     teacher, student = _make_model(cfg), _make_model(cfg)
     ref = er.EagerMPL(teacher, student, device, er.EagerConfig(warmup_steps=_WARMUP, student_wait_steps=_WAIT))
@@ -140,7 +142,7 @@ def build_eager(cfg: BenchConfig, images: np.ndarray, labels: np.ndarray, lab_id
                               workers=cfg.workers, seed=cfg.seed)
     info = {"precision": "fp16+GradScaler" if ref.amp else "fp32", "optimizer": perf.sgd_impl(ref.s_opt),
             "data": f"DataLoader(workers={cfg.workers}) + PIL, weak transforms: {data.weak_transforms}",
-            "compile": "eager"}
+            "compile": "eager", "cudnn_benchmark": False}
 
     def cleanup() -> None:
         data.labeled.close()  # ends the generators, so the worker processes can shut down
@@ -158,6 +160,8 @@ def build_mplfast(cfg: BenchConfig, images: np.ndarray, labels: np.ndarray, lab_
     from mplfast.data import ImageDataset, MPLBatcher
 
     device = torch.device(cfg.device)
+    # Shapes are static, so cuDNN's autotuner pays for itself within the warmup steps.
+    torch.backends.cudnn.benchmark = device.type == "cuda"
     torch.manual_seed(cfg.seed)
     models = []
     for _ in range(2):
@@ -193,6 +197,7 @@ def build_mplfast(cfg: BenchConfig, images: np.ndarray, labels: np.ndarray, lab_
 
     info = {"precision": getattr(mcfg, "precision", "auto"), "optimizer": perf.sgd_impl(s_opt),
             "data": "MPLBatcher (device-resident, fused augmentation)",
+            "cudnn_benchmark": torch.backends.cudnn.benchmark,
             "compile": t_status if t_status == s_status else f"teacher: {t_status}, student: {s_status}"}
     return Runner(run_one, teacher, student, info)
 
@@ -269,6 +274,12 @@ def measure(cfg: BenchConfig, images: np.ndarray, labels: np.ndarray, lab_idx: n
         result["ok"] = result["student_param_change"] > 0 and result["finite"]
         if not result["ok"]:
             result["error"] = "step left the student unchanged or produced non-finite metrics"
+        if cfg.profile_steps > 0:
+            try:
+                result["profile"] = profile_runner(runner, cfg, steps=cfg.profile_steps)
+            except Exception as exc:  # noqa: BLE001 - the timing above stays valid
+                result["profile"] = {"error": f"{type(exc).__name__}: {exc}",
+                                     "traceback": traceback.format_exc(limit=8)}
     except Exception as exc:  # noqa: BLE001 - one variant failing must not hide the others
         result["ok"] = False
         result["error"] = f"{type(exc).__name__}: {exc}"
@@ -281,39 +292,27 @@ def measure(cfg: BenchConfig, images: np.ndarray, labels: np.ndarray, lab_idx: n
     return result
 
 
-def profile_variant(cfg: BenchConfig, images: np.ndarray, labels: np.ndarray, lab_idx: np.ndarray,
-                    *, steps: int = 5, row_limit: int = 25, trace_path: str | None = None) -> dict[str, Any]:
-    """torch.profiler over ``steps`` warmed-up steps of one variant: top kernels (CUDA) or top
-    ops (CPU) by self time, per step, with category totals, as a markdown table."""
+def profile_runner(runner: Runner, cfg: BenchConfig, *, steps: int = 5, row_limit: int = 25,
+                   trace_path: str | None = None) -> dict[str, Any]:
+    """torch.profiler over ``steps`` steps of an already warmed-up runner: top kernels (CUDA) or
+    top ops (CPU) by self time, per step, with category totals, and a markdown table."""
     from torch.profiler import ProfilerActivity, profile
 
     device = torch.device(cfg.device)
-    if device.type == "cuda":
-        torch._dynamo.reset()
-    if cfg.variant == "eager":
-        runner = build_eager(cfg, images, labels, lab_idx)
-    else:
-        runner = build_mplfast(cfg, images, labels, lab_idx,
-                               compile_mode=cfg.compile_mode if cfg.variant == "mplfast" else "none")
-    try:
-        for _ in range(cfg.warmup):
+    acts = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if device.type == "cuda" else [])
+    _sync(device)
+    with profile(activities=acts) as prof:
+        t0 = time.perf_counter()
+        for _ in range(steps):
             runner.step()
         _sync(device)
-        acts = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if device.type == "cuda" else [])
-        with profile(activities=acts) as prof:
-            t0 = time.perf_counter()
-            for _ in range(steps):
-                runner.step()
-            _sync(device)
-            wall = (time.perf_counter() - t0) / steps
-        if trace_path:
-            prof.export_chrome_trace(trace_path)
-        rows = kernel_rows(prof, device, steps)
-    finally:
-        runner.cleanup()
+        wall = (time.perf_counter() - t0) / steps
+    if trace_path:
+        prof.export_chrome_trace(trace_path)
+    rows = kernel_rows(prof, device, steps)
     busy = sum(r["us_per_step"] for r in rows["all"]) / 1e6
-    return {"variant": cfg.variant, "batch_size": cfg.batch_size, "steps": steps,
-            "wall_ms_per_step": wall * 1e3, "device_busy_ms_per_step": busy * 1e3 if device.type == "cuda" else None,
+    return {"steps": steps, "wall_ms_per_step": wall * 1e3,
+            "device_busy_ms_per_step": busy * 1e3 if device.type == "cuda" else None,
             "top": rows["all"][:row_limit], "categories": rows["categories"],
             "markdown": kernel_markdown(rows, wall, device, cfg, row_limit)}
 
@@ -466,9 +465,14 @@ def configs_from_args(args: argparse.Namespace) -> list[BenchConfig]:
         v = getattr(args, name)
         if v is not None:
             preset[name] = v
-    return [BenchConfig(variant=v, batch_size=b, device=args.device, compile_mode=args.compile_mode,
+    cfgs = [BenchConfig(variant=v, batch_size=b, device=args.device, compile_mode=args.compile_mode,
                         seed=args.seed, **preset)
             for b in args.batch_sizes for v in args.variants]
+    if getattr(args, "eager_steps", None):
+        for c in cfgs:
+            if c.variant == "eager":
+                c.steps = args.eager_steps
+    return cfgs
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -480,6 +484,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--batch-sizes", nargs="+", type=int, default=None)
     p.add_argument("--compile-mode", default="reduce-overhead", choices=perf.COMPILE_MODES)
     p.add_argument("--steps", type=int, default=None)
+    p.add_argument("--eager-steps", type=int, default=None,
+                   help="timed steps per repeat for the (slow) eager variant; default --steps")
     p.add_argument("--warmup", type=int, default=None)
     p.add_argument("--repeats", type=int, default=None)
     p.add_argument("--workers", type=int, default=None)
@@ -488,10 +494,10 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--json", default=None, help="write all results here")
     p.add_argument("--markdown", default=None, help="write the summary table here")
-    p.add_argument("--profile", default=None, metavar="VARIANT",
-                   help="also profile this variant (at the first batch size) kernel by kernel")
-    p.add_argument("--profile-out", default=None, help="markdown file for the profile table")
-    p.add_argument("--trace", default=None, help="chrome trace of the profiled steps")
+    p.add_argument("--profile", nargs="*", default=[], metavar="VARIANT",
+                   help="after timing, profile these variants (at the first batch size) kernel by kernel")
+    p.add_argument("--profile-steps", type=int, default=5)
+    p.add_argument("--profile-out", default=None, help="markdown file for the profile tables")
     p.add_argument("--no-ceilings", action="store_true", help="skip the matmul/copy measurements")
     args = p.parse_args(argv)
     device = torch.device(args.device)
@@ -500,20 +506,20 @@ def main(argv: list[str] | None = None) -> int:
     if args.batch_sizes is None:
         args.batch_sizes = [64, 128] if args.preset == "full" else [2]
     cfgs = configs_from_args(args)
+    for c in cfgs:
+        if c.variant in args.profile and c.batch_size == args.batch_sizes[0]:
+            c.profile_steps = args.profile_steps
     out = run(cfgs, measure_ceilings=not args.no_ceilings)
-    if args.profile:
-        pcfg = BenchConfig(**{**asdict(cfgs[0]), "variant": args.profile})
-        images, labels = synthetic_images(pcfg.num_images, pcfg.image_size, pcfg.num_classes, pcfg.seed)
-        lab_idx = _labeled_idx(labels, pcfg.num_labels, pcfg.num_classes, pcfg.seed)
-        try:
-            prof = profile_variant(pcfg, images, labels, lab_idx, trace_path=args.trace)
-            out["profile"] = {k: v for k, v in prof.items() if k != "markdown"}
-            print(prof["markdown"])
-            if args.profile_out:
-                Path(args.profile_out).write_text(prof["markdown"])
-        except Exception as exc:  # noqa: BLE001
-            out["profile"] = {"error": f"{type(exc).__name__}: {exc}", "traceback": traceback.format_exc(limit=8)}
-            print(f"profile failed: {exc}")
+    profiles = [r["profile"]["markdown"] for r in out["results"] if "markdown" in r.get("profile", {})]
+    perrors = [f"{r['variant']} B={r['batch_size']}: {r['profile']['error']}" for r in out["results"]
+               if "error" in r.get("profile", {})]
+    if profiles or perrors:
+        text = "\n".join(profiles) + "".join(f"\nprofile failed: {e}\n" for e in perrors)
+        print(text)
+        if args.profile_out:
+            Path(args.profile_out).write_text(text)
+    for r in out["results"]:  # the JSON keeps the rows; the markdown went to its own file
+        r.get("profile", {}).pop("markdown", None)
     md = summary_markdown(out)
     if args.json:
         Path(args.json).write_text(json.dumps(out, indent=1, default=str))
