@@ -38,10 +38,13 @@ class MPLConfig:
       lambda_u          >= 0: UDA loss weight (ramped by min(1, (t+1)/uda_steps)).
       uda_steps         int >= 1: length of the UDA weight ramp.
       label_smoothing   [0, 1): eps of CE_eps for L_sup and the student loss.
-      meta_signal       "loss_diff" | "grad_dot" | "none".
+      meta_signal       "loss_diff" | "grad_dot" | "none" ("none": the teacher trains as plain
+                        UDA; with pseudo_label="soft" the teacher gets the exact meta-gradient and
+                        meta_signal only selects the reported h).
       meta_sign         +1 | -1: multiplies h (-1 reproduces L_new - L_old of the public code).
       meta_baseline_decay [0, 1): moving-baseline decay d (0 = no baseline).
-      pseudo_label      "hard" | "sample" | "soft".
+      pseudo_label      "hard" | "sample" | "soft" (soft: exact JVP meta-gradient, needs a
+                        torch.optim.SGD student optimizer; never the zero-gradient term).
       pseudo_label_view "strong" | "weak" (weak: the student's hard label comes from z_uw).
       grad_clip         None or > 0: max total grad norm for each model.
       precision         "auto" | "fp32" | "bf16" | "fp16".

@@ -118,8 +118,20 @@ class MPLStep:
             after the student's step.
         seed: seed of the step's own generator for ``pseudo_label="sample"``.
 
-    ``pseudo_label="soft"`` needs a ``torch.optim.SGD`` student optimizer (the exact
-    meta-gradient differentiates its update rule); other optimizers raise ValueError.
+    Semantics beyond the spec's text (all documented choices):
+      - ``pseudo_label="soft"``: the teacher's MPL term is the exact first-order meta-gradient
+        d L_l(theta'(p)) / d theta_T (``_soft_meta_grad``), times ``meta_sign``; it needs a
+        ``torch.optim.SGD`` student optimizer (fused/foreach fine; its update rule is what is
+        differentiated), other optimizers raise ValueError. ``meta_signal`` then only selects
+        the reported ``h`` (``"none"`` still disables the term: the plain-UDA ablation) and the
+        baseline does not enter the soft gradient (it is exact, there is no variance to reduce).
+      - ``pseudo_label_view="weak"`` with ``"sample"``: the student's label is drawn from
+        softmax(z_uw); the teacher's MPL term uses argmax z_us, as the spec states for "weak".
+      - A skipped fp16 student step (or non-finite fp16 gradients of L_new) gives h = 0 for the
+        step and leaves the moving baseline unchanged.
+      - Distributed: h is all-reduced right after it is computed, before sign and baseline.
+        Both are linear, so the h applied is the same as averaging last, and the baseline state
+        stays identical on every rank.
     """
 
     def __init__(
