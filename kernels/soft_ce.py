@@ -28,7 +28,9 @@ from mplfast.ops.reference import check_index_target
 
 __all__ = ["soft_ce_forward"]
 
-_NEG = -1.0e30  # "minus infinity" for padding: exp(_NEG - m) == 0 without inf arithmetic
+# "Minus infinity" for padding: exp(NEG - m) == 0 without inf arithmetic. A constexpr, because
+# Triton kernels may only read globals that are constexpr.
+_NEG = tl.constexpr(-1.0e30)
 _MAX_SINGLE = 8192  # widest row kept entirely in registers (one read of the logits)
 _CHUNK = 4096  # chunk width for wider rows (two reads of the logits)
 _SUPPORTED = (torch.float32, torch.float16, torch.bfloat16)

@@ -23,7 +23,8 @@ import triton.language as tl
 
 __all__ = ["uda_forward"]
 
-_NEG = -1.0e30  # finite "minus infinity" for padding
+# finite "minus infinity" for padding (constexpr: kernels may only read constexpr globals)
+_NEG = tl.constexpr(-1.0e30)
 _MAX_SINGLE = 4096  # two rows in registers
 _CHUNK = 4096
 _SUPPORTED = (torch.float32, torch.float16, torch.bfloat16)
