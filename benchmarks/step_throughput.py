@@ -461,7 +461,7 @@ def summary_markdown(out: dict[str, Any]) -> str:
 
 def configs_from_args(args: argparse.Namespace) -> list[BenchConfig]:
     preset = dict(PRESETS[args.preset])
-    for name in ("steps", "warmup", "repeats", "workers", "mu", "num_images"):
+    for name in ("steps", "warmup", "repeats", "workers", "mu", "num_images", "num_labels"):
         v = getattr(args, name)
         if v is not None:
             preset[name] = v
@@ -491,6 +491,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--workers", type=int, default=None)
     p.add_argument("--mu", type=int, default=None)
     p.add_argument("--num-images", type=int, default=None)
+    p.add_argument("--num-labels", type=int, default=None)
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--json", default=None, help="write all results here")
     p.add_argument("--markdown", default=None, help="write the summary table here")
