@@ -37,6 +37,17 @@ from mplfast.augment.reference import normalize_constants
 
 MAX_PIXELS = 16384  # 128 x 128
 
+# Small constant tensors per (device, ...): created once, so a step issues no host-to-device
+# copy (which would also be illegal inside CUDA-graph capture).
+_CONSTS: dict[tuple, Tensor] = {}
+
+
+def _const(key: tuple, make) -> Tensor:
+    t = _CONSTS.get(key)
+    if t is None:
+        t = _CONSTS[key] = make()
+    return t
+
 
 @triton.jit
 def _mix32(x):
@@ -84,7 +95,9 @@ def _gray(v, cidx, C: tl.constexpr):
     return g
 
 
-@triton.jit
+# Scalars that may equal 1 would otherwise be specialized into constexprs (a recompile per value
+# and ``key.to`` on a constexpr); the stream key and offsets change every step.
+@triton.jit(do_not_specialize=["key", "id_offset", "n_table", "cut_l", "pad_x", "pad_y"])
 def _augment_kernel(
     img_ptr, idx_ptr, out_ptr, scratch_ptr, table_ptr, scale_ptr, shift_ptr,
     key, id_offset, n_table,
@@ -259,8 +272,11 @@ def augment(images: Tensor, index: Tensor, out: Tensor, policy: P.Policy, key: i
     n = policy.n_ops
     scr = max(BLOCK * CP, 256 * C) if n > 0 else 1
     scratch = torch.empty(N * scr if n > 0 else 1, dtype=torch.int32, device=dev)
-    table = torch.tensor(policy.op_set, dtype=torch.int32, device=dev)
-    scale, shift = (t.to(dev) for t in normalize_constants(mean, std))
+    table = _const(("table", dev, policy.op_set),
+                   lambda: torch.tensor(policy.op_set, dtype=torch.int32, device=dev))
+    mean, std = tuple(float(m) for m in mean), tuple(float(s) for s in std)
+    scale = _const(("scale", dev, mean, std), lambda: normalize_constants(mean, std)[0].to(dev))
+    shift = _const(("shift", dev, mean, std), lambda: normalize_constants(mean, std)[1].to(dev))
     cos_v, sin_v = policy.cos_sin
     tpx, tpy = policy.translate_px
     _augment_kernel[(N,)](
