@@ -204,3 +204,36 @@ def test_float64_rules(seeded):
     assert loss.dtype == torch.float64
     with pytest.raises(TypeError, match="float64 is supported only"):
         mplfast.soft_cross_entropy(logits, y, backend="triton")
+
+
+def test_backward_only_scales_the_forward_gradient(monkeypatch, seeded):
+    """Backward reuses the gradient computed in the forward: with grad_output == 1 on CPU it is
+    returned as is (no multiply, no recomputation); otherwise it is only scaled."""
+    from mplfast.ops import _soft_ce
+
+    calls = []
+    saved = {}
+
+    def fake_impl(logits, target, eps, grad_scale):
+        calls.append(grad_scale)
+        rows = torch.zeros(logits.shape[0])
+        saved["g"] = torch.randn(logits.shape, generator=seeded)
+        return rows, saved["g"]
+
+    monkeypatch.setattr(_soft_ce, "primitive", lambda name, prim: fake_impl)
+    z = torch.randn(8, 3, generator=seeded, requires_grad=True)
+    y = torch.randint(0, 3, (8,), generator=seeded)
+    loss = mplfast.soft_cross_entropy(z, y)  # mean: the 1/N is folded into the forward
+    assert calls == [1.0 / 8]
+    (g,) = torch.autograd.grad(loss, z)
+    assert g.data_ptr() == saved["g"].data_ptr()
+    loss = mplfast.soft_cross_entropy(z, y, reduction="sum")
+    (g,) = torch.autograd.grad(loss, z, torch.tensor(2.5))
+    assert calls[-1] == 1.0 and torch.equal(g, saved["g"] * 2.5)
+    loss = mplfast.soft_cross_entropy(z, y, reduction="none")
+    go = torch.randn(8, generator=seeded)
+    (g,) = torch.autograd.grad(loss, z, go)
+    assert torch.equal(g, saved["g"] * go[:, None])
+    with torch.no_grad():
+        mplfast.soft_cross_entropy(z, y)
+    assert calls[-1] is None  # no gradient requested, none computed
