@@ -81,3 +81,31 @@ def test_gpu_mixed_pipeline(jpegs):
     p = dali.imagefolder_pipeline(files, None, batch_size=4, image_size=16, device="gpu")
     x, _ = next(dali.iterate(p, 4))
     assert x.is_cuda and x.shape == (4, 16, 16, 3)
+
+
+def test_stream_batcher_cpu(jpegs):
+    files, _ = jpegs
+    b = dali.DALIStreamBatcher(files[:4], [0, 1, 0, 1], files, batch_size=2, mu=2, image_size=16,
+                               mean=(0.5, 0.5, 0.5), std=(0.25, 0.25, 0.25), seed=3)
+    for step in range(3):  # runs past the end of the 4-file labeled epoch
+        x_l, y_l, x_uw, x_us = b.batch(step)
+        assert x_l.shape == (2, 3, 16, 16) and x_uw.shape == x_us.shape == (4, 3, 16, 16)
+        assert x_l.is_contiguous(memory_format=torch.channels_last)
+        assert x_uw.data_ptr() == x_l.data_ptr() + 2 * 768 * 4
+        assert x_us.data_ptr() == x_uw.data_ptr() + 4 * 768 * 4
+        assert set(y_l.tolist()) <= {0, 1}
+        assert not torch.equal(x_uw, x_us)  # strong view differs from weak
+        px = x_us * 0.25 + 0.5  # back to [0, 1]: real decoded content, bounded
+        assert float(px.min()) >= -1e-5 and float(px.max()) <= 1 + 1e-5
+        assert float(px.std()) > 0.05
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="mixed (nvJPEG) decoding needs a GPU")
+def test_gpu_stream_batcher(jpegs):
+    files, _ = jpegs
+    b = dali.DALIStreamBatcher(files[:4], [0, 1, 0, 1], files, batch_size=2, mu=2, image_size=16,
+                               mean=(0.5, 0.5, 0.5), std=(0.25, 0.25, 0.25), seed=3,
+                               device="gpu", dtype=torch.bfloat16)
+    x_l, y_l, x_uw, x_us = b.batch(0)
+    assert x_l.is_cuda and y_l.is_cuda and x_us.shape == (4, 3, 16, 16)
