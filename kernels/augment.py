@@ -202,7 +202,7 @@ def _augment_kernel(
                 excl = tl.cumsum(hist, axis=0) - hist
                 lut = tl.minimum((step // 2 + excl) // tl.maximum(step, 1), 255)
                 lut = tl.where(step > 0, lut, bins)  # PIL: step 0 leaves the channel alone
-                tl.store(scr + ch * 256 + bins, lut)
+                tl.store(scr + ch * 256 + bins, lut.to(tl.uint8))
             tl.debug_barrier()
             col_all = tl.where(vm, v, 0.0).to(tl.int32)
             eqv = tl.load(scr + cidx[None, :] * 256 + col_all, mask=vm, other=0).to(tl.float32)
@@ -226,7 +226,7 @@ def _augment_kernel(
             tl.debug_barrier()
             vi = v.to(tl.int32)
             offs = p[:, None] * CP + cidx[None, :]
-            tl.store(scr + offs, vi, mask=vm)
+            tl.store(scr + offs, vi.to(tl.uint8), mask=vm)
             tl.debug_barrier()
             inner = (py >= 1) & (py <= H - 2) & (px >= 1) & (px <= W - 2) & valid
             im = inner[:, None] & cmask[None, :]
@@ -234,7 +234,7 @@ def _augment_kernel(
             for dy in tl.static_range(3):
                 for dx in tl.static_range(3):
                     nb_ = offs + ((dy - 1) * W + (dx - 1)) * CP
-                    acc += tl.load(scr + nb_, mask=im, other=0)
+                    acc += tl.load(scr + nb_, mask=im, other=0).to(tl.int32)
             smooth = tl.where(im, ((acc + 6) // 13).to(tl.float32), v)
             v = _blend(smooth, v, f)
     # ---- cutout, normalize, store ----------------------------------------------------------
@@ -271,7 +271,8 @@ def augment(images: Tensor, index: Tensor, out: Tensor, policy: P.Policy, key: i
     CP = 4 if C == 3 else 1
     n = policy.n_ops
     scr = max(BLOCK * CP, 256 * C) if n > 0 else 1
-    scratch = torch.empty(N * scr if n > 0 else 1, dtype=torch.int32, device=dev)
+    # uint8 scratch (pixel values and LUT entries are 0..255): 4 KiB per 32x32 RGB image
+    scratch = torch.empty(N * scr if n > 0 else 1, dtype=torch.uint8, device=dev)
     table = _const(("table", dev, policy.op_set),
                    lambda: torch.tensor(policy.op_set, dtype=torch.int32, device=dev))
     mean, std = tuple(float(m) for m in mean), tuple(float(s) for s in std)
