@@ -9,9 +9,10 @@
 #   env       device, driver, CUDA, torch, triton, cuDNN versions
 #   build     MPLFAST_CUDA=ON pip install --no-build-isolation --no-deps -e .   (CUDA kernels)
 #   ceilings  device-to-device copy bandwidth and 8192^3 bf16 matmul rate (mplfast.perf)
-#   step      benchmarks/step_throughput.py: eager vs mplfast (+ mplfast without compile) at
-#             B=64 and B=128, mu=7, WRN-28-2; JSON + table; torch.profiler kernel breakdown of
-#             the mplfast step at B=64
+#   step      benchmarks/step_throughput.py: eager vs mplfast at B=64 and B=128, mu=7, WRN-28-2,
+#             then mplfast without compile (both B) and with compile but no CUDA graphs (B=64);
+#             JSON rewritten after each configuration; torch.profiler kernel breakdown of the
+#             mplfast step at B=64
 #   plot      benchmarks/plot_throughput.py -> benchmarks/plots/step_throughput.png
 #   tests     pytest -m "not slow" tests/   (the GPU paths of every module)
 #   opsbench  every other benchmarks/test_bench_*.py (ops, augmentation) with --benchmark-json
@@ -125,7 +126,7 @@ EOF
 stage_step() {
   if [[ "$DEVICE" == cuda ]]; then
     "$PY" benchmarks/step_throughput.py --device cuda --preset full --batch-sizes 64 128 \
-      --variants eager mplfast mplfast-eager --steps 40 --eager-steps 15 --warmup 10 --repeats 3 \
+      --variants eager mplfast mplfast-eager mplfast-inductor@64 --steps 40 --eager-steps 15 --warmup 10 --repeats 3 \
       --profile mplfast --profile-steps 5 \
       --json "$OUT/step.json" --markdown "$WORK/step.md" --profile-out "$OUT/profile.md"
   else
@@ -183,8 +184,14 @@ if step.exists():
         lines += ["", "## Ceilings (measured in the step run)", "",
                   f"- {mm['dtype']} matmul {mm['n']}³: {mm['flops_per_s'] / 1e12:.1f} TFLOP/s",
                   f"- device copy: {bw['bytes_per_s'] / 1e12:.2f} TB/s (bytes read + written)"]
-    md = work / "step.md"
-    lines += ["", "## MPL step", ""] + ([md.read_text()] if md.exists() else ["(no table)"])
+    try:  # from the JSON, so a step stage cut short by its time limit still gets a table
+        sys.path.insert(0, "benchmarks")
+        import step_throughput as st
+        table = st.summary_markdown(d)
+    except Exception as e:  # noqa: BLE001
+        md = work / "step.md"
+        table = md.read_text() if md.exists() else f"(no table: {e})"
+    lines += ["", "## MPL step", "", table]
     for r in d.get("results", []):
         if not r.get("ok"):
             lines += [f"- {r['variant']} B={r['batch_size']} failed: {r.get('error')}"]
@@ -222,7 +229,7 @@ if [[ "$DEVICE" == cuda ]] && ! "$PY" -c "import mplfast" 2>/dev/null; then
   log "mplfast not importable after the build stage: using PYTHONPATH=$ROOT"
 fi
 run_stage ceilings 60 10 stage_ceilings
-run_stage step 300 60 stage_step
+run_stage step 330 60 stage_step
 run_stage plot 30 5 stage_plot
 run_stage tests 120 30 stage_tests
 run_stage opsbench 90 30 stage_opsbench

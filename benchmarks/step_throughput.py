@@ -24,6 +24,10 @@ Variants:
   channels-last, bf16 autocast (precision="auto"), fused SGD (:func:`mplfast.perf.make_sgd`),
   ``torch.compile`` (``--compile-mode``; "reduce-overhead" = CUDA graphs), no host sync per step.
 - ``mplfast-eager``: the same without torch.compile (how much the compiler buys).
+- ``mplfast-inductor``: torch.compile without CUDA graphs (mode "default"): how much of the
+  compiler's gain is fusion and how much is the removed launch overhead.
+
+A variant can be limited to some batch sizes with ``VARIANT@B`` (``mplfast-inductor@64``).
 """
 from __future__ import annotations
 
@@ -50,7 +54,9 @@ import eager_reference as er  # noqa: E402
 
 from mplfast import perf  # noqa: E402
 
-VARIANTS = ("eager", "mplfast", "mplfast-eager")
+VARIANTS = ("eager", "mplfast", "mplfast-eager", "mplfast-inductor")
+# torch.compile mode per mplfast variant; None: the --compile-mode given.
+_VARIANT_COMPILE = {"mplfast": None, "mplfast-eager": "none", "mplfast-inductor": "default"}
 
 # Both variants run the recipe's schedule shape without its lr-0 start (warmup from 0, the
 # student's 3,000-step wait): a step costs the same at any lr, and lr > 0 from the first step
@@ -191,6 +197,7 @@ def build_mplfast(cfg: BenchConfig, images: np.ndarray, labels: np.ndarray, lab_
     counter = [0]
 
     def run_one() -> dict[str, torch.Tensor]:
+        perf.mark_step_begin()  # a new iteration for CUDA-graph trees (no-op otherwise)
         x_l, y_l, x_uw, x_us = batcher.batch(counter[0])
         counter[0] += 1
         return step(x_l, y_l, x_uw, x_us)  # 0-dim tensors: nothing here waits for the device
@@ -233,10 +240,9 @@ def measure(cfg: BenchConfig, images: np.ndarray, labels: np.ndarray, lab_idx: n
         t_build = time.perf_counter()
         if cfg.variant == "eager":
             runner = build_eager(cfg, images, labels, lab_idx)
-        elif cfg.variant == "mplfast":
-            runner = build_mplfast(cfg, images, labels, lab_idx, compile_mode=cfg.compile_mode)
-        elif cfg.variant == "mplfast-eager":
-            runner = build_mplfast(cfg, images, labels, lab_idx, compile_mode="none")
+        elif cfg.variant in _VARIANT_COMPILE:
+            runner = build_mplfast(cfg, images, labels, lab_idx,
+                                   compile_mode=_VARIANT_COMPILE[cfg.variant] or cfg.compile_mode)
         else:
             raise ValueError(f"unknown variant {cfg.variant!r}; choose from {VARIANTS}")
         result.update(runner.info)
@@ -404,8 +410,12 @@ def environment(device: torch.device) -> dict[str, Any]:
     return env
 
 
-def run(cfgs: list[BenchConfig], *, measure_ceilings: bool = True, log: Callable[[str], None] = print) -> dict[str, Any]:
-    """Measure every configuration (same data, same device, one process) and the ceilings."""
+def run(cfgs: list[BenchConfig], *, measure_ceilings: bool = True, log: Callable[[str], None] = print,
+        json_path: str | None = None) -> dict[str, Any]:
+    """Measure every configuration (same data, same device, one process) and the ceilings.
+
+    With ``json_path`` the results so far are rewritten there after each configuration, so a
+    run stopped by a time limit still leaves what it measured."""
     if not cfgs:
         raise ValueError("no configurations to run")
     device = torch.device(cfgs[0].device)
@@ -428,6 +438,8 @@ def run(cfgs: list[BenchConfig], *, measure_ceilings: bool = True, log: Callable
         r["config"] = asdict(cfg)
         out["results"].append(r)
         log(summary_line(r))
+        if json_path:
+            Path(json_path).write_text(json.dumps(out, indent=1, default=str))
     return out
 
 
@@ -465,9 +477,20 @@ def configs_from_args(args: argparse.Namespace) -> list[BenchConfig]:
         v = getattr(args, name)
         if v is not None:
             preset[name] = v
+    wanted: list[tuple[str, int]] = []
+    for spec in args.variants:
+        name, _, only = spec.partition("@")
+        if name not in VARIANTS:
+            raise SystemExit(f"unknown variant {name!r}; choose from {VARIANTS}")
+        for b in ([int(only)] if only else args.batch_sizes):
+            wanted.append((name, b))
+    # The headline pairs first (eager and mplfast at each batch size), then the diagnostic
+    # variants, so a run cut short by a time limit has measured what matters most.
+    order = {"eager": 0, "mplfast": 0}
+    wanted.sort(key=lambda vb: (order.get(vb[0], 1), vb[1] if order.get(vb[0], 1) == 0 else 0))
     cfgs = [BenchConfig(variant=v, batch_size=b, device=args.device, compile_mode=args.compile_mode,
                         seed=args.seed, **preset)
-            for b in args.batch_sizes for v in args.variants]
+            for v, b in wanted]
     if getattr(args, "eager_steps", None):
         for c in cfgs:
             if c.variant == "eager":
@@ -480,7 +503,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     p.add_argument("--preset", choices=sorted(PRESETS), default=None,
                    help="full (WRN-28-2, default on CUDA) or tiny (WRN-10-1, default on CPU)")
-    p.add_argument("--variants", nargs="+", choices=VARIANTS, default=["eager", "mplfast"])
+    p.add_argument("--variants", nargs="+", default=["eager", "mplfast"],
+                   help=f"from {VARIANTS}; VARIANT@B limits one to batch size B")
     p.add_argument("--batch-sizes", nargs="+", type=int, default=None)
     p.add_argument("--compile-mode", default="reduce-overhead", choices=perf.COMPILE_MODES)
     p.add_argument("--steps", type=int, default=None)
@@ -510,7 +534,7 @@ def main(argv: list[str] | None = None) -> int:
     for c in cfgs:
         if c.variant in args.profile and c.batch_size == args.batch_sizes[0]:
             c.profile_steps = args.profile_steps
-    out = run(cfgs, measure_ceilings=not args.no_ceilings)
+    out = run(cfgs, measure_ceilings=not args.no_ceilings, json_path=args.json)
     profiles = [r["profile"]["markdown"] for r in out["results"] if "markdown" in r.get("profile", {})]
     perrors = [f"{r['variant']} B={r['batch_size']}: {r['profile']['error']}" for r in out["results"]
                if "error" in r.get("profile", {})]

@@ -40,6 +40,7 @@ __all__ = [
     "compile_unavailable_reason",
     "forward_flops",
     "make_sgd",
+    "mark_step_begin",
     "maybe_compile",
     "measure_copy_bandwidth",
     "measure_matmul_rate",
@@ -248,6 +249,23 @@ def maybe_compile(
         return model, mode
     # torch without nn.Module.compile (older than the supported 2.6): wrap instead.
     return torch.compile(model, **kwargs), mode  # type: ignore[return-value]
+
+
+def mark_step_begin() -> None:
+    """Tell CUDA-graph trees (``torch.compile(mode="reduce-overhead")``) that a new training
+    iteration starts.
+
+    The trees cannot always infer iteration boundaries on their own when one step runs several
+    compiled graphs (teacher forward, student forward and backward, a student forward without
+    gradients, then the teacher's backward). Marking the start lets them reuse the previous
+    iteration's output memory instead of recording new graphs. Call it before the step, once
+    no tensor returned by the previous step's compiled forwards is still needed (MPLStep's
+    metrics are computed outside the graphs, so they stay valid). No-op without torch.compile
+    support or when nothing was compiled.
+    """
+    fn = getattr(getattr(torch, "compiler", None), "cudagraph_mark_step_begin", None)
+    if fn is not None:
+        fn()
 
 
 # --------------------------------------------------------------------------------------------

@@ -177,3 +177,21 @@ def test_summary_markdown_reports_speedup_and_failures():
     md = st.summary_markdown(out)
     assert "| mplfast | 64 | 7 | 55.00 |" in md and "| 5.50 |" in md
     assert "failed: RuntimeError: boom" in md
+
+
+def test_variant_specs_order_headline_pairs_first():
+    import argparse
+
+    args = argparse.Namespace(preset="full", steps=None, warmup=None, repeats=None, workers=None, mu=None,
+                              num_images=None, num_labels=None, eager_steps=7, device="cuda",
+                              compile_mode="reduce-overhead", seed=0, batch_sizes=[64, 128],
+                              variants=["eager", "mplfast", "mplfast-eager", "mplfast-inductor@64"])
+    cfgs = st.configs_from_args(args)
+    assert [(c.variant, c.batch_size) for c in cfgs] == [
+        ("eager", 64), ("mplfast", 64), ("eager", 128), ("mplfast", 128),
+        ("mplfast-eager", 64), ("mplfast-eager", 128), ("mplfast-inductor", 64)]
+    assert [c.steps for c in cfgs if c.variant == "eager"] == [7, 7]
+    assert all(c.steps == st.PRESETS["full"]["steps"] for c in cfgs if c.variant != "eager")
+    args.variants = ["fastest"]
+    with pytest.raises(SystemExit, match="unknown variant"):
+        st.configs_from_args(args)

@@ -134,3 +134,12 @@ def test_forward_flops_counts_conv_and_linear_and_keeps_mode():
     lin = 2 * 2 * 10 * 256
     assert flops == conv + lin
     assert model.training
+
+
+def test_mark_step_begin_calls_torch_and_tolerates_its_absence(monkeypatch):
+    calls = []
+    monkeypatch.setattr(torch.compiler, "cudagraph_mark_step_begin", lambda: calls.append(1))
+    perf.mark_step_begin()
+    assert calls == [1]
+    monkeypatch.delattr(torch.compiler, "cudagraph_mark_step_begin")
+    perf.mark_step_begin()  # an older torch without the function: a no-op, not an error
