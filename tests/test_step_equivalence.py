@@ -187,3 +187,15 @@ def test_consecutive_buffer_is_used_without_cat():
     assert v is not None and v.data_ptr() == buf.data_ptr() and torch.equal(v, buf)
     assert _consecutive((buf[:2], buf[3:6], buf[6:])) is None  # gap
     assert _consecutive((buf[:2], buf[2:6].clone(), buf[6:])) is None  # other storage
+
+
+def test_step_feeds_the_teacher_the_batch_buffer():
+    T, S = make_models()
+    seen = []
+    T.register_forward_pre_hook(lambda mod, args: seen.append(args[0].data_ptr()))
+    step = MPLStep(T, S, sgd(T), sgd(S), MPLConfig(precision="fp32"))
+    buf = torch.randn(4 + 12, 1, 8, 8)
+    step(buf[:4], torch.zeros(4, dtype=torch.long), buf[4:10], buf[10:])
+    assert seen == [buf.data_ptr()]
+    step(buf[:4].clone(), torch.zeros(4, dtype=torch.long), buf[4:10], buf[10:])  # not one buffer
+    assert seen[-1] != buf.data_ptr()
