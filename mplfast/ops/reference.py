@@ -205,7 +205,7 @@ def soft_ce_composite(logits: Tensor, target: Tensor, label_smoothing: float, re
     if reduction == "sum":
         loss = loss.sum()
     elif reduction == "mean":
-        loss = loss.sum() / loss.shape[0] if loss.shape[0] else loss.sum() * float("nan")
+        loss = loss.sum() / loss.shape[0]  # zero rows: 0 / 0 = NaN, as F.cross_entropy
     return loss.to(logits.dtype)
 
 
