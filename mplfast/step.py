@@ -313,7 +313,9 @@ class MPLStep:
             self.student_scheduler.step()
         if self.student_ema is not None:
             self.student_ema.update(student, self.t)
-        g_u = [p.grad for p in params]  # the (clipped) update gradient, kept for soft labels
+        # The (clipped) update gradient is needed only for the soft meta-gradient's clipping
+        # Jacobian; otherwise drop it now rather than hold a gradient's worth of memory.
+        g_u = [p.grad for p in params] if soft_meta else []
         for p in params:
             p.grad = None
 
