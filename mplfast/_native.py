@@ -276,7 +276,7 @@ def uda_forward(
 def _multi_dot(op: str, names: tuple[str, ...], lists: tuple[Sequence[Tensor], ...]) -> Tensor:
     """Shared body of grad_dot / grad_dot_delta: lists[0] . (lists[1] [- lists[2]])."""
     for name, lst in zip(names, lists):
-        if isinstance(lst, Tensor) or not isinstance(lst, Sequence):
+        if isinstance(lst, Tensor) or not isinstance(lst, (list, tuple, Sequence)):
             raise TypeError(f"{op}: {name} must be a sequence of tensors, got {type(lst).__name__}")
     n = len(lists[0])
     for name, lst in zip(names[1:], lists[1:]):
@@ -284,13 +284,59 @@ def _multi_dot(op: str, names: tuple[str, ...], lists: tuple[Sequence[Tensor], .
             raise ValueError(f"{op}: list-length mismatch: {names[0]} has {n} tensors but {name} has {len(lst)}")
     if n == 0:
         return torch.zeros((), dtype=torch.float32)
+    # Fast path: one comprehension per list builds (dtype, shape, device, contiguous) tuples and
+    # C-level list equality compares them, ~1 us per tensor in all; this call is on the MPL
+    # step's critical path with ~100 tensors. Anything unusual (non-tensors, mixed devices,
+    # strided views, ...) falls through to the slow loop, which names the offending tensor.
+    try:
+        x0 = lists[0]
+        on_cpu = x0[0].is_cpu
+        if on_cpu:  # is_cpu is cheaper than building torch.device objects
+            metas = [[(t.dtype, t.shape, t.is_cpu, t.is_contiguous()) for t in lst] for lst in lists]
+            dev_key: Any = True
+        else:
+            metas = [[(t.dtype, t.shape, t.device, t.is_contiguous()) for t in lst] for lst in lists]
+            dev_key = x0[0].device
+        mx = metas[0]
+        ok = all(m == mx for m in metas[1:]) and all(m[2] == dev_key and m[3] for m in mx)
+        device = torch.device("cpu") if on_cpu else dev_key
+        codes = [_DTYPE_CODES[m[0]] for m in mx]
+        ok = ok and (on_cpu or (device.type == "cuda" and 3 not in codes))
+    except (AttributeError, KeyError, TypeError):
+        ok = False
+    if ok:
+        keep: list[Tensor] = []
+        ptrs = [[t.data_ptr() for t in lst] for lst in lists]
+        sizes = [t.numel() for t in x0]
+    else:
+        device, ptrs, sizes, codes, keep = _slow_check(op, names, lists)
+    _require(op, device)
+    xs, ys = ptrs[0], ptrs[1]
+    zs = ptrs[2] if len(ptrs) == 3 else []
+    if device.type == "cpu":
+        value = _C.grad_dot_cpu(xs, ys, zs, sizes, codes, torch.get_num_threads())
+        return torch.tensor(value, dtype=torch.float32)
+    index, stream = _stream(device)
+    ws_len = _C.grad_dot_cuda_workspace(sizes)
+    workspace = torch.empty(ws_len, dtype=torch.float64, device=device)
+    out = torch.empty((), dtype=torch.float32, device=device)
+    _C.grad_dot_cuda(xs, ys, zs, sizes, codes, workspace.data_ptr(), ws_len, out.data_ptr(), index, stream)
+    # Contiguous copies in `keep` are freed on the current stream after this returns; the
+    # caching allocator only reuses them for work queued behind the kernel.
+    del keep
+    return out
+
+
+def _slow_check(op: str, names: tuple[str, ...], lists: tuple[Sequence[Tensor], ...]
+                ) -> tuple[torch.device, list[list[int]], list[int], list[int], list[Tensor]]:
+    """Per-tensor validation with precise errors; makes contiguous copies where needed."""
     device = None
     ptrs: list[list[int]] = [[] for _ in lists]
     sizes: list[int] = []
     codes: list[int] = []
     keep: list[Tensor] = []  # contiguous copies must outlive the (possibly asynchronous) call
     first_name = names[0]
-    for i in range(n):
+    for i in range(len(lists[0])):
         ts = [lst[i] for lst in lists]
         x = ts[0]
         if not isinstance(x, Tensor):
@@ -322,19 +368,7 @@ def _multi_dot(op: str, names: tuple[str, ...], lists: tuple[Sequence[Tensor], .
                 keep.append(t)
             ptrs[k].append(t.data_ptr())
     assert device is not None
-    _require(op, device)
-    xs, ys = ptrs[0], ptrs[1]
-    zs = ptrs[2] if len(ptrs) == 3 else []
-    if device.type == "cpu":
-        value = _C.grad_dot_cpu(xs, ys, zs, sizes, codes, torch.get_num_threads())
-        return torch.tensor(value, dtype=torch.float32)
-    index, stream = _stream(device)
-    ws_len = _C.grad_dot_cuda_workspace(sizes)
-    workspace = torch.empty(ws_len, dtype=torch.float64, device=device)
-    out = torch.empty((), dtype=torch.float32, device=device)
-    _C.grad_dot_cuda(xs, ys, zs, sizes, codes, workspace.data_ptr(), ws_len, out.data_ptr(), index, stream)
-    del keep  # freed on the current stream: the caching allocator orders reuse after the kernel
-    return out
+    return device, ptrs, sizes, codes, keep
 
 
 def grad_dot(xs: Sequence[Tensor], ys: Sequence[Tensor]) -> Tensor:
