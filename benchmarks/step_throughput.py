@@ -320,6 +320,7 @@ def profile_runner(runner: Runner, cfg: BenchConfig, *, steps: int = 5, row_limi
     return {"steps": steps, "wall_ms_per_step": wall * 1e3,
             "device_busy_ms_per_step": busy * 1e3 if device.type == "cuda" else None,
             "top": rows["all"][:row_limit], "categories": rows["categories"],
+            "launches_per_step": rows["launches_per_step"],
             "markdown": kernel_markdown(rows, wall, device, cfg, row_limit)}
 
 
@@ -359,6 +360,14 @@ def kernel_rows(prof: Any, device: torch.device, steps: int) -> dict[str, Any]:
         rows.append({"name": ev.key, "calls_per_step": ev.count / steps, "us_per_step": us / steps,
                      "category": _category(ev.key)})
     rows.sort(key=lambda r: -r["us_per_step"])
+    # Host-side launch calls per step: what CUDA graphs are meant to collapse into a few replays.
+    launches = {"kernel": 0.0, "graph": 0.0}
+    if device.type == "cuda":
+        for ev in prof.key_averages():
+            if ev.key in ("cudaLaunchKernel", "cudaLaunchKernelExC", "cuLaunchKernel", "cuLaunchKernelEx"):
+                launches["kernel"] += ev.count / steps
+            elif ev.key in ("cudaGraphLaunch", "cuGraphLaunch"):
+                launches["graph"] += ev.count / steps
     total = sum(r["us_per_step"] for r in rows) or 1.0
     for r in rows:
         r["pct"] = 100.0 * r["us_per_step"] / total
@@ -367,7 +376,7 @@ def kernel_rows(prof: Any, device: torch.device, steps: int) -> dict[str, Any]:
         cats[r["category"]] = cats.get(r["category"], 0.0) + r["us_per_step"]
     categories = sorted(({"category": k, "us_per_step": v, "pct": 100.0 * v / total} for k, v in cats.items()),
                         key=lambda r: -r["us_per_step"])
-    return {"all": rows, "categories": categories}
+    return {"all": rows, "categories": categories, "launches_per_step": launches}
 
 
 def kernel_markdown(rows: dict[str, Any], wall_s: float, device: torch.device, cfg: BenchConfig,
@@ -377,7 +386,9 @@ def kernel_markdown(rows: dict[str, Any], wall_s: float, device: torch.device, c
     total_us = sum(r["us_per_step"] for r in rows["all"])
     lines = [f"### {cfg.variant}, B={cfg.batch_size}, mu={cfg.mu}, {cfg.model} on {device.type}", "",
              f"wall {wall_s * 1e3:.2f} ms/step; summed {unit} time {total_us / 1e3:.2f} ms/step"
-             + (f" (device busy {100 * total_us / 1e6 / wall_s:.0f}% of wall)" if device.type == "cuda" else ""),
+             + (f" (device busy {100 * total_us / 1e6 / wall_s:.0f}% of wall); host launches/step: "
+                f"{rows['launches_per_step']['kernel']:.0f} kernels, {rows['launches_per_step']['graph']:.0f} graph replays"
+                if device.type == "cuda" else ""),
              "", "| category | ms/step | % |", "|---|---:|---:|"]
     lines += [f"| {c['category']} | {c['us_per_step'] / 1e3:.3f} | {c['pct']:.1f} |" for c in rows["categories"]]
     lines += ["", f"| {unit} | calls/step | ms/step | % |", "|---|---:|---:|---:|"]

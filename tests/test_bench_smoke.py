@@ -195,3 +195,34 @@ def test_variant_specs_order_headline_pairs_first():
     args.variants = ["fastest"]
     with pytest.raises(SystemExit, match="unknown variant"):
         st.configs_from_args(args)
+
+
+def test_kernel_rows_cuda_branch_with_a_fake_profile():
+    """The CUDA-only part of the breakdown (kernels by device time, launches per step), checked
+    without a GPU on hand-made profiler events."""
+    from types import SimpleNamespace as E
+
+    class Prof:
+        def key_averages(self):
+            return [
+                E(key="sm90_xmma_fprop_implicit_gemm_bf16", count=40, device_type="DeviceType.CUDA",
+                  self_device_time_total=6000.0, self_cpu_time_total=0.0),
+                E(key="triton_poi_fused_add_leaky_relu_0", count=20, device_type="DeviceType.CUDA",
+                  self_device_time_total=2000.0, self_cpu_time_total=0.0),
+                E(key="aten::convolution", count=40, device_type="DeviceType.CPU",
+                  self_device_time_total=0.0, self_cpu_time_total=900.0),
+                E(key="cudaLaunchKernel", count=100, device_type="DeviceType.CPU",
+                  self_device_time_total=0.0, self_cpu_time_total=500.0),
+                E(key="cudaGraphLaunch", count=6, device_type="DeviceType.CPU",
+                  self_device_time_total=0.0, self_cpu_time_total=50.0),
+            ]
+
+    rows = st.kernel_rows(Prof(), torch.device("cuda"), steps=2)
+    assert [r["name"] for r in rows["all"]] == ["sm90_xmma_fprop_implicit_gemm_bf16",
+                                                "triton_poi_fused_add_leaky_relu_0"]
+    assert rows["all"][0]["us_per_step"] == 3000.0 and rows["all"][0]["pct"] == pytest.approx(75.0)
+    assert rows["all"][0]["category"].startswith("convolution")
+    assert rows["all"][1]["category"].startswith("fused Triton")
+    assert rows["launches_per_step"] == {"kernel": 50.0, "graph": 3.0}
+    md = st.kernel_markdown(rows, 0.008, torch.device("cuda"), st.BenchConfig(), 10)
+    assert "50 kernels, 3 graph replays" in md and "device busy 50% of wall" in md
