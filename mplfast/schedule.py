@@ -12,7 +12,9 @@ def lr_factor(step: int, *, warmup_steps: int, total_steps: int, wait_steps: int
 
     0 for ``step < wait_steps`` (the student's first 3,000 steps in the recipe); then linear
     warmup from 0 over ``warmup_steps``; then half a cosine from 1 down to 0 at ``total_steps``,
-    and 0 afterwards. Warmup is counted from the end of the wait, as in the PyTorch port.
+    and 0 afterwards. Warmup is counted from the end of the wait (DESIGN.md); the PyTorch port
+    instead uses step / (wait + warmup), which jumps from 0 to wait / (wait + warmup) when the
+    wait ends. Both reach 1 at wait + warmup and share the cosine part.
     """
     if step < wait_steps:
         return 0.0
