@@ -150,3 +150,19 @@ def test_float64_on_cpu(seeded):
     assert mplfast.grad_dot(xs, ys).item() == pytest.approx(val, rel=1e-6)
     with pytest.raises(TypeError, match="float64"):
         mplfast.grad_dot(xs, ys, backend="triton")
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_unaligned_and_strided_views(backend, seeded):
+    """Views at odd element offsets (not 16-byte aligned) and non-contiguous views, mixed with
+    aligned tensors in one call (Triton: separate aligned / unaligned launches)."""
+    need(backend)
+    base = torch.randn(3 * 70001, generator=seeded)
+    other = torch.randn(3 * 70001, generator=seeded)
+    xs = [base[1:70002], torch.randn(64, 3, generator=seeded), base[::3], base[5:12]]
+    ys = [other[3:70004], torch.randn(64, 3, generator=seeded), other[1::3], other[7:14]]
+    zs = [other[:70001], torch.randn(64, 3, generator=seeded), other[2::3], base[:7]]
+    val, scale = expected(xs, ys)
+    assert abs(mplfast.grad_dot(xs, ys, backend=backend).item() - val) <= 1e-5 * scale + 1e-6
+    val, scale = expected(xs, ys, zs)
+    assert abs(mplfast.grad_dot_delta(xs, ys, zs, backend=backend).item() - val) <= 1e-5 * scale + 1e-6

@@ -41,6 +41,7 @@ def build(fn, sig, const, nw):
         os.unlink(f.name)
         local = re.search(r"LOCAL:(\d+)", out)
         assert local is not None and int(local.group(1)) == 0, (fn.__name__, const, out)
+    return k
 
 ce = {"z_ptr": "*bf16", "z_stride": "i64", "t_ptr": "*fp32", "t_stride": "i64", "loss_ptr": "*fp32",
       "g_ptr": "*bf16", "g_stride": "i64", "N": "i32", "C": "i32", "eps": "fp32", "grad_scale": "fp32"}
@@ -56,9 +57,12 @@ uda = {"w_ptr": "*bf16", "w_stride": "i64", "s_ptr": "*bf16", "s_stride": "i64",
        "inv_tau": "fp32", "threshold": "fp32", "grad_scale": "fp32"}
 for single, rows, bc, nw in [(True, 1, 4096, 16), (False, 1, 4096, 16), (True, 256, 16, 8)]:
     build(_uda_kernel, uda, {"GRAD": True, "SINGLE": single, "ROWS": rows, "BLOCK_C": bc}, nw)
-for delta, ka, kb in [(False, 0, 0), (False, 2, 2), (True, 1, 1), (True, 0, 0)]:
-    build(_multi_dot_kernel, {"table_ptr": "*i64", "partial_ptr": "*fp32"},
-          {"NCOL": 4 if delta else 3, "DELTA": delta, "KA": ka, "KB": kb, "KC": kb, "BLOCK": 1024}, 4)
+for delta, ka, kb, aligned in [(False, 0, 0, True), (False, 2, 2, False), (True, 1, 1, True), (True, 0, 0, False)]:
+    k = build(_multi_dot_kernel, {"table_ptr": "*i64", "partial_ptr": "*fp32"},
+              {"NCOL": 4 if delta else 3, "DELTA": delta, "KA": ka, "KB": kb, "KC": kb,
+               "ALIGNED": aligned, "BLOCK": 1024}, 4)
+    # aligned tables must give 16-byte vector loads (the bandwidth target depends on it)
+    assert ("ld.global.v4" in k.asm["ptx"]) == aligned, (delta, ka, kb, aligned)
 print("OK")
 """
 
