@@ -14,7 +14,6 @@ import contextlib
 from typing import Any, Iterator
 
 import torch
-import torch.nn.functional as F
 from torch import Tensor, nn
 from torch.func import functional_call, jvp
 
