@@ -36,8 +36,8 @@ def expected(xs, ys, zs=None):
 
 
 # Ragged: empty tensors (leading, inner, trailing), a 0-dim scalar, sizes around and above the
-# Triton chunk (65536), odd sizes, conv-like 4-D shapes.
-SHAPES = [(0,), (3, 3, 16, 16), (), (1,), (0, 5), (7, 11), (65536,), (65537,), (150001,), (64,), (2, 0, 3), (0,)]
+# Triton chunk (16384), odd sizes, conv-like 4-D shapes.
+SHAPES = [(0,), (3, 3, 16, 16), (), (1,), (0, 5), (7, 11), (16384,), (16385,), (65536,), (150001,), (64,), (2, 0, 3), (0,)]
 
 
 def ragged(gen, dtypes=(torch.float32,)):
@@ -101,7 +101,9 @@ def test_triton_table_split_is_bit_identical(monkeypatch, seeded):
     need("triton")
     import mplfast.kernels.grad_dot as kg
 
-    xs = [torch.randn(n, generator=seeded) for n in (5, 0, 70000, 3, 140000, 9, 11, 1)]
+    sizes = (5, 0, 4 * kg._CHUNK + 7, 3, 8 * kg._CHUNK + 1, 9, 11, 1)
+    chunks = sum(-(-n // kg._CHUNK) for n in sizes)
+    xs = [torch.randn(n, generator=seeded) for n in sizes]
     ys = [torch.randn(x.shape, generator=seeded) for x in xs]
     whole = kg.grad_dot(xs, ys)
     launches = []
@@ -116,7 +118,7 @@ def test_triton_table_split_is_bit_identical(monkeypatch, seeded):
     monkeypatch.setattr(kg, "_TABLE_CAPACITY", 2)
     kg._TABLE_CACHE.clear()
     split = kg.grad_dot(xs, ys)
-    assert len(launches) == 5  # 9 chunks (70000 -> 2, 140000 -> 3), 2 per launch
+    assert chunks == 19 and len(launches) == 10  # 2 chunks per launch, the last one alone
     assert torch.equal(whole, split)
 
 
