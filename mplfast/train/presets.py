@@ -26,7 +26,7 @@ CIFAR10_4K: dict[str, Any] = dict(
     randaug_n=2, randaug_m=16.0, cutout=0.5,
     finetune_epochs=625, finetune_batch_size=512, finetune_lr=3e-5, finetune_weight_decay=0.0,
     finetune_momentum=0.9,
-    log_interval=100, eval_interval=5000, ckpt_interval=5000, channels_last=True,
+    log_interval=100, eval_interval=5000, ckpt_interval=5000, channels_last=True, cpu_threads=0,
 )
 
 # CIFAR-100 with 10,000 labels: same recipe, WRN-28-8.
@@ -47,7 +47,7 @@ IMAGENET_10PCT: dict[str, Any] = dict(
     randaug_n=2, randaug_m=16.0, cutout=0.25,
     finetune_epochs=0,
     log_interval=100, eval_interval=10_000, ckpt_interval=2000, eval_batch_size=256,
-    channels_last=True,
+    channels_last=True, cpu_threads=0,
 )
 
 PRESETS: dict[str, dict[str, Any]] = {

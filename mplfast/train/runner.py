@@ -70,6 +70,8 @@ class _Run:
         self.precision = builders.resolve_precision(cfg.precision, self.device)
         if self.device.type == "cuda":
             torch.backends.cudnn.benchmark = True
+        if cfg.cpu_threads > 0:
+            torch.set_num_threads(cfg.cpu_threads)
         self.results: dict[str, float] = {}
         self.train_time = 0.0
         self.phase = "train"
