@@ -35,6 +35,16 @@ er = _load("eager_reference")
 st = _load("step_throughput")
 
 
+@pytest.fixture(autouse=True)
+def _one_thread():
+    """One intra-op thread: on a loaded shared machine OpenMP workers waiting for busy cores
+    made these runs up to 10x slower; one thread is fast and steady. Restored afterwards."""
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(n)
+
+
 def _mplfast_unavailable() -> str | None:
     try:
         from mplfast import MPLStep  # noqa: F401
@@ -226,3 +236,20 @@ def test_kernel_rows_cuda_branch_with_a_fake_profile():
     assert rows["launches_per_step"] == {"kernel": 50.0, "graph": 3.0}
     md = st.kernel_markdown(rows, 0.008, torch.device("cuda"), st.BenchConfig(), 10)
     assert "50 kernels, 3 graph replays" in md and "device busy 50% of wall" in md
+
+
+@pytest.mark.slow
+def test_pytest_benchmark_step_suite_runs_disabled(tmp_path):
+    """benchmarks/test_bench_step.py itself (CI collects only tests/): collected and run once at
+    the tiny CPU size with --benchmark-disable, in a subprocess so its sys.path and the
+    benchmark plugin's state stay out of this session."""
+    import os
+    import subprocess
+
+    env = dict(os.environ, MPLFAST_BENCH_DEVICE="cpu", MPLFAST_BENCH_SIZE="tiny",
+               MPLFAST_BENCH_VARIANTS="eager,mplfast", OMP_NUM_THREADS="1")
+    proc = subprocess.run([sys.executable, "-m", "pytest", "-q", str(BENCH / "test_bench_step.py"),
+                           "--benchmark-disable", "-p", "no:cacheprovider", "--rootdir", str(BENCH.parent)],
+                          cwd=tmp_path, env=env, capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    assert "2 passed" in proc.stdout
