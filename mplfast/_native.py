@@ -131,6 +131,9 @@ def _check_labels(op: str, target: Tensor, num_classes: int) -> None:
 
 
 def _stream(device: torch.device) -> tuple[int, int]:
+    # The kernels run on torch's current stream of that device. Callers also enter
+    # torch.cuda.device(device), so the device current in _C's own (static) CUDA runtime, which
+    # shares the driver's current context with torch, is already the right one.
     index = device.index if device.index is not None else torch.cuda.current_device()
     return index, int(torch.cuda.current_stream(index).cuda_stream)
 
@@ -210,7 +213,8 @@ def soft_ce_forward(
     if device.type == "cpu":
         _C.soft_ce_cpu(*args, torch.get_num_threads())
     else:
-        _C.soft_ce_cuda(*args, *_stream(device))
+        with torch.cuda.device(device):
+            _C.soft_ce_cuda(*args, *_stream(device))
     return loss, grad
 
 
@@ -269,7 +273,8 @@ def uda_forward(
     if device.type == "cpu":
         _C.uda_cpu(*args, torch.get_num_threads())
     else:
-        _C.uda_cuda(*args, *_stream(device))
+        with torch.cuda.device(device):
+            _C.uda_cuda(*args, *_stream(device))
     return loss, mask, grad
 
 
@@ -320,7 +325,8 @@ def _multi_dot(op: str, names: tuple[str, ...], lists: tuple[Sequence[Tensor], .
     ws_len = _C.grad_dot_cuda_workspace(sizes)
     workspace = torch.empty(ws_len, dtype=torch.float64, device=device)
     out = torch.empty((), dtype=torch.float32, device=device)
-    _C.grad_dot_cuda(xs, ys, zs, sizes, codes, workspace.data_ptr(), ws_len, out.data_ptr(), index, stream)
+    with torch.cuda.device(device):
+        _C.grad_dot_cuda(xs, ys, zs, sizes, codes, workspace.data_ptr(), ws_len, out.data_ptr(), index, stream)
     # Contiguous copies in `keep` are freed on the current stream after this returns; the
     # caching allocator only reuses them for work queued behind the kernel.
     del keep
