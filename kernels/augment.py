@@ -289,3 +289,31 @@ def augment(images: Tensor, index: Tensor, out: Tensor, policy: P.Policy, key: i
         H=H, W=W, C=C, BLOCK=BLOCK, CP=CP, N_OPS=n, HFLIP=policy.hflip, SCR=scr,
         num_warps=4 if BLOCK * CP <= 2048 else 8,
     )
+
+
+@triton.jit(do_not_specialize=["key", "id_offset", "n"])
+def _sample_kernel(rows_ptr, table_ptr, key, id_offset, n, count,
+                   HAS_TABLE: tl.constexpr, BLOCK: tl.constexpr):
+    # rows[i] = table[(u32(key, id_offset + i, 0) * n) >> 32] (or the draw itself, no table):
+    # the batcher's with-replacement sampling in one launch instead of ~25 small torch ops
+    i = tl.program_id(0) * BLOCK + tl.arange(0, BLOCK)
+    m = i < count
+    bits = _u32(key.to(tl.uint32), (id_offset + i).to(tl.uint32), 0)
+    j = ((bits.to(tl.uint64) * tl.cast(n, tl.uint64)) >> 32).to(tl.int64)
+    if HAS_TABLE:
+        j = tl.load(table_ptr + j, mask=m, other=0)
+    tl.store(rows_ptr + i, j, mask=m)
+
+
+def sample_rows(key: int, id_offset: int, count: int, n: int, table: Tensor | None,
+                device: torch.device) -> Tensor:
+    """int64 [count]: uniform draws in [0, n) for counters id_offset.., mapped through
+    ``table`` (int64 [n]) when given; identical to ``mplfast.data.batcher._pick``."""
+    rows = torch.empty(count, dtype=torch.int64, device=device)
+    if count == 0:
+        return rows
+    BLOCK = 256
+    _sample_kernel[(triton.cdiv(count, BLOCK),)](
+        rows, table if table is not None else rows, key, id_offset, n, count,
+        HAS_TABLE=table is not None, BLOCK=BLOCK)
+    return rows

@@ -116,3 +116,31 @@ def test_batcher_triton_backend_matches_cpu():
     b = MPLBatcher(ds, torch.arange(12), backend="cpu", **kw).batch(9)
     for p, q in zip(a, b):
         assert torch.equal(p.cpu(), q.cpu())
+
+
+def test_triton_sampling_matches_torch():
+    from mplfast.data.batcher import _pick
+    from mplfast.kernels.augment import sample_rows
+
+    table = torch.arange(1000, 1037, dtype=torch.int64)
+    for key, off, n in ((rng.stream_key(1, 2, 16), 0, 37), (rng.stream_key(9, 99, 17), 640, 50000)):
+        ids = torch.arange(off, off + 300)
+        want = _pick(key, ids, n)
+        got = sample_rows(key, off, 300, n, None, torch.device(DEV)).cpu()
+        assert torch.equal(got, want) and int(want.max()) < n
+        if n == 37:
+            got_t = sample_rows(key, off, 300, n, table.to(DEV), torch.device(DEV)).cpu()
+            assert torch.equal(got_t, table[want])
+
+
+def test_batcher_triton_sampling_path_matches_torch():
+    from mplfast.data import MPLBatcher, make_synthetic
+
+    ds = make_synthetic(num_train=40, num_test=2, image_size=8)
+    kw = dict(batch_size=3, mu=2, seed=5, device="cpu", rank=1, world_size=2)
+    a = MPLBatcher(ds, torch.arange(0, 40, 2), **kw)
+    b = MPLBatcher(ds, torch.arange(0, 40, 2), **kw)
+    b._triton_sampling = True  # the CUDA code path, run by the interpreter
+    for step in (0, 7):
+        for p, q in zip(a.indices(step), b.indices(step)):
+            assert torch.equal(p, q)

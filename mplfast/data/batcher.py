@@ -85,6 +85,12 @@ class MPLBatcher:
         B, U = batch_size, mu * batch_size
         self._ids_l = torch.arange(rank * B, (rank + 1) * B, device=self.device)
         self._ids_u = torch.arange(rank * U, (rank + 1) * U, device=self.device)
+        # on CUDA with Triton, sampling is one small kernel per view instead of ~25 torch ops
+        self._triton_sampling = False
+        if self.device.type == "cuda" and backend in (None, "triton"):
+            from mplfast.augment import resolve_backend
+
+            self._triton_sampling = resolve_backend(backend, self.device) == "triton"
 
     # -----------------------------------------------------------------------------------------
     def _buffer(self, n: int) -> Tensor:
@@ -104,6 +110,14 @@ class MPLBatcher:
         """(labeled rows of train_images int64 [B], unlabeled rows int64 [mu*B]) of ``step``."""
         kl = rng.stream_key(self.seed, step, _SAMPLE_LABELED)
         ku = rng.stream_key(self.seed, step, _SAMPLE_UNLABELED)
+        B, U = self.batch_size, self.mu * self.batch_size
+        if self._triton_sampling:
+            from mplfast.kernels.augment import sample_rows
+
+            return (sample_rows(kl, self.rank * B, B, self.labeled_idx.numel(),
+                                self.labeled_idx, self.device),
+                    sample_rows(ku, self.rank * U, U, self.unlabeled_images.shape[0], None,
+                                self.device))
         idx_l = self.labeled_idx[_pick(kl, self._ids_l, self.labeled_idx.numel())]
         idx_u = _pick(ku, self._ids_u, self.unlabeled_images.shape[0])
         return idx_l, idx_u
