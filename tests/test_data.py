@@ -277,3 +277,14 @@ def test_batcher_rejects_bad_args(digits):
         _batcher(digits, rank=2, world_size=2)
     with pytest.raises(ValueError, match="labeled_idx"):
         MPLBatcher(digits, torch.tensor([10**6]), batch_size=2, mu=1, seed=0, device="cpu")
+
+
+def test_batch_into_static_buffer(digits):
+    b = _batcher(digits)
+    static = torch.empty(20, 8, 8, 1).permute(0, 3, 1, 2)
+    x_l, y_l, x_uw, x_us = b.batch(4, out=static)
+    assert x_l.data_ptr() == static.data_ptr()
+    for p, q in zip((x_l, y_l, x_uw, x_us), b.batch(4)):
+        assert torch.equal(p, q)
+    with pytest.raises(ValueError, match="out must be"):
+        b.batch(4, out=torch.empty(19, 1, 8, 8))

@@ -122,16 +122,31 @@ class MPLBatcher:
         idx_u = _pick(ku, self._ids_u, self.unlabeled_images.shape[0])
         return idx_l, idx_u
 
-    def batch(self, step: int) -> tuple[Tensor, Tensor, Tensor, Tensor]:
+    def batch(self, step: int, out: Tensor | None = None
+              ) -> tuple[Tensor, Tensor, Tensor, Tensor]:
         """(x_l [B,C,H,W], y_l int64 [B], x_uw [muB,C,H,W], x_us [muB,C,H,W]).
 
         x_l, x_uw, x_us are consecutive slices of one normalized buffer (model dtype,
         channels-last unless disabled); deterministic given (seed, step, rank). x_l is the weak
         view of labeled images; x_uw / x_us are the weak / strong views of the same unlabeled
-        images with independent random parameters."""
+        images with independent random parameters.
+
+        ``out``: an existing [B + 2 muB, C, H, W] buffer (model dtype, this device) to write
+        into instead of a fresh one, e.g. the static input of a CUDA-graphed step. ``batch``
+        itself is not meant to be captured in a graph: the step's stream key is a kernel
+        argument computed on the host."""
         B, U = self.batch_size, self.mu * self.batch_size
         idx_l, idx_u = self.indices(step)
-        buf = self._buffer(B + 2 * U)
+        if out is None:
+            buf = self._buffer(B + 2 * U)
+        else:
+            C, H, W = self.image_shape
+            if tuple(out.shape) != (B + 2 * U, C, H, W) or out.dtype != self.dtype \
+                    or out.device != self.device:
+                raise ValueError(f"out must be {self.dtype} [{B + 2 * U}, {C}, {H}, {W}] on "
+                                 f"{self.device}, got {out.dtype} {tuple(out.shape)} on "
+                                 f"{out.device}")
+            buf = out
         x_l, x_uw, x_us = buf[:B], buf[B:B + U], buf[B + U:]
         self._view(x_l, self.train_images, idx_l, self.weak, step, AP.VIEW_LABELED,
                    self.rank * B)
