@@ -382,6 +382,11 @@ class EagerMPL:
         images_uw, images_us = next(data.unlabeled)
         images_l, targets = images_l.to(self.device), targets.to(self.device)
         images_uw, images_us = images_uw.to(self.device), images_us.to(self.device)
+        return self.logged_step(images_l, targets, images_uw, images_us)
+
+    def logged_step(self, images_l: torch.Tensor, targets: torch.Tensor, images_uw: torch.Tensor,
+                    images_us: torch.Tensor) -> dict[str, float]:
+        """``step`` plus the port's per-step ``.item()`` logging, on batches already on the device."""
         out = self.step(images_l, targets, images_uw, images_us)
         return {k: out[k].item() for k in ("student_loss", "teacher_loss", "teacher_loss_l", "uda_loss",
                                            "mpl_loss", "mask_rate")}

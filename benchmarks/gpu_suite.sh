@@ -10,7 +10,8 @@
 #   build     MPLFAST_CUDA=ON pip install --no-build-isolation --no-deps -e .   (CUDA kernels)
 #   ceilings  device-to-device copy bandwidth and 8192^3 bf16 matmul rate (mplfast.perf)
 #   step      benchmarks/step_throughput.py: eager vs mplfast at B=64 and B=128, mu=7, WRN-28-2,
-#             then mplfast without compile (both B) and with compile but no CUDA graphs (B=64);
+#             then mplfast without compile (both B), with compile but no CUDA graphs (B=64), and
+#             the eager step without its data pipeline (B=64);
 #             JSON rewritten after each configuration; torch.profiler kernel breakdown of the
 #             mplfast step at B=64
 #   plot      benchmarks/plot_throughput.py -> benchmarks/plots/step_throughput.png
@@ -126,7 +127,7 @@ EOF
 stage_step() {
   if [[ "$DEVICE" == cuda ]]; then
     "$PY" benchmarks/step_throughput.py --device cuda --preset full --batch-sizes 64 128 \
-      --variants eager mplfast mplfast-eager mplfast-inductor@64 --steps 40 --eager-steps 15 --warmup 10 --repeats 3 \
+      --variants eager mplfast mplfast-eager mplfast-inductor@64 eager-prefetched@64 --steps 40 --eager-steps 15 --warmup 10 --repeats 3 \
       --profile mplfast --profile-steps 5 \
       --json "$OUT/step.json" --markdown "$WORK/step.md" --profile-out "$OUT/profile.md"
   else

@@ -26,6 +26,9 @@ Variants:
 - ``mplfast-eager``: the same without torch.compile (how much the compiler buys).
 - ``mplfast-inductor``: torch.compile without CUDA graphs (mode "default"): how much of the
   compiler's gain is fusion and how much is the removed launch overhead.
+- ``eager-prefetched``: the eager step on a few batches loaded to the device beforehand and
+  reused: the eager step's own cost, without its data pipeline (the gap to ``eager`` is what
+  the CPU DataLoader and PIL augmentation cost the port).
 
 A variant can be limited to some batch sizes with ``VARIANT@B`` (``mplfast-inductor@64``).
 """
@@ -54,7 +57,7 @@ import eager_reference as er  # noqa: E402
 
 from mplfast import perf  # noqa: E402
 
-VARIANTS = ("eager", "mplfast", "mplfast-eager", "mplfast-inductor")
+VARIANTS = ("eager", "mplfast", "mplfast-eager", "mplfast-inductor", "eager-prefetched")
 # torch.compile mode per mplfast variant; None: the --compile-mode given.
 _VARIANT_COMPILE = {"mplfast": None, "mplfast-eager": "none", "mplfast-inductor": "default"}
 
@@ -137,8 +140,12 @@ class Runner:
     cleanup: Callable[[], None] = lambda: None
 
 
-def build_eager(cfg: BenchConfig, images: np.ndarray, labels: np.ndarray, lab_idx: np.ndarray) -> Runner:
-    """The port-style reference: DataLoader + PIL, fp16 autocast + GradScalers on CUDA."""
+def build_eager(cfg: BenchConfig, images: np.ndarray, labels: np.ndarray, lab_idx: np.ndarray,
+                *, prefetch: int = 0) -> Runner:
+    """The port-style reference: DataLoader + PIL, fp16 autocast + GradScalers on CUDA.
+
+    ``prefetch > 0``: load that many batches to the device first and cycle through them, so
+    the timed steps exclude the data pipeline."""
     device = torch.device(cfg.device)
     torch.backends.cudnn.benchmark = False  # the port leaves cuDNN's autotuner off
     torch.manual_seed(cfg.seed)
@@ -155,7 +162,22 @@ def build_eager(cfg: BenchConfig, images: np.ndarray, labels: np.ndarray, lab_id
         data.unlabeled.close()
         data.loaders.clear()
 
-    return Runner(lambda: ref.train_step(data), ref.teacher, ref.student, info, cleanup)
+    if prefetch <= 0:
+        return Runner(lambda: ref.train_step(data), ref.teacher, ref.student, info, cleanup)
+    batches = []
+    for _ in range(prefetch):
+        (x_l, y_l), (x_uw, x_us) = next(data.labeled), next(data.unlabeled)
+        batches.append(tuple(t.to(device) for t in (x_l, y_l, x_uw, x_us)))
+    cleanup()  # the workers are not needed any more
+    info["data"] = f"{prefetch} batches prefetched to the device, reused (no data pipeline)"
+    counter = [0]
+
+    def run_one() -> dict[str, float]:
+        b = batches[counter[0] % len(batches)]
+        counter[0] += 1
+        return ref.logged_step(*b)
+
+    return Runner(run_one, ref.teacher, ref.student, info)
 
 
 def build_mplfast(cfg: BenchConfig, images: np.ndarray, labels: np.ndarray, lab_idx: np.ndarray,
@@ -240,6 +262,8 @@ def measure(cfg: BenchConfig, images: np.ndarray, labels: np.ndarray, lab_idx: n
         t_build = time.perf_counter()
         if cfg.variant == "eager":
             runner = build_eager(cfg, images, labels, lab_idx)
+        elif cfg.variant == "eager-prefetched":
+            runner = build_eager(cfg, images, labels, lab_idx, prefetch=4)
         elif cfg.variant in _VARIANT_COMPILE:
             runner = build_mplfast(cfg, images, labels, lab_idx,
                                    compile_mode=_VARIANT_COMPILE[cfg.variant] or cfg.compile_mode)
@@ -504,7 +528,7 @@ def configs_from_args(args: argparse.Namespace) -> list[BenchConfig]:
             for v, b in wanted]
     if getattr(args, "eager_steps", None):
         for c in cfgs:
-            if c.variant == "eager":
+            if c.variant.startswith("eager"):
                 c.steps = args.eager_steps
     return cfgs
 
