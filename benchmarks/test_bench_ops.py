@@ -29,6 +29,7 @@ pytestmark = pytest.mark.skipif(_native.status()["cpu"] is not True, reason=f"na
 N, C = 4096, 1000
 TAU, THRESHOLD = 0.7, 0.6
 _TIMES: dict[tuple[str, str], tuple[float, float]] = {}  # (group, name) -> (min, mean) seconds
+_GBPS: dict[tuple[str, str], float] = {}  # (group, name) -> effective GB/s (CUDA groups)
 
 
 def _record(benchmark, group: str, name: str) -> None:
@@ -210,7 +211,7 @@ _TARGETS = [("soft_ce", "native", "eager", 1.3), ("soft_ce", "native", "compile"
 
 
 def test_zz_ratios(capsys):
-    """Speed-ups of native over each baseline in this run (runs last: file order)."""
+    """Speed-ups of native over each baseline in this run (runs after the CPU groups)."""
     missed = []
     lines = []
     for group, fast, base, target in _TARGETS:
@@ -220,6 +221,8 @@ def test_zz_ratios(capsys):
         bmin, bmean = _TIMES[(group, base)]
         r_min, r_mean = bmin / nmin, bmean / nmean
         tgt = f"  (target >= {target}x)" if target else ""
+        if (group, fast) in _GBPS:
+            tgt += f"  {fast}: {_GBPS[(group, fast)]:.0f} GB/s"
         lines.append(f"{group:15s} {fast:9s} vs {base:8s}: {r_min:5.2f}x by min, {r_mean:5.2f}x by mean "
                      f"[{fast} {nmin * 1e3:.3f} ms, {base} {bmin * 1e3:.3f} ms min]{tgt}")
         if target and r_min < target:
@@ -230,3 +233,85 @@ def test_zz_ratios(capsys):
         print("\n" + "\n".join(lines))
     if os.environ.get("MPLFAST_BENCH_ASSERT") == "1":
         assert not missed, "targets missed:\n" + "\n".join(missed)
+
+
+# --------------------------------------------------------------------------------------------
+# CUDA (skipped without a device): issue 2's H100 targets. Bytes counted as in
+# ../shared/docs/performance-notes.md: every input read once, every output written once.
+
+cuda = pytest.mark.skipif(_native.status()["cuda"] is not True, reason=f"native CUDA: {_native.status()['cuda']}")
+GN, GC = 8192, 32000
+
+
+def _cuda_timed(benchmark, fn, *args, nbytes: int, group: str, name: str):
+    def run():
+        out = fn(*args)
+        torch.cuda.synchronize()
+        return out
+
+    run()  # warm-up (allocator, first launch)
+    benchmark.pedantic(run, rounds=20, iterations=5, warmup_rounds=2)
+    gbps = nbytes / benchmark.stats.stats.min / 1e9
+    benchmark.extra_info["GB/s"] = round(gbps, 1)
+    _GBPS[(group, name)] = gbps
+    _record(benchmark, group, name)
+
+
+@pytest.fixture(scope="module")
+def gpu_logits():
+    g = torch.Generator(device="cuda").manual_seed(0)
+    z = (torch.randn(GN, GC, generator=g, device="cuda") * 3).bfloat16()
+    w = (torch.randn(GN, GC, generator=g, device="cuda") * 12).bfloat16()
+    y = torch.randint(0, GC, (GN,), generator=g, device="cuda")
+    return z, w, y
+
+
+@cuda
+@pytest.mark.gpu
+@pytest.mark.parametrize("impl", ["native", "eager"])
+@pytest.mark.benchmark(group="cuda_soft_ce_fwd_bwd[8192x32000 bf16]")
+def test_cuda_soft_ce(benchmark, gpu_logits, impl):
+    z, _, y = gpu_logits
+    fn = _ce_native if impl == "native" else _ce_eager
+    _cuda_timed(benchmark, fn, z, y, nbytes=2 * z.numel() * z.element_size(), group="cuda_soft_ce", name=impl)
+
+
+@cuda
+@pytest.mark.gpu
+@pytest.mark.parametrize("impl", ["native", "eager"])
+@pytest.mark.benchmark(group="cuda_uda_fwd_bwd[8192x32000 bf16]")
+def test_cuda_uda(benchmark, gpu_logits, impl):
+    z, w, _ = gpu_logits
+    fn = _uda_native if impl == "native" else _uda_eager
+    _cuda_timed(benchmark, fn, w, z, nbytes=3 * z.numel() * z.element_size(), group="cuda_uda", name=impl)
+
+
+@cuda
+@pytest.mark.gpu
+@pytest.mark.parametrize("impl", ["native", "loop"])
+@pytest.mark.benchmark(group="cuda_grad_dot[resnet50 params fp32]")
+def test_cuda_grad_dot_resnet50(benchmark, impl):
+    shapes = [p.shape for p in mplfast.create_model("resnet50", 1000).parameters()]
+    xs = [torch.randn(s, device="cuda") for s in shapes]
+    ys = [torch.randn(s, device="cuda") for s in shapes]
+    fn = (lambda a, b: mplfast.grad_dot(a, b, backend="native")) if impl == "native" else _dot_loop_cuda
+    nbytes = sum(2 * x.numel() * 4 for x in xs)
+    _cuda_timed(benchmark, fn, xs, ys, nbytes=nbytes, group="cuda_grad_dot", name=impl)
+
+
+def _dot_loop_cuda(xs, ys):
+    acc = torch.zeros((), device=xs[0].device)
+    for x, y in zip(xs, ys):
+        acc += torch.dot(x.reshape(-1), y.reshape(-1))
+    return acc
+
+
+_TARGETS += [("cuda_soft_ce", "native", "eager", 2.0), ("cuda_uda", "native", "eager", 2.0),
+             ("cuda_grad_dot", "native", "loop", None)]
+
+
+def test_zzz_cuda_ratios(capsys):
+    """Ratios of the CUDA groups (the CPU ones print in test_zz_ratios, which ran earlier)."""
+    if not any(k[0].startswith("cuda_") for k in _TIMES):
+        pytest.skip("no CUDA timings recorded")
+    test_zz_ratios(capsys)

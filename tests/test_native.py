@@ -75,6 +75,27 @@ def test_soft_ce_matches_reference(seeded, dtype, shape, kind):
             _close(grad, grad_r, GRAD_TOL[dtype], f"grad eps={eps} scale={scale}")
 
 
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16], ids=str)
+def test_soft_ce_and_uda_large_batch(seeded, dtype):
+    """4099 x 1000: many rows per OpenMP thread, multi-threaded path."""
+    n, c = 4099, 1000
+    z = _logits(seeded, n, c, dtype)
+    y = torch.randint(0, c, (n,), generator=seeded)
+    t = torch.rand(n, c, generator=seeded)
+    for target in (y, t):
+        loss, grad = nat.soft_ce_forward(z, target, 0.1, 1.0)
+        loss_r, grad_r = ref.soft_ce_forward(z, target, 0.1, 1.0)
+        _close(loss, loss_r, LOSS_TOL[dtype], "loss")
+        _close(grad, grad_r, GRAD_TOL[dtype], "grad")
+    weak = _logits(seeded, n, c, dtype, 12.0)
+    thr = _threshold_between(weak, 0.7)
+    loss, mask, grad = nat.uda_forward(weak, z, 0.7, thr, 1.0)
+    loss_r, mask_r, grad_r = ref.uda_forward(weak, z, 0.7, thr, 1.0)
+    assert torch.equal(mask, mask_r) and 0 < float(mask.sum()) < n
+    _close(loss, loss_r, LOSS_TOL[dtype], "uda loss")
+    _close(grad, grad_r, GRAD_TOL[dtype], "uda grad")
+
+
 @pytest.mark.parametrize("kind", ["index", "prob"])
 @pytest.mark.parametrize("eps", [0.0, 0.2])
 def test_soft_ce_float64_equals_cross_entropy_autograd(seeded, kind, eps):
