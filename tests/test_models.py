@@ -67,19 +67,14 @@ def test_small_cnn_digits():
     assert n_params(m) < 50_000  # fast on CPU
 
 
-def test_resnet50_or_clear_error():
-    try:
-        import torchvision.models  # noqa: F401
-        ok = True
-    except Exception:
-        ok = False
-    if ok:
-        m = create_model("resnet50", 1000)
-        assert n_params(m) == 25_557_032
-        assert create_model("resnet50", 10, in_chans=1)(torch.randn(1, 1, 64, 64)).shape == (1, 10)
-    else:
-        with pytest.raises(UserError, match="needs torchvision"):
-            create_model("resnet50", 10)
+def test_resnet50_shapes_and_size():
+    m = create_model("resnet50", 1000)
+    assert n_params(m) == 25_557_032  # torchvision's resnet50(weights=None)
+    small = create_model("resnet50", 10, in_chans=1).to(memory_format=torch.channels_last)
+    x = torch.randn(2, 1, 64, 64).to(memory_format=torch.channels_last)
+    assert small(x).shape == (2, 10)
+    with pytest.raises(TypeError, match="no options"):
+        create_model("resnet50", 10, zero_init_residual=True)
 
 
 def test_timm_or_clear_error():

@@ -1,7 +1,7 @@
 """Model registry (timm style): ``create_model(name, num_classes, in_chans=3, **kwargs)``.
 
 Built-in names: ``wrn`` (depth, widen_factor, dropout, leaky_slope), ``wrn28_2``, ``wrn28_8``,
-``resnet50`` (torchvision), ``small_cnn`` (8x8 digits), and ``timm/<name>`` when timm is
+``resnet50``, ``small_cnn`` (8x8 digits), and ``timm/<name>`` when timm is
 installed. Every model maps images [N, in_chans, H, W] (any memory format, channels-last
 included) to logits [N, num_classes].
 """
