@@ -270,13 +270,14 @@ def measure(cfg: BenchConfig, images: np.ndarray, labels: np.ndarray, lab_idx: n
         else:
             raise ValueError(f"unknown variant {cfg.variant!r}; choose from {VARIANTS}")
         result.update(runner.info)
-        before = [p.detach().float().cpu().clone() for p in runner.student.parameters()]
         t0 = time.perf_counter()
         for _ in range(cfg.warmup):
             out = runner.step()
         _sync(device)
         result["build_s"] = t0 - t_build
         result["warmup_s"] = time.perf_counter() - t0
+        # after warmup: the check below is about the timed steps themselves
+        before = [p.detach().float().cpu().clone() for p in runner.student.parameters()]
         if device.type == "cuda":
             result["peak_mem_warmup_bytes"] = torch.cuda.max_memory_allocated(device)
             torch.cuda.reset_peak_memory_stats(device)
@@ -295,7 +296,7 @@ def measure(cfg: BenchConfig, images: np.ndarray, labels: np.ndarray, lab_idx: n
         if matmul_rate:
             result["mfu"] = flops * sps / matmul_rate
         result["peak_mem_bytes"] = torch.cuda.max_memory_allocated(device) if device.type == "cuda" else None
-        # Sanity: the step really trained (a no-op step would time very well) and stayed finite.
+        # Sanity: the timed steps really trained (a no-op step would time very well) and stayed finite.
         result["student_param_change"] = _param_change(before, runner.student)
         last = {k: float(v) for k, v in (out or {}).items()
                 if isinstance(v, (torch.Tensor, float, int)) and getattr(v, "numel", lambda: 1)() == 1}
