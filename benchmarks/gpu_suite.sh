@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # One-call GPU measurement suite for issue 6 (run from the repository root on the GPU machine).
 #
-#   bash benchmarks/gpu_suite.sh                 # writes everything under $OUT (or ./suite_out)
+#   bash benchmarks/gpu_suite.sh                 # writes everything under $OUT (or /tmp/mplfast_suite_out)
 #
 # Stages, in priority order, each independent (a failure is recorded, never fatal), each under
 # its own time limit, all inside one global budget (MPLFAST_SUITE_BUDGET seconds, default 560,
@@ -32,7 +32,7 @@ set -o pipefail
 
 ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
 cd "$ROOT"
-OUT=${OUT:-$ROOT/suite_out}
+OUT=${OUT:-/tmp/mplfast_suite_out}  # outside the tree: a local check leaves no untracked files
 mkdir -p "$OUT"
 WORK=$(mktemp -d /tmp/mplfast-suite.XXXXXX)
 PY=${PYTHON:-python3}
@@ -77,7 +77,11 @@ run_stage() {
 
 stage_env() {
   echo "date_utc: $(date -u '+%Y-%m-%d %H:%M:%S')"
-  echo "git: $(git rev-parse --short HEAD 2>/dev/null) $(git status --porcelain 2>/dev/null | wc -l) uncommitted paths"
+  if git rev-parse --short HEAD >/dev/null 2>&1; then
+    echo "git: $(git rev-parse --short HEAD) ($(git status --porcelain | wc -l) changed paths)"
+  else
+    echo "git: no repository metadata here"
+  fi
   echo "uname: $(uname -a)"
   echo "cpus: $(nproc)"
   nvidia-smi --query-gpu=name,driver_version,memory.total,clocks.sm,clocks.max.sm,power.limit --format=csv 2>&1 || echo "nvidia-smi: unavailable"
