@@ -153,7 +153,7 @@ def cmd_ablate(args: argparse.Namespace) -> int:
     flags = _flags(args, ("dataset", "data", "unlabeled", "labels", "steps", "device"))
     table = run_ablation(seeds=parse_seeds(args.seeds), variants=parse_variants(args.variants),
                          preset=args.preset, config_file=args.config, flags=flags, sets=args.sets,
-                         out=args.out, argv=sys.argv[1:])
+                         out=args.out, argv=args.argv)
     print(table.markdown)
     print(f"table written to {table.md_path} and {table.csv_path}")
     return 0
@@ -162,7 +162,9 @@ def cmd_ablate(args: argparse.Namespace) -> int:
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of the ``mplfast`` console script; returns the exit status."""
     parser = build_parser()
-    args = parser.parse_args(argv)
+    raw = list(argv) if argv is not None else sys.argv[1:]
+    args = parser.parse_args(raw)
+    args.argv = raw  # the ablation table records the exact command
     if args.command is None:
         parser.print_help()
         return 0

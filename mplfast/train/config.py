@@ -180,6 +180,12 @@ def coerce_value(name: str, value: Any) -> Any:
         raise UserError(f"{name}: a value is required ({_type_name(tp)})")
     origin = typing.get_origin(inner) or inner
     bad = UserError(f"{name}: expected {_type_name(tp)}, got {value!r}")
+    if origin in (int, float) and isinstance(value, str):
+        # PyYAML (YAML 1.1) reads "1e-3" and "3e5" as strings; Python's float() does not
+        try:
+            value = float(value)
+        except ValueError:
+            raise bad from None
     if origin is bool:
         if isinstance(value, bool):
             return value

@@ -4,6 +4,7 @@ from __future__ import annotations
 from typing import Any
 
 import torch
+import torch.distributed as dist
 from torch import nn
 
 from mplfast.train.builders import autocast
@@ -14,13 +15,15 @@ def accuracy(model: nn.Module, batcher: Any, *, precision: str, device: torch.de
              batch_size: int = 512, split: str = "test") -> float:
     """Top-1 accuracy in percent on ``split``, in eval mode (mode restored afterwards).
 
+    Under torchrun each rank evaluates its shard of the split (the batcher strides rows by
+    rank) and the counts are summed over ranks, so every rank returns the whole-split number.
     The forward runs under ``fork_rng`` so that evaluating never moves the global RNG: a run
     that evaluates at a step and a resumed run that does not stay bitwise identical.
     """
     was_training = model.training
     model.eval()
     correct = torch.zeros((), dtype=torch.int64, device=device)
-    total = 0
+    total = torch.zeros((), dtype=torch.int64, device=device)
     devices = [device] if device.type == "cuda" else []
     try:
         with torch.random.fork_rng(devices=devices):
@@ -28,7 +31,11 @@ def accuracy(model: nn.Module, batcher: Any, *, precision: str, device: torch.de
                 with autocast(precision, device):
                     logits = model(x)
                 correct += (logits.argmax(dim=1) == y).sum()
-                total += int(y.numel())
+                total += y.numel()
     finally:
         model.train(was_training)
-    return 100.0 * int(correct.item()) / max(1, total)
+    if dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1:
+        counts = torch.stack([correct, total])
+        dist.all_reduce(counts)
+        correct, total = counts[0], counts[1]
+    return 100.0 * int(correct.item()) / max(1, int(total.item()))

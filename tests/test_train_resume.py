@@ -1,0 +1,133 @@
+"""SIGTERM / SIGINT mid-run, then ``--resume``: on CPU the final weights are bitwise identical to
+an uninterrupted run (all RNG states restored; data keyed by (seed, step))."""
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+
+import pytest
+import torch
+
+STEPS = 40
+# dropout and sampled pseudo labels: the global RNG and the step's own generator both matter;
+# evaluations and periodic checkpoints fall between the signal and the end
+ARGS = ["train", "--steps", str(STEPS), "--set", "model_kwargs={width: 8, dropout: 0.3}",
+        "--set", "pseudo_label=sample", "--set", "log_interval=1", "--set", "eval_interval=9",
+        "--set", "ckpt_interval=7", "--set", "warmup_steps=5", "--set", "uda_steps=10",
+        "--set", "tensorboard=false", "--set", "plot=false", "--set", "progress=plain"]
+
+
+def _cmd(*extra: str) -> list[str]:
+    return [sys.executable, "-m", "mplfast", *ARGS, *extra]
+
+
+def _last_step(metrics: str) -> int:
+    if not os.path.isfile(metrics):
+        return 0
+    steps = []
+    with open(metrics) as f:
+        for line in f:
+            try:
+                steps.append(int(json.loads(line)["step"]))
+            except (ValueError, KeyError):
+                pass
+    return max(steps, default=0)
+
+
+def _assert_same_state(a: dict, b: dict) -> None:
+    for key in ("student", "teacher"):
+        assert a[key].keys() == b[key].keys()
+        for name in a[key]:
+            assert torch.equal(a[key][name], b[key][name]), f"{key}.{name} differs"
+    for name, t in a["ema"]["module"].items():
+        assert torch.equal(t, b["ema"]["module"][name]), f"ema.{name} differs"
+
+
+@pytest.mark.slow
+def test_sigterm_and_resume_is_bitwise_identical(tmp_path):
+    sig = signal.SIGTERM
+    ref, cut = str(tmp_path / "ref"), str(tmp_path / "cut")
+    subprocess.run(_cmd("--out", ref), check=True, capture_output=True, timeout=300)
+
+    proc = subprocess.Popen(_cmd("--out", cut), stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                            text=True)
+    deadline = time.monotonic() + 240
+    while _last_step(os.path.join(cut, "metrics.jsonl")) < 3:
+        assert proc.poll() is None, proc.communicate()
+        assert time.monotonic() < deadline
+        time.sleep(0.02)
+    proc.send_signal(sig)
+    _, err = proc.communicate(timeout=240)
+    assert proc.returncode == 0, err
+    assert "Traceback" not in err
+    assert f"stopped by {signal.Signals(sig).name}" in err, err
+    stopped = torch.load(os.path.join(cut, "checkpoint.pt"), weights_only=False)
+    assert 3 <= stopped["step"] < STEPS, "the signal must land mid-run for this test to mean anything"
+    assert not os.path.exists(os.path.join(cut, "summary.json"))
+
+    done = subprocess.run([sys.executable, "-m", "mplfast", "train", "--out", cut, "--resume"],
+                          capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr
+    a = torch.load(os.path.join(ref, "checkpoint.pt"), weights_only=False)
+    b = torch.load(os.path.join(cut, "checkpoint.pt"), weights_only=False)
+    assert a["step"] == b["step"] == STEPS
+    _assert_same_state(a, b)
+    # the logs of the resumed run line up with the uninterrupted one
+    ra = [json.loads(x) for x in open(os.path.join(ref, "metrics.jsonl"))]
+    rb = [json.loads(x) for x in open(os.path.join(cut, "metrics.jsonl"))]
+    assert [r["step"] for r in ra] == [r["step"] for r in rb]
+    for x, y in zip(ra, rb):
+        for k in ("teacher_loss", "student_loss", "h", "teacher_acc", "student_acc"):
+            if k in x:
+                assert x[k] == y[k], (x["step"], k)
+    sa = json.load(open(os.path.join(ref, "summary.json")))
+    sb = json.load(open(os.path.join(cut, "summary.json")))
+    assert sa["test_acc"] == sb["test_acc"]
+
+
+def test_resume_of_finished_run_changes_nothing(tmp_path):
+    """--resume on a finished run: no training, same weights, summary rewritten."""
+    out = str(tmp_path / "run")
+    quick = ["--steps", "3", "--set", "model_kwargs={width: 4}", "--set", "eval_interval=0",
+             "--set", "tensorboard=false", "--set", "plot=false", "--set", "progress=none"]
+    from mplfast.cli import main
+
+    assert main(["train", "--out", out, *quick]) == 0
+    before = torch.load(os.path.join(out, "checkpoint.pt"), weights_only=False)
+    assert main(["train", "--out", out, "--resume"]) == 0
+    after = torch.load(os.path.join(out, "checkpoint.pt"), weights_only=False)
+    _assert_same_state(before, after)
+    assert after["phase"] == "done"
+
+
+def test_sigint_stops_cleanly_in_process(tmp_path, capsys):
+    """Ctrl-C: the current step finishes, the checkpoint is written, main returns 0."""
+    import threading
+
+    from mplfast.cli import main
+
+    out = str(tmp_path / "run")
+    metrics = os.path.join(out, "metrics.jsonl")
+
+    def interrupt_after_first_log() -> None:
+        deadline = time.monotonic() + 120
+        while _last_step(metrics) < 2 and time.monotonic() < deadline:
+            time.sleep(0.01)
+        os.kill(os.getpid(), signal.SIGINT)
+
+    t = threading.Thread(target=interrupt_after_first_log, daemon=True)
+    t.start()
+    rc = main(["train", "--out", out, "--steps", "100000", "--set", "model_kwargs={width: 4}",
+               "--set", "log_interval=1", "--set", "eval_interval=0", "--set", "tensorboard=false",
+               "--set", "progress=none"])
+    t.join()
+    assert rc == 0
+    assert "stopped by SIGINT" in capsys.readouterr().err
+    ckpt = torch.load(os.path.join(out, "checkpoint.pt"), weights_only=False)
+    assert 2 <= ckpt["step"] < 100000
+    assert ckpt["phase"] == "train"
+    assert os.path.isfile(os.path.join(out, "curves.png"))
