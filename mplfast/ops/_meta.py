@@ -6,10 +6,37 @@ from typing import Any, Sequence
 import torch
 from torch import Tensor
 
-from mplfast.ops._common import check_float_dtype, choose_backend, primitive
+from mplfast.ops._common import FLOAT_DTYPES, check_float_dtype, choose_backend, primitive
+
+
+def _fast_check(lists: list[list[Tensor]]) -> tuple[torch.device, bool] | None:
+    """(device, any float64) when every check passes, else None (then ``_check_lists`` finds the
+    problem and names it). This runs every MPL step over every parameter, so it touches each
+    tensor's dtype/shape/device once and nothing else (~1 us per tensor)."""
+    try:
+        devices = set()
+        has64 = False
+        for ts in zip(*lists):
+            x = ts[0]
+            dt = x.dtype
+            if dt not in FLOAT_DTYPES:
+                return None
+            has64 = has64 or dt == torch.float64
+            sh = x.shape
+            for t in ts[1:]:
+                if t.dtype != dt or t.shape != sh:
+                    return None
+            for t in ts:
+                devices.add(t.device)
+    except AttributeError:  # not a tensor
+        return None
+    if len(devices) != 1:
+        return None
+    return devices.pop(), has64
 
 
 def _check_lists(op: str, named: list[tuple[str, Any]]) -> list[list[Tensor]]:
+    """Slow, thorough validation with messages that name the offending list and index."""
     lists: list[list[Tensor]] = []
     for name, seq in named:
         if isinstance(seq, Tensor) or not isinstance(seq, Sequence):
@@ -49,18 +76,30 @@ def _check_lists(op: str, named: list[tuple[str, Any]]) -> list[list[Tensor]]:
     return lists
 
 
-def _run(op: str, prim: str, lists: list[list[Tensor]], backend: str | None) -> Tensor:
-    if not lists[0]:
+def _run(op: str, prim: str, named: list[tuple[str, Any]], backend: str | None) -> Tensor:
+    lists = None
+    if all(isinstance(seq, (list, tuple)) for _, seq in named):
+        lists = [list(seq) for _, seq in named]
+        n0 = len(lists[0])
+        fast = _fast_check(lists) if n0 and all(len(lst) == n0 for lst in lists) else None
+    else:
+        fast = None
+    if fast is None:
+        lists = _check_lists(op, named)  # raises, naming the problem; or the lists are empty
+        if lists[0]:
+            fast = _fast_check(lists)
+            assert fast is not None, "_check_lists accepted what _fast_check rejected"
+    if fast is None:  # empty lists
         if backend is not None:
             choose_backend(op, backend, torch.device("cpu"), torch.float32)  # still reject bad names
         return torch.zeros((), dtype=torch.float32)
-    device = lists[0][0].device
-    has64 = any(t.dtype == torch.float64 for lst in lists for t in lst)
+    device, has64 = fast
     name = choose_backend(op, backend, device, torch.float64 if has64 else torch.float32)
     impl = primitive(name, prim)
-    with torch.no_grad():  # a meta signal is never differentiated through
-        out = impl(*[[t.detach() for t in lst] for lst in lists])
-    return out
+    # A meta signal is never differentiated through; no_grad (not per-tensor detach(), which
+    # costs ~1 us a tensor) keeps the primitives from recording a graph.
+    with torch.no_grad():
+        return impl(*lists)
 
 
 def grad_dot(xs: Sequence[Tensor], ys: Sequence[Tensor], *, backend: str | None = None) -> Tensor:
@@ -76,8 +115,7 @@ def grad_dot(xs: Sequence[Tensor], ys: Sequence[Tensor], *, backend: str | None 
         0-dim float32 tensor on the tensors' device (CPU for empty lists). Deterministic: the
         reduction order is fixed. No autograd graph is recorded.
     """
-    lists = _check_lists("grad_dot", [("xs", xs), ("ys", ys)])
-    return _run("grad_dot", "grad_dot", lists, backend)
+    return _run("grad_dot", "grad_dot", [("xs", xs), ("ys", ys)], backend)
 
 
 def grad_dot_delta(
@@ -97,7 +135,5 @@ def grad_dot_delta(
     Returns:
         0-dim float32 tensor (deterministic, no autograd).
     """
-    lists = _check_lists(
-        "grad_dot_delta", [("grads", grads), ("new_params", new_params), ("old_params", old_params)]
-    )
-    return _run("grad_dot_delta", "grad_dot_delta", lists, backend)
+    named = [("grads", grads), ("new_params", new_params), ("old_params", old_params)]
+    return _run("grad_dot_delta", "grad_dot_delta", named, backend)
