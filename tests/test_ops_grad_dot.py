@@ -6,6 +6,7 @@ applies to them (the products are accumulated in fp32).
 """
 from __future__ import annotations
 
+import os
 import pytest
 import torch
 
@@ -15,12 +16,22 @@ from mplfast.backends import backends
 BACKENDS = ["reference", "native", "triton"]
 
 
-def need(backend: str) -> None:
-    st = backends()[backend]["cpu"]
-    if st is not True:
-        if backend == "native":
-            pytest.skip(f"native backend unavailable: {st}")
-        pytest.fail(f"{backend} should be available on CPU in the test environment: {st}")
+def need(backend: str, device: str = "cpu") -> None:
+    """Skip what this machine cannot run; fail where the backend must work: the reference
+    everywhere, Triton on CPU when the interpreter is on (tests/conftest.py turns it on
+    without a GPU). Native skips only while mplfast._native / _C is unavailable."""
+    if device == "cuda" and not torch.cuda.is_available():
+        pytest.skip("no CUDA device")
+    st = backends()[backend][device]
+    if st is True:
+        return
+    if backend == "reference" or (backend == "triton" and device == "cpu"
+                                  and os.environ.get("TRITON_INTERPRET") == "1"):
+        pytest.fail(f"{backend} should be available on {device} here: {st}")
+    pytest.skip(f"{backend} backend unavailable on {device}: {st}")
+
+
+DEVICES = ["cpu", "cuda"]  # cuda cases skip without a GPU
 
 
 def expected(xs, ys, zs=None):
@@ -48,16 +59,19 @@ def ragged(gen, dtypes=(torch.float32,)):
     return out
 
 
+@pytest.mark.parametrize("device", DEVICES)
 @pytest.mark.parametrize("backend", BACKENDS)
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float16, torch.bfloat16], ids=str)
-def test_ragged_lists(backend, dtype, seeded):
-    need(backend)
+def test_ragged_lists(backend, dtype, device, seeded):
+    need(backend, device)
     xs, ys, zs = ragged(seeded, (dtype,))
-    out = mplfast.grad_dot(xs, ys, backend=backend)
+    dx, dy, dz = ([t.to(device) for t in lst] for lst in (xs, ys, zs))
+    out = mplfast.grad_dot(dx, dy, backend=backend)
     assert out.dtype == torch.float32 and out.dim() == 0 and not out.requires_grad
+    assert out.device.type == device
     val, scale = expected(xs, ys)
     assert abs(out.item() - val) <= 1e-5 * scale + 1e-6
-    out = mplfast.grad_dot_delta(xs, ys, zs, backend=backend)
+    out = mplfast.grad_dot_delta(dx, dy, dz, backend=backend)
     assert out.dtype == torch.float32 and out.dim() == 0
     val, scale = expected(xs, ys, zs)
     assert abs(out.item() - val) <= 1e-5 * scale + 1e-6
@@ -74,15 +88,16 @@ def test_mixed_dtypes_in_one_call(backend, seeded):
     assert abs(mplfast.grad_dot_delta(xs, ys, zs, backend=backend).item() - val) <= 1e-5 * scale + 1e-6
 
 
+@pytest.mark.parametrize("device", DEVICES)
 @pytest.mark.parametrize("backend", BACKENDS)
-def test_many_tensors_and_determinism(backend, seeded):
+def test_many_tensors_and_determinism(backend, device, seeded):
     """More tensors than apex's per-launch table (110); the result is bit-identical across calls.
     (Kept at 130 tensors: the Triton interpreter pays ~10 ms per program.)"""
-    need(backend)
+    need(backend, device)
     sizes = torch.randint(0, 300, (130,), generator=seeded).tolist()
-    xs = [torch.randn(s, generator=seeded) for s in sizes]
-    ys = [torch.randn(s, generator=seeded) for s in sizes]
-    zs = [torch.randn(s, generator=seeded) for s in sizes]
+    xs = [torch.randn(s, generator=seeded).to(device) for s in sizes]
+    ys = [torch.randn(s, generator=seeded).to(device) for s in sizes]
+    zs = [torch.randn(s, generator=seeded).to(device) for s in sizes]
     a = mplfast.grad_dot(xs, ys, backend=backend)
     b = mplfast.grad_dot(xs, ys, backend=backend)
     assert torch.equal(a, b)

@@ -10,6 +10,7 @@ yardstick.)
 """
 from __future__ import annotations
 
+import os
 import pytest
 import torch
 import torch.nn.functional as F
@@ -26,12 +27,22 @@ SHAPES = [(0, 10), (5, 1), (1, 2), (7, 10), (7, 37), (7, 1000), (4099, 10), (3, 
 SCALE = 40.0  # |logits| up to ~200: exp overflows fp32 beyond 88.7
 
 
-def need(backend: str) -> None:
-    st = backends()[backend]["cpu"]
-    if st is not True:
-        if backend == "native":
-            pytest.skip(f"native backend unavailable: {st}")
-        pytest.fail(f"{backend} should be available on CPU in the test environment: {st}")
+def need(backend: str, device: str = "cpu") -> None:
+    """Skip what this machine cannot run; fail where the backend must work: the reference
+    everywhere, Triton on CPU when the interpreter is on (tests/conftest.py turns it on
+    without a GPU). Native skips only while mplfast._native / _C is unavailable."""
+    if device == "cuda" and not torch.cuda.is_available():
+        pytest.skip("no CUDA device")
+    st = backends()[backend][device]
+    if st is True:
+        return
+    if backend == "reference" or (backend == "triton" and device == "cpu"
+                                  and os.environ.get("TRITON_INTERPRET") == "1"):
+        pytest.fail(f"{backend} should be available on {device} here: {st}")
+    pytest.skip(f"{backend} backend unavailable on {device}: {st}")
+
+
+DEVICES = ["cpu", "cuda"]  # cuda cases skip without a GPU
 
 
 def assert_close(actual: torch.Tensor, expected: torch.Tensor, tol: float, what: str, floor: float = 1e-30) -> None:
@@ -61,35 +72,39 @@ def make_inputs(n: int, c: int, dtype: torch.dtype, kind: str, gen: torch.Genera
     return logits, target
 
 
+@pytest.mark.parametrize("device", DEVICES)
 @pytest.mark.parametrize("backend", BACKENDS)
 @pytest.mark.parametrize("dtype", DTYPES, ids=str)
 @pytest.mark.parametrize("shape", SHAPES, ids=lambda s: f"{s[0]}x{s[1]}")
 @pytest.mark.parametrize("kind", ["index", "prob"])
-def test_matches_cross_entropy(backend, dtype, shape, kind, seeded):
-    need(backend)
+def test_matches_cross_entropy(backend, dtype, shape, kind, device, seeded):
+    need(backend, device)
     n, c = shape
     logits, target = make_inputs(n, c, dtype, kind, seeded)
     if n:
         assert torch.isinf(torch.exp(logits.float())).any(), "inputs must overflow a naive exp"
     tol = TOL[dtype]
+    target_dev = target.to(device)
     for reduction, eps in (("none", 0.0), ("sum", 0.15), ("mean", 0.1)):
-        z = logits.clone().requires_grad_()
-        loss = mplfast.soft_cross_entropy(z, target, label_smoothing=eps, reduction=reduction, backend=backend)
+        z = logits.to(device, copy=True).requires_grad_()
+        loss = mplfast.soft_cross_entropy(z, target_dev, label_smoothing=eps, reduction=reduction, backend=backend)
+        assert loss.device.type == device
         z32 = logits.double().requires_grad_()
         ref = F.cross_entropy(z32, target.double() if kind == "prob" else target,
                               label_smoothing=eps, reduction=reduction)
         assert loss.dtype == dtype  # like F.cross_entropy: the logits' dtype
         if n == 0 and reduction == "mean":
-            assert torch.isnan(loss) and torch.isnan(ref)
+            assert torch.isnan(loss.cpu()) and torch.isnan(ref)
             continue
         if not torch.isfinite(ref.to(dtype)).all():
             # e.g. a sum over 4099 rows beyond fp16's range: inf, as F.cross_entropy returns it
-            assert torch.equal(loss, ref.to(dtype))
+            assert torch.equal(loss.cpu(), ref.to(dtype))
         else:
-            assert_close(loss, ref, tol, f"loss[{reduction}]")
+            assert_close(loss.cpu(), ref, tol, f"loss[{reduction}]")
         # a random upstream gradient exercises the backward's scaling (not just the 1.0 shortcut)
         go = torch.rand(ref.shape, generator=seeded) + 0.5
-        (g,) = torch.autograd.grad(loss, z, go.to(loss.dtype))
+        (g,) = torch.autograd.grad(loss, z, go.to(loss.dtype).to(device))
+        g = g.cpu()
         (gr,) = torch.autograd.grad(ref, z32, go.to(loss.dtype).double())
         assert g.dtype == dtype
         # gradient entries are differences of terms of size |grad_output| (/N for the mean)
@@ -185,20 +200,45 @@ def test_invalid_label_raises_on_cpu(backend, seeded):
             mplfast.soft_cross_entropy(logits, y, backend=backend)
 
 
-def test_triton_invalid_label_rows_are_nan(seeded):
-    """The CUDA behaviour (no host check): bad rows become NaN, other rows stay exact."""
-    need("triton")
+@pytest.mark.parametrize("device", DEVICES)
+def test_triton_invalid_label_rows_are_nan(device, seeded):
+    """The kernel itself (no host check): bad rows become NaN, other rows stay exact."""
+    need("triton", device)
     from mplfast.kernels.soft_ce import _launch
 
     for c in (10, 9001):  # single-chunk and chunked paths
         logits = torch.randn(4, c, generator=seeded) * SCALE
         y = torch.tensor([1, -1, c, 3])
-        loss, grad = _launch(logits, y, 0.1, 1.0, check_labels=False)
+        loss, grad = _launch(logits.to(device), y.to(device), 0.1, 1.0, check_labels=False)
+        loss, grad = loss.cpu(), grad.cpu()
         assert torch.isnan(loss[1:3]).all() and torch.isnan(grad[1:3]).all()
         keep = torch.tensor([0, 3])
         ref = F.cross_entropy(logits[keep].double(), y[keep], label_smoothing=0.1, reduction="none")
         assert_close(loss[keep], ref, 1e-5, "valid rows")
         assert torch.isfinite(grad[keep]).all()
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_cuda_invalid_labels_give_nan_rows_or_raise_in_debug(backend, monkeypatch, seeded):
+    """CUDA contract: no host check (no sync) -> the bad rows' loss and gradient are NaN, the
+    other rows exact; MPLFAST_DEBUG=1 -> ValueError."""
+    need(backend, "cuda")
+    for c in (10, 9001):
+        logits = (torch.randn(4, c, generator=seeded) * SCALE).cuda()
+        y = torch.tensor([1, -1, c, 3]).cuda()
+        z = logits.clone().requires_grad_()
+        loss = mplfast.soft_cross_entropy(z, y, label_smoothing=0.1, reduction="none", backend=backend)
+        (g,) = torch.autograd.grad(loss.sum(), z)
+        loss, g = loss.cpu(), g.cpu()
+        assert torch.isnan(loss[1:3]).all() and torch.isnan(g[1:3]).all()
+        keep = torch.tensor([0, 3])
+        ref = F.cross_entropy(logits.cpu()[keep].double(), y.cpu()[keep], label_smoothing=0.1, reduction="none")
+        assert_close(loss[keep], ref, 1e-5, "valid rows")
+        assert torch.isfinite(g[keep]).all()
+        monkeypatch.setenv("MPLFAST_DEBUG", "1")
+        with pytest.raises(ValueError, match="class index out of range"):
+            mplfast.soft_cross_entropy(logits, y, backend=backend)
+        monkeypatch.delenv("MPLFAST_DEBUG")
 
 
 def test_float64_rules(seeded):

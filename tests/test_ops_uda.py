@@ -7,6 +7,7 @@ The mask itself must match exactly (random inputs keep max q away from the thres
 from __future__ import annotations
 
 import math
+import os
 
 import pytest
 import torch
@@ -18,12 +19,22 @@ BACKENDS = ["reference", "native", "triton"]
 TOL = {torch.float32: 1e-5, torch.float16: 2e-3, torch.bfloat16: 1.6e-2, torch.float64: 1e-12}
 
 
-def need(backend: str) -> None:
-    st = backends()[backend]["cpu"]
-    if st is not True:
-        if backend == "native":
-            pytest.skip(f"native backend unavailable: {st}")
-        pytest.fail(f"{backend} should be available on CPU in the test environment: {st}")
+def need(backend: str, device: str = "cpu") -> None:
+    """Skip what this machine cannot run; fail where the backend must work: the reference
+    everywhere, Triton on CPU when the interpreter is on (tests/conftest.py turns it on
+    without a GPU). Native skips only while mplfast._native / _C is unavailable."""
+    if device == "cuda" and not torch.cuda.is_available():
+        pytest.skip("no CUDA device")
+    st = backends()[backend][device]
+    if st is True:
+        return
+    if backend == "reference" or (backend == "triton" and device == "cpu"
+                                  and os.environ.get("TRITON_INTERPRET") == "1"):
+        pytest.fail(f"{backend} should be available on {device} here: {st}")
+    pytest.skip(f"{backend} backend unavailable on {device}: {st}")
+
+
+DEVICES = ["cpu", "cuda"]  # cuda cases skip without a GPU
 
 
 def composite(weak: torch.Tensor, strong: torch.Tensor, tau: float, thr: float):
@@ -55,11 +66,12 @@ def weak_logits(n: int, c: int, gen: torch.Generator) -> torch.Tensor:
     return weak
 
 
+@pytest.mark.parametrize("device", DEVICES)
 @pytest.mark.parametrize("backend", BACKENDS)
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float16, torch.bfloat16], ids=str)
 @pytest.mark.parametrize("case", CASES, ids=lambda c: f"{c[0]}x{c[1]}")
-def test_matches_composite(backend, dtype, case, seeded):
-    need(backend)
+def test_matches_composite(backend, dtype, case, device, seeded):
+    need(backend, device)
     n, c = case
     weak = weak_logits(n, c, seeded).to(dtype)
     strong = torch.randn(n, c, generator=seeded) * 40  # naive exp overflows fp32
@@ -67,21 +79,23 @@ def test_matches_composite(backend, dtype, case, seeded):
     strong = strong.to(dtype)
     tol = TOL[dtype]
     for thr in (0.0, 0.6, 1.0):
-        s = strong.clone().requires_grad_()
-        w = weak.clone().requires_grad_()  # must receive no gradient
+        s = strong.to(device, copy=True).requires_grad_()
+        w = weak.to(device, copy=True).requires_grad_()  # must receive no gradient
         loss, rate = mplfast.uda_loss(w, s, temperature=0.7, threshold=thr, backend=backend)
         s64 = strong.double().requires_grad_()
         ref, ref_rate, keep = composite(weak, s64, 0.7, thr)
         assert loss.dtype == dtype and rate.dtype == torch.float32 and loss.dim() == 0
+        assert loss.device.type == device and rate.device.type == device
         assert rate.item() == pytest.approx(ref_rate.item(), abs=1e-6)
-        assert_close(loss, ref, tol, f"loss thr={thr}")
+        assert_close(loss.cpu(), ref, tol, f"loss thr={thr}")
         go = 1.7
-        loss.backward(torch.tensor(go, dtype=dtype))
+        loss.backward(torch.tensor(go, dtype=dtype, device=device))
         (gr,) = torch.autograd.grad(ref * go, s64)
         assert w.grad is None, "gradient must not flow to logits_weak"
         assert s.grad.dtype == dtype
-        assert_close(s.grad, gr, tol, f"grad thr={thr}")
-        assert (s.grad[~keep] == 0).all(), "dropped rows get exactly zero gradient"
+        g = s.grad.cpu()
+        assert_close(g, gr, tol, f"grad thr={thr}")
+        assert (g[~keep] == 0).all(), "dropped rows get exactly zero gradient"
         if thr == 0.0:
             assert rate.item() == 1.0
         if thr == 0.6 and n >= 2 and c >= 10:
