@@ -56,6 +56,8 @@ def _soft_ce_kernel(
 
     # Reference value per row (its first logit): all sums are taken of z - r.
     r = tl.load(z_row, mask=rmask, other=0.0).to(tl.float32)
+    # A masked-out class (-inf) or an overflowed logit is no use as a shift: fall back to 0.
+    r = tl.where((r > -1.0e30) & (r < 1.0e30), r, 0.0)
     if not SOFT:
         y = tl.load(t_ptr + rows64, mask=rmask, other=0)
         valid = (y >= 0) & (y < C)
@@ -104,9 +106,10 @@ def _soft_ce_kernel(
     if SOFT:
         # t' = (1 - eps) t + eps / C:  sum t' = (1-eps) T + eps,  sum t'(z - r) = (1-eps) A + eps/C B
         Tp = (1.0 - eps) * T + eps
-        loss = Tp * lse_r - ((1.0 - eps) * A + eps_c * B)
+        # eps == 0 must not touch B: 0 * (-inf) would turn -inf logits into a NaN loss.
+        loss = Tp * lse_r - ((1.0 - eps) * A + tl.where(eps_c != 0.0, eps_c * B, 0.0))
     else:
-        loss = lse_r - (1.0 - eps) * (zy - r) - eps_c * B
+        loss = lse_r - (1.0 - eps) * (zy - r) - tl.where(eps_c != 0.0, eps_c * B, 0.0)
         loss = tl.where(valid, loss, float("nan"))
     tl.store(loss_ptr + rows64, loss, mask=rmask)
 

@@ -48,6 +48,7 @@ def _uda_kernel(
     s_row = s_ptr + rows64 * s_stride
 
     r = tl.load(s_row, mask=rmask, other=0.0).to(tl.float32)
+    r = tl.where((r > -1.0e30) & (r < 1.0e30), r, 0.0)  # a -inf first logit is no use as a shift
     if SINGLE:
         msk = rmask[:, None] & (cols < C)[None, :]
         w = tl.load(w_row[:, None] + cols[None, :], mask=msk, other=0.0).to(tl.float32) * inv_tau

@@ -282,3 +282,28 @@ def test_backward_only_scales_the_forward_gradient(monkeypatch, seeded):
     with torch.no_grad():
         mplfast.soft_cross_entropy(z, y)
     assert calls[-1] is None  # no gradient requested, none computed
+
+
+@pytest.mark.parametrize("backend", ["reference", "triton"])
+def test_masked_classes_minus_inf(backend, seeded):
+    """-inf logits (masked-out classes) as F.cross_entropy handles them: a finite loss without
+    smoothing, +inf with smoothing (eps/C weight on a -inf log-prob), finite gradients both ways.
+    (The native backend is built with -ffast-math and does not promise this.)"""
+    need(backend)
+    for c in (10, 9001):  # single-chunk and chunked Triton paths
+        logits = torch.randn(4, c, generator=seeded) * SCALE
+        logits[:, 0] = float("-inf")  # first column: the Triton kernels' shift reference
+        logits[1, 5] = float("-inf")
+        y = torch.tensor([1, 2, 3, 4])
+        for eps in (0.0, 0.1):
+            z = logits.clone().requires_grad_()
+            loss = mplfast.soft_cross_entropy(z, y, label_smoothing=eps, reduction="none", backend=backend)
+            loss.sum().backward()
+            z2 = logits.double().requires_grad_()
+            ref = F.cross_entropy(z2, y, label_smoothing=eps, reduction="none")
+            ref.sum().backward()
+            if eps == 0.0:
+                assert_close(loss, ref, 1e-5, "loss")
+            else:
+                assert torch.isposinf(loss).all() and torch.isposinf(ref).all()
+            assert_close(z.grad, z2.grad, 1e-5, "grad")
