@@ -49,7 +49,7 @@ class Progress:
                                        TextColumn, TimeElapsedColumn, TimeRemainingColumn)
 
             self._rich = RichProgress(
-                TextColumn("[bold]{task.description}"), BarColumn(), MofNCompleteColumn(),
+                TextColumn("[bold]{task.description}"), BarColumn(bar_width=24), MofNCompleteColumn(),
                 TextColumn("{task.fields[rate]}"), TimeElapsedColumn(), TextColumn("ETA"),
                 TimeRemainingColumn(), TextColumn("{task.fields[metrics]}"),
                 refresh_per_second=4, transient=False)

@@ -25,7 +25,7 @@ from torch import nn
 
 from mplfast.errors import UserError
 from mplfast.train import builders, checkpoint as ckpt_io
-from mplfast.train.config import TrainConfig, apply_overrides, save_yaml, mpl_config
+from mplfast.train.config import TrainConfig, mpl_config, save_yaml
 from mplfast.train.distributed import DistInfo, any_flag, barrier, setup, teardown
 from mplfast.train.evaluate import accuracy
 from mplfast.train.metrics import MetricsWriter, RunningMean
@@ -109,10 +109,13 @@ class _Run:
         else:
             from mplfast.step import MPLStep
 
-            self.stepper = MPLStep(self.teacher_w, self.student_w, self.t_opt, self.s_opt,
-                                   mpl_config(cfg), teacher_scheduler=self.t_sched,
-                                   student_scheduler=self.s_sched, student_ema=self.ema,
-                                   seed=cfg.seed)
+            try:
+                self.stepper = MPLStep(self.teacher_w, self.student_w, self.t_opt, self.s_opt,
+                                       mpl_config(cfg), teacher_scheduler=self.t_sched,
+                                       student_scheduler=self.s_sched, student_ema=self.ema,
+                                       seed=cfg.seed)
+            except ValueError as e:  # a combination the step refuses (e.g. soft labels + non-SGD)
+                raise UserError(str(e).splitlines()[0]) from None
         self.step = 0
         if resume_state is not None:
             self._load(resume_state)
@@ -276,6 +279,8 @@ class _Run:
         """The main phase; True if interrupted."""
         cfg, batcher = self.cfg, self.data.batcher
         if self.step >= cfg.steps:
+            if not self.results:  # steps=0, or a checkpoint without results: measure now
+                self.results.update(self.evaluate_all())
             return False
         if cfg.method == "supervised":
             def step_fn(i: int) -> dict[str, torch.Tensor]:
@@ -423,12 +428,6 @@ def prepare_out_dir(cfg: TrainConfig, resume: bool) -> dict[str, Any] | None:
     if os.path.exists(cfg.out) and not os.path.isdir(cfg.out):
         raise UserError(f"--out {cfg.out} exists and is not a directory")
     return None
-
-
-def resume_config(ckpt: dict[str, Any], overrides: dict[str, Any]) -> TrainConfig:
-    """The checkpoint's config with the user's explicit overrides (e.g. more ``steps``)."""
-    base = apply_overrides(TrainConfig(), ckpt["config"], "checkpoint config")
-    return apply_overrides(base, overrides, "option")
 
 
 def run(cfg: TrainConfig, *, resume_state: dict[str, Any] | None = None,
