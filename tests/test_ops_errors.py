@@ -54,7 +54,7 @@ def uda(w=Z, s=Z, **kw):
         (lambda: mplfast.grad_dot([Z, Z.int()], [Z, Z.int()]), TypeError, r"unsupported dtype torch.int32 for xs\[1\]"),
         (lambda: mplfast.grad_dot([Z], [Z.half()]), TypeError, r"dtype mismatch at index 0"),
         (lambda: mplfast.grad_dot([Z, Z], [Z, Z.to("meta")]), ValueError, r"mixed devices: xs\[0\] is on cpu but ys\[1\] is on meta"),
-        (lambda: mplfast.grad_dot(Z, Z), TypeError, r"xs must be a list or tuple of tensors"),
+        (lambda: mplfast.grad_dot(Z, Z), TypeError, r"xs must be a list, tuple or iterable of tensors"),
         (lambda: mplfast.grad_dot([Z], [1.0]), TypeError, r"ys\[0\] must be a torch.Tensor"),
         (lambda: mplfast.grad_dot_delta([Z], [Z], []), ValueError, r"grads has 1 tensors but old_params has 0"),
         (lambda: mplfast.grad_dot_delta([Z], [Z], [Z[:2]]), ValueError, r"shape mismatch at index 0.*old_params"),

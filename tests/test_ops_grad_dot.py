@@ -183,3 +183,13 @@ def test_unaligned_and_strided_views(backend, seeded):
     assert abs(mplfast.grad_dot(xs, ys, backend=backend).item() - val) <= 1e-5 * scale + 1e-6
     val, scale = expected(xs, ys, zs)
     assert abs(mplfast.grad_dot_delta(xs, ys, zs, backend=backend).item() - val) <= 1e-5 * scale + 1e-6
+
+
+def test_iterables_accepted(seeded):
+    """Generators such as model.parameters() work; parameters need no detach()."""
+    model = torch.nn.Sequential(torch.nn.Linear(5, 4), torch.nn.Linear(4, 3))
+    grads = [torch.randn(p.shape, generator=seeded) for p in model.parameters()]
+    out = mplfast.grad_dot(model.parameters(), (g for g in grads))
+    val, _ = expected([p.detach() for p in model.parameters()], grads)
+    assert out.item() == pytest.approx(val, rel=1e-5)
+    assert not out.requires_grad

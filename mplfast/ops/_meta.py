@@ -1,7 +1,7 @@
 """Public multi-tensor dot products for the MPL meta signal."""
 from __future__ import annotations
 
-from typing import Any, Sequence
+from typing import Any, Iterable, Sequence
 
 import torch
 from torch import Tensor
@@ -40,7 +40,7 @@ def _check_lists(op: str, named: list[tuple[str, Any]]) -> list[list[Tensor]]:
     lists: list[list[Tensor]] = []
     for name, seq in named:
         if isinstance(seq, Tensor) or not isinstance(seq, Sequence):
-            raise TypeError(f"{op}: {name} must be a list or tuple of tensors, got {type(seq).__name__}")
+            raise TypeError(f"{op}: {name} must be a list, tuple or iterable of tensors, got {type(seq).__name__}")
         lists.append(list(seq))
     n0 = len(lists[0])
     for (name, _), lst in zip(named[1:], lists[1:]):
@@ -77,6 +77,10 @@ def _check_lists(op: str, named: list[tuple[str, Any]]) -> list[list[Tensor]]:
 
 
 def _run(op: str, prim: str, named: list[tuple[str, Any]], backend: str | None) -> Tensor:
+    # Accept any iterable of tensors (e.g. model.parameters()), materialised once; a tensor or a
+    # string is not a list of tensors.
+    named = [(name, seq if isinstance(seq, (list, tuple, Tensor, str, bytes)) or not isinstance(seq, Iterable)
+              else list(seq)) for name, seq in named]
     lists = None
     if all(isinstance(seq, (list, tuple)) for _, seq in named):
         lists = [list(seq) for _, seq in named]
@@ -106,7 +110,8 @@ def grad_dot(xs: Sequence[Tensor], ys: Sequence[Tensor], *, backend: str | None 
     """sum_i <x_i, y_i> over two equal-length lists of same-shaped tensors.
 
     Args:
-        xs, ys: sequences of tensors; x_i and y_i have the same shape (any, empty allowed).
+        xs, ys: sequences (or iterables, e.g. ``model.parameters()``) of tensors; x_i and y_i
+            have the same shape (any, empty allowed).
             float32 | float16 | bfloat16 (float64: reference / native on CPU); x_i and y_i share
             a dtype, different indices may differ. All on one device.
         backend: ``None`` (fastest available), ``"reference"``, ``"native"`` or ``"triton"``.
