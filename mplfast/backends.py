@@ -128,8 +128,17 @@ def _warn_once(op: str, device_type: str, reason: str) -> None:
     warnings.warn(
         f"mplfast.{op}: no fast backend on {device_type} ({reason}); using the reference implementation",
         FallbackWarning,
-        stacklevel=4,
+        stacklevel=_caller_stacklevel(),
     )
+
+
+def _caller_stacklevel() -> int:
+    """warnings.warn stacklevel of the first frame outside mplfast (the user's call site)."""
+    pkg = os.path.dirname(os.path.abspath(__file__)) + os.sep
+    frame, level = sys._getframe(1), 1  # level 1 = the caller of this function (_warn_once)
+    while frame is not None and os.path.abspath(frame.f_code.co_filename).startswith(pkg):
+        frame, level = frame.f_back, level + 1
+    return level
 
 
 def resolve_backend(requested: str | None, device: torch.device | str, op: str) -> str:
