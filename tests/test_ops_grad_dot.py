@@ -11,7 +11,7 @@ import pytest
 import torch
 
 import mplfast
-from mplfast.backends import backends
+from mplfast.dispatch import backends
 
 BACKENDS = ["reference", "native", "triton"]
 

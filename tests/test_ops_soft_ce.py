@@ -16,7 +16,7 @@ import torch
 import torch.nn.functional as F
 
 import mplfast
-from mplfast.backends import backends
+from mplfast.dispatch import backends
 
 BACKENDS = ["reference", "native", "triton"]
 DTYPES = [torch.float32, torch.float16, torch.bfloat16]

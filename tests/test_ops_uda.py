@@ -13,7 +13,7 @@ import pytest
 import torch
 
 import mplfast
-from mplfast.backends import backends
+from mplfast.dispatch import backends
 
 BACKENDS = ["reference", "native", "triton"]
 TOL = {torch.float32: 1e-5, torch.float16: 2e-3, torch.bfloat16: 1.6e-2, torch.float64: 1e-12}

@@ -16,11 +16,10 @@ from __future__ import annotations
 import importlib
 import os
 import sys
-import types
 import warnings
 import torch
 
-__all__ = ["BACKENDS", "DEVICE_TYPES", "backends", "report", "resolve_backend", "refresh", "FallbackWarning"]
+__all__ = ["BACKENDS", "DEVICE_TYPES", "backends", "resolve_backend", "refresh", "FallbackWarning"]
 
 BACKENDS: tuple[str, ...] = ("reference", "native", "triton")
 DEVICE_TYPES: tuple[str, ...] = ("cpu", "cuda")
@@ -111,7 +110,7 @@ def _available(backend: str, device_type: str) -> bool | str:
     return _cache[key]
 
 
-def report() -> dict[str, dict[str, bool | str]]:
+def backends() -> dict[str, dict[str, bool | str]]:
     """Availability of every backend on every device type (what ``mplfast.backends()`` returns).
 
     Returns ``{backend: {device_type: True | "reason it is unavailable"}}`` for backends
@@ -180,21 +179,3 @@ def resolve_backend(requested: str | None, device: torch.device | str, op: str) 
     _warn_once(op, device_type, "; ".join(reasons))
     return "reference"
 
-
-class _CallableModule(types.ModuleType):
-    """This module, callable: ``mplfast.backends()`` returns :func:`report`.
-
-    ``mplfast.backends`` is both this submodule and the public ``backends()`` function. Python
-    binds ``mplfast.backends`` to the submodule whenever it is imported (every op imports it), so
-    a plain function of the same name would be shadowed, and ``mplfast.backends()`` would fail
-    depending on import order. Making the module itself the callable keeps ``mplfast.backends()``,
-    ``from mplfast.backends import backends`` and ``mplfast.backends.resolve_backend`` working in
-    any order.
-    """
-
-    def __call__(self) -> dict[str, dict[str, bool | str]]:
-        return report()
-
-
-sys.modules[__name__].__class__ = _CallableModule
-backends = sys.modules[__name__]  # the public name: call it for the report
