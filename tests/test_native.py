@@ -408,6 +408,23 @@ def test_status_and_no_denormal_flush():
     assert float(tiny * 1.0) != 0.0
 
 
+def test_status_when_extension_missing(monkeypatch, seeded):
+    """Without _C every primitive raises RuntimeError carrying the load failure's reason."""
+    monkeypatch.setattr(nat, "_C", None)
+    monkeypatch.setattr(nat, "_IMPORT_ERROR", "mplfast._C failed to load (ImportError: test)")
+    nat._cuda_status.cache_clear()
+    try:
+        st = nat.status()
+        assert st["cpu"] == st["cuda"] == "mplfast._C failed to load (ImportError: test)"
+        z = _logits(seeded, 2, 3, torch.float32)
+        with pytest.raises(RuntimeError, match="ImportError: test"):
+            nat.soft_ce_forward(z, torch.tensor([0, 1]), 0.0, 1.0)
+        with pytest.raises(RuntimeError, match="ImportError: test"):
+            nat.grad_dot([z], [z])
+    finally:
+        nat._cuda_status.cache_clear()
+
+
 # --------------------------------------------------------------------------------------------
 # CUDA (run on a GPU machine)
 
