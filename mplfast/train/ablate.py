@@ -97,8 +97,8 @@ def _variant_config(base: TrainConfig, run_key: str, seed: int, out: str) -> Tra
     return replace(base, **changes)
 
 
-def _execute(cfg: TrainConfig) -> dict[str, Any]:
-    """Run (or reuse, or resume) one configuration and return its summary."""
+def _execute(cfg: TrainConfig) -> tuple[dict[str, Any], bool]:
+    """Run (or reuse, or resume) one configuration; (its summary, whether it was reused)."""
     import json
 
     from mplfast.train import checkpoint as ckpt_io
@@ -112,14 +112,14 @@ def _execute(cfg: TrainConfig) -> dict[str, Any]:
             same = yaml.safe_load(f) == yaml.safe_load(yaml.safe_dump(cfg.to_dict()))
         if same:
             with open(summary_path, encoding="utf-8") as f:
-                return json.load(f)
+                return json.load(f), True
         raise UserError(f"{cfg.out} holds a run with a different config; use another --out")
     ckpt_path = os.path.join(cfg.out, ckpt_io.CHECKPOINT_NAME)
     state = ckpt_io.load(ckpt_path) if os.path.isfile(ckpt_path) else None
     result = run(cfg, resume_state=state)
     if result.interrupted:
         raise KeyboardInterrupt  # the CLI reports it; rerunning the command resumes
-    return result.summary
+    return result.summary, False
 
 
 def _student_headline(summary: dict[str, Any]) -> float:
@@ -150,10 +150,10 @@ def run_ablation(*, seeds: list[int], variants: list[str], preset: str | None,
             cfg = _variant_config(base, key, seed, out)
             if (key, seed) not in cache:
                 print(f"[ablate] {key} seed {seed} -> {cfg.out}", flush=True)
-                cache[(key, seed)] = _execute(cfg)
+                cache[(key, seed)], reused = _execute(cfg)
                 s = cache[(key, seed)]
-                print(f"[ablate] {key} seed {seed}: test_acc {s['test_acc']:.2f} "
-                      f"({s['wall_s']:.0f} s)", flush=True)
+                how = "reused finished run" if reused else f"{s['wall_s']:.0f} s"
+                print(f"[ablate] {key} seed {seed}: test_acc {s['test_acc']:.2f} ({how})", flush=True)
             s = cache[(key, seed)]
             acc = _student_headline(s) if (variant == "mpl:none" and key == "uda") else float(s["test_acc"])
             per_variant[variant][seed] = acc
