@@ -108,6 +108,9 @@ def cmd_train(args: argparse.Namespace) -> int:
     if args.resume:
         if not args.out:
             raise UserError("--resume needs --out DIR (the directory holding checkpoint.pt)")
+        if args.preset:
+            raise UserError("--preset cannot be combined with --resume: the checkpoint's config "
+                            "is used (change single fields with --set)")
         base = C.apply_overrides(C.TrainConfig(), {"out": args.out})
         ckpt = prepare_out_dir(base, resume=True)
         assert ckpt is not None

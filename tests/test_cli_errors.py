@@ -51,6 +51,7 @@ def empty_dir(tmp_path):
     (["train", "--method", "uda", "--set", "meta_signal=grad_dot"], "incompatible"),
     (["train", "--unlabeled", "/tmp"], "imagefolder"),
     (["train", "--resume"], "--resume needs --out"),
+    (["train", "--resume", "--out", "/tmp", "--preset", "cifar10-4k"], "cannot be combined"),
     (["train", "--config", "/no/such/file.yaml"], "config file not found"),
     (["train", "--set", "model=nosuchnet", "--steps", "1"], "unknown model"),
     (["eval", "--checkpoint", "/no/such/ckpt.pt"], "checkpoint not found"),
