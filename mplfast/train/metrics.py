@@ -27,6 +27,14 @@ class RunningMean:
             self._sums[k] = self._sums[k] + v if k in self._sums else v.clone()
         self._n += 1
 
+    def state_dict(self) -> dict[str, Any]:
+        """Partial sums (CPU copies): a resumed run's next log line averages the same steps."""
+        return {"sums": {k: v.detach().cpu() for k, v in self._sums.items()}, "n": self._n}
+
+    def load_state_dict(self, state: dict[str, Any], device: torch.device) -> None:
+        self._sums = {k: v.to(device) for k, v in state["sums"].items()}
+        self._n = int(state["n"])
+
     def pop(self) -> dict[str, float]:
         """Means since the last pop, as Python floats (one device->host copy)."""
         if self._n == 0:

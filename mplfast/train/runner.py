@@ -77,6 +77,7 @@ class _Run:
         self.phase = "train"
         self.ft_state: dict[str, Any] | None = None
         self.finetuned_sd: dict[str, Any] | None = None  # final finetuned weights (phase "done")
+        self.running = RunningMean()  # metrics since the last log line (checkpointed too)
 
         _seed_all(cfg.seed)  # identical init on every rank (DDP also broadcasts rank 0's)
         self.data = builders.build_data(cfg, info)
@@ -191,6 +192,7 @@ class _Run:
             "rng": per_rank,
             "results": dict(self.results),
             "train_time": self.train_time,
+            "running_metrics": self.running.state_dict(),
             "finetune": self.ft_state,
             "finetuned": self.finetuned_sd,
         }
@@ -217,6 +219,8 @@ class _Run:
         # results of a finished run are stale once training continues (more --steps)
         self.results = dict(st.get("results") or {}) if self.phase != "train" else {}
         self.train_time = float(st.get("train_time", 0.0))
+        if st.get("running_metrics") is not None and self.phase != "done":
+            self.running.load_state_dict(st["running_metrics"], self.device)
         self.ft_state = st.get("finetune") if self.phase == "finetune" else None
         self.finetuned_sd = st.get("finetuned") if self.phase == "done" else None
         rngs = st["rng"]
@@ -242,7 +246,7 @@ class _Run:
         training). ``counter`` stores the completed-step count where the checkpoint reads it.
         """
         cfg = self.cfg
-        running = RunningMean()
+        running = self.running
         t_log = time.perf_counter()
         steps_since_log = 0
         i = start
