@@ -129,7 +129,7 @@ def test_soft_ce_huge_logits(seeded, dtype):
     for eps in (0.0, 0.1):
         loss, grad = nat.soft_ce_forward(z, y, eps, 1.0)
         assert torch.isfinite(loss).all() and torch.isfinite(grad.float()).all()
-        zz = z.double().requires_grad_()
+        zz = z.double().clone().requires_grad_()
         expected = F.cross_entropy(zz, y, label_smoothing=eps, reduction="none")
         (g_expected,) = torch.autograd.grad(expected.sum(), zz)
         # loss up to ~2e4: fp32 resolves that to ~2e-3 absolute
@@ -139,6 +139,39 @@ def test_soft_ce_huge_logits(seeded, dtype):
         # one-hot-ish rows with the target on the dominant logit: loss exactly ~0, not ~1e-3
         if eps == 0.0 and dtype != torch.bfloat16:
             assert float(loss[1::4].abs().max()) < 1e-5
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64, torch.bfloat16], ids=str)
+def test_masked_classes_minus_inf(seeded, dtype):
+    """-inf logits (masked classes) are treated as -1e30: probability 0, finite gradients; the
+    loss equals F.cross_entropy's without smoothing and is huge but finite with smoothing (torch
+    gives +inf there)."""
+    for c in (10, 1001):
+        z = _logits(seeded, 5, c, torch.float64)
+        z[:, 0] = float("-inf")
+        z[1, 5] = float("-inf")
+        z = z.to(dtype)
+        y = torch.tensor([1, 2, 3, 4, 6])
+        for eps in (0.0, 0.1):
+            loss, grad = nat.soft_ce_forward(z, y, eps, 1.0)
+            zz = z.double().clone().requires_grad_()
+            expected = F.cross_entropy(zz, y, label_smoothing=eps, reduction="none")
+            (g_expected,) = torch.autograd.grad(expected.sum(), zz)
+            _close(grad, g_expected, GRAD_TOL[dtype], f"grad eps={eps}")
+            if eps == 0.0:
+                _close(loss, expected.detach(), LOSS_TOL[dtype], "loss")
+            else:
+                assert torch.isfinite(loss).all() and bool((loss > 1e20).all())
+        # UDA: masked in both views; compare with the reference on explicitly floored logits
+        weak = _logits(seeded, 5, c, torch.float64, 12.0)
+        weak[:, 0] = float("-inf")
+        strong = z.double().clone()
+        weak, strong = weak.to(dtype), strong.to(dtype)
+        loss, mask, grad = nat.uda_forward(weak, strong, 0.7, 0.0, 1.0)
+        floor = lambda t: t.double().clamp(min=-1e30).to(dtype)  # noqa: E731
+        loss_r, mask_r, grad_r = ref.uda_forward(floor(weak), floor(strong), 0.7, 0.0, 1.0)
+        assert torch.isfinite(loss).all() and torch.isfinite(grad.float()).all()
+        _close(grad, grad_r, GRAD_TOL[dtype], "uda grad")
 
 
 def test_soft_ce_prob_targets_mixed_dtypes(seeded):

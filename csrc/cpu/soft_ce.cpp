@@ -25,6 +25,15 @@ inline double exp_c(double x) { return std::exp(x); }
 inline float log_c(float x) { return logf(x); }
 inline double log_c(double x) { return std::log(x); }
 
+// Logits below this floor are treated as the floor. Masked-out classes arrive as -inf, which
+// finite-math code cannot compute with; as -1e30 they get probability exactly 0 and a finite
+// loss (without smoothing exactly F.cross_entropy's; with smoothing a huge finite value where
+// torch gives +inf). Sums of up to 2^30 floored values stay finite.
+template <typename A> inline A floor_logit(A x) {
+  constexpr A kFloor = sizeof(A) == 4 ? A(-1e30f) : A(-1e300);
+  return x < kFloor ? kFloor : x;
+}
+
 template <typename A> A nan_value() {
   // Built from bits: under -ffast-math std::numeric_limits<>::quiet_NaN() may be folded oddly.
   if constexpr (sizeof(A) == 4) return bits_to_float(0x7fc00000u);
@@ -46,9 +55,12 @@ inline const A* load_row(const T* src, int64_t C, A* scratch) {
 
 template <typename A>
 inline A row_max(const A* z, int64_t C) {
-  A m = z[0];
+  A m = floor_logit(z[0]);
 #pragma omp simd reduction(max : m)
-  for (int64_t c = 1; c < C; ++c) m = z[c] > m ? z[c] : m;
+  for (int64_t c = 1; c < C; ++c) {
+    const A v = floor_logit(z[c]);
+    m = v > m ? v : m;
+  }
   return m;
 }
 
@@ -81,14 +93,14 @@ void soft_ce_impl(const T* logits, const void* target_v, A* loss, T* grad, int64
         }
 #pragma omp simd reduction(+ : S, sum_zm)
         for (int64_t c = 0; c < C; ++c) {
-          const A d = z[c] - m;
+          const A d = floor_logit(z[c]) - m;
           const A ec = exp_c(d);
           e[c] = ec;
           S += ec;
           sum_zm += d;
         }
         // t' = eps/C everywhere plus (1 - eps) at y; sum(t') = 1.
-        const A B = eps_c * sum_zm + keep * (z[y] - m);
+        const A B = eps_c * sum_zm + keep * (floor_logit(z[y]) - m);
         loss[n] = log_c(S) - B;
         if (g) {
           const A a = scale / S, b = scale * eps_c;
@@ -100,7 +112,7 @@ void soft_ce_impl(const T* logits, const void* target_v, A* loss, T* grad, int64
         A sum_t = 0, sum_tzm = 0;
 #pragma omp simd reduction(+ : S, sum_zm, sum_t, sum_tzm)
         for (int64_t c = 0; c < C; ++c) {
-          const A d = z[c] - m;
+          const A d = floor_logit(z[c]) - m;
           const A ec = exp_c(d);
           e[c] = ec;
           S += ec;

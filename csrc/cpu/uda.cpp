@@ -28,11 +28,20 @@ inline const A* load_row(const T* src, int64_t C, A* scratch) {
   }
 }
 
+// -inf (masked) logits are treated as -1e30: finite-math code cannot compute with infinities.
+template <typename A> inline A floor_logit(A x) {
+  constexpr A kFloor = sizeof(A) == 4 ? A(-1e30f) : A(-1e300);
+  return x < kFloor ? kFloor : x;
+}
+
 template <typename A>
 inline A row_max(const A* z, int64_t C) {
-  A m = z[0];
+  A m = floor_logit(z[0]);
 #pragma omp simd reduction(max : m)
-  for (int64_t c = 1; c < C; ++c) m = z[c] > m ? z[c] : m;
+  for (int64_t c = 1; c < C; ++c) {
+    const A v = floor_logit(z[c]);
+    m = v > m ? v : m;
+  }
   return m;
 }
 
@@ -54,7 +63,7 @@ void uda_impl(const T* weak, const T* strong, A* loss, A* mask, T* grad, int64_t
       A Sw = 0;
 #pragma omp simd reduction(+ : Sw)
       for (int64_t c = 0; c < C; ++c) {
-        const A v = exp_c((w[c] - mw) * inv_tau);
+        const A v = exp_c((floor_logit(w[c]) - mw) * inv_tau);
         qe[c] = v;
         Sw += v;
       }
@@ -72,7 +81,7 @@ void uda_impl(const T* weak, const T* strong, A* loss, A* mask, T* grad, int64_t
       A Ss = 0, Q = 0, B = 0;
 #pragma omp simd reduction(+ : Ss, Q, B)
       for (int64_t c = 0; c < C; ++c) {
-        const A d = s[c] - ms;
+        const A d = floor_logit(s[c]) - ms;
         const A v = exp_c(d);
         pe[c] = v;
         Ss += v;

@@ -62,6 +62,10 @@ __device__ __forceinline__ float ld(float v) { return v; }
 __device__ __forceinline__ float ld(__half v) { return __half2float(v); }
 __device__ __forceinline__ float ld(__nv_bfloat16 v) { return __bfloat162float(v); }
 
+// Logit load: values below -1e30 (masked classes arrive as -inf) become -1e30, which fast-math
+// code computes with safely: probability exactly 0, finite sums (see csrc/cpu/soft_ce.cpp).
+template <typename T> __device__ __forceinline__ float ld_logit(T v) { return fmaxf(ld(v), -1e30f); }
+
 template <typename T> __device__ __forceinline__ T st(float v);
 template <> __device__ __forceinline__ float st<float>(float v) { return v; }
 template <> __device__ __forceinline__ __half st<__half>(float v) { return __float2half_rn(v); }

@@ -39,7 +39,7 @@ __global__ void soft_ce_kernel(const T* __restrict__ logits, const void* __restr
     const Vec<T, V> zv = reinterpret_cast<const Vec<T, V>*>(z)[i];
     float x[V];
 #pragma unroll
-    for (int j = 0; j < V; ++j) x[j] = ld(zv.v[j]);
+    for (int j = 0; j < V; ++j) x[j] = ld_logit(zv.v[j]);
     online_update<V>(m, s, x);
     if constexpr (!kIndex) {
       const Vec<TT, V> tv = reinterpret_cast<const Vec<TT, V>*>(t)[i];
@@ -71,7 +71,7 @@ __global__ void soft_ce_kernel(const T* __restrict__ logits, const void* __restr
     if constexpr (kIndex) {
 #pragma unroll
       for (int j = 0; j < V; ++j) {
-        const float d = ld(zv.v[j]) - m;
+        const float d = ld_logit(zv.v[j]) - m;
         acc += d;
         const int c = i * V + j;
         const float tp = eps_c + (c == y ? keep : 0.f);
@@ -81,7 +81,7 @@ __global__ void soft_ce_kernel(const T* __restrict__ logits, const void* __restr
       const Vec<TT, V> tv = reinterpret_cast<const Vec<TT, V>*>(t)[i];
 #pragma unroll
       for (int j = 0; j < V; ++j) {
-        const float d = ld(zv.v[j]) - m;
+        const float d = ld_logit(zv.v[j]) - m;
         const float tp = keep * ld(tv.v[j]) + eps_c;
         acc += tp * d;
         gv.v[j] = st<T>(a * __expf(d) - scale * tp);
@@ -93,7 +93,7 @@ __global__ void soft_ce_kernel(const T* __restrict__ logits, const void* __restr
   if (lane == 0) {
     float l;
     if constexpr (kIndex) {
-      l = valid ? __logf(s) - (eps_c * acc + keep * (ld(z[y]) - m)) : nan_f();
+      l = valid ? __logf(s) - (eps_c * acc + keep * (ld_logit(z[y]) - m)) : nan_f();
     } else {
       l = sum_tp * __logf(s) - acc;
     }

@@ -33,8 +33,8 @@ __global__ void uda_kernel(const T* __restrict__ weak, const T* __restrict__ str
     float xw[V], xs[V];
 #pragma unroll
     for (int j = 0; j < V; ++j) {
-      xw[j] = ld(wv.v[j]) * inv_tau;
-      xs[j] = ld(sv.v[j]);
+      xw[j] = ld_logit(wv.v[j]) * inv_tau;
+      xs[j] = ld_logit(sv.v[j]);
     }
     online_update<V>(mw, Sw, xw);
     online_update<V>(ms, Ss, xs);
@@ -66,8 +66,8 @@ __global__ void uda_kernel(const T* __restrict__ weak, const T* __restrict__ str
     Vec<T, V> gv;
 #pragma unroll
     for (int j = 0; j < V; ++j) {
-      const float qe = __expf(ld(wv.v[j]) * inv_tau - mw);
-      const float d = ld(sv.v[j]) - ms;
+      const float qe = __expf(ld_logit(wv.v[j]) * inv_tau - mw);
+      const float d = ld_logit(sv.v[j]) - ms;
       const float q = qe * inv_Sw;
       Q += q;
       B += q * d;
