@@ -125,7 +125,7 @@ def cmd_train(args: argparse.Namespace) -> int:
     if result.interrupted:
         where = (f"checkpoint written to {os.path.join(cfg.out, 'checkpoint.pt')}; continue with "
                  f"`mplfast train --out {cfg.out} --resume`") if cfg.out else "no --out, nothing saved"
-        print(f"stopped by {result.signame or 'signal'} after step {result.step}; {where}",
+        print(f"stopped by {result.signame or 'signal'} after {result.where}; {where}",
               file=sys.stderr, flush=True)
         return 0
     s = result.summary

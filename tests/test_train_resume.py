@@ -132,3 +132,38 @@ def test_sigint_stops_cleanly_in_process(tmp_path, capsys):
     assert 2 <= ckpt["step"] < 100000
     assert ckpt["phase"] == "train"
     assert os.path.isfile(os.path.join(out, "curves.png"))
+
+
+@pytest.mark.slow
+def test_sigterm_during_finetune_resumes_bitwise(tmp_path):
+    """A stop inside the finetune stage resumes the finetune, not the training."""
+    args = ["train", "--device", "cpu", "--steps", "12", "--set", "model_kwargs={width: 8, dropout: 0.2}",
+            "--set", "finetune_epochs=120", "--set", "finetune_batch_size=25",
+            "--set", "log_interval=5", "--set", "eval_interval=0", "--set", "tensorboard=false",
+            "--set", "plot=false", "--set", "progress=plain"]
+    ref, cut = str(tmp_path / "ref"), str(tmp_path / "cut")
+    subprocess.run([sys.executable, "-m", "mplfast", *args, "--out", ref], check=True,
+                   capture_output=True, timeout=300)
+    proc = subprocess.Popen([sys.executable, "-m", "mplfast", *args, "--out", cut],
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    deadline = time.monotonic() + 240
+    while _last_step(os.path.join(cut, "metrics.jsonl")) < 12 + 20:  # 20 finetune steps in
+        assert proc.poll() is None, proc.communicate()
+        assert time.monotonic() < deadline
+        time.sleep(0.01)
+    proc.send_signal(signal.SIGTERM)
+    _, err = proc.communicate(timeout=240)
+    assert proc.returncode == 0 and "after finetune step" in err, err
+    stopped = torch.load(os.path.join(cut, "checkpoint.pt"), weights_only=False)
+    assert stopped["phase"] == "finetune" and 20 <= stopped["finetune"]["step"] < 240
+    done = subprocess.run([sys.executable, "-m", "mplfast", "train", "--out", cut, "--resume"],
+                          capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr
+    a = torch.load(os.path.join(ref, "checkpoint.pt"), weights_only=False)
+    b = torch.load(os.path.join(cut, "checkpoint.pt"), weights_only=False)
+    _assert_same_state(a, b)
+    for name, t in a["finetuned"].items():
+        assert torch.equal(t, b["finetuned"][name]), f"finetuned.{name} differs"
+    sa = json.load(open(os.path.join(ref, "summary.json")))
+    sb = json.load(open(os.path.join(cut, "summary.json")))
+    assert sa["finetune_acc"] == sb["finetune_acc"] == sa["test_acc"]

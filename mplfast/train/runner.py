@@ -16,7 +16,7 @@ import json
 import os
 import random
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any, Callable
 
 import numpy as np
@@ -44,8 +44,8 @@ class RunResult:
     interrupted: bool = False
     signame: str | None = None
     step: int = 0
+    where: str = ""          # "step N" or "finetune step N" where an interrupted run stopped
     out_dir: str | None = None
-    messages: list[str] = field(default_factory=list)
 
 
 def _raw(model: nn.Module) -> nn.Module:
@@ -467,6 +467,10 @@ def _run(cfg: TrainConfig, info: DistInfo, stop: StopRequest, resume_state: dict
             interrupted = r.run_finetune(writer, progress_mode)
         if interrupted:
             result.interrupted, result.signame, result.step = True, stop.signame, r.step
+            if r.phase == "finetune" and r.ft_state is not None:
+                result.where = f"finetune step {r.ft_state['step']}"
+            else:
+                result.where = f"step {r.step}"
             return result
         r.phase = "done"
         summary = r.summary(time.perf_counter() - t_start)
