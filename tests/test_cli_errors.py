@@ -54,6 +54,8 @@ def empty_dir(tmp_path):
     (["train", "--resume", "--out", "/tmp", "--preset", "cifar10-4k"], "cannot be combined"),
     (["train", "--config", "/no/such/file.yaml"], "config file not found"),
     (["train", "--set", "model=nosuchnet", "--steps", "1"], "unknown model"),
+    (["train", "--set", "model_kwargs={bogus: 1}", "--steps", "1"], "bogus"),
+    (["train", "--dataset", "synthetic", "--set", "synthetic_kw={bogus: 1}"], "bogus"),
     (["eval", "--checkpoint", "/no/such/ckpt.pt"], "checkpoint not found"),
     (["ablate", "--seeds", "x"], "--seeds"),
     (["ablate", "--variants", "mpl:magic"], "--variants"),

@@ -45,7 +45,11 @@ def load_data(cfg: TrainConfig) -> Any:
                             image_size=cfg.image_size, strict=cfg.strict_data, **kw)
     except FileNotFoundError as e:
         raise UserError(_first_line(e)) from None
-    except (ValueError, OSError) as e:  # a corrupt file, an empty folder, a bad keyword
+    except TypeError as e:
+        if cfg.dataset != "synthetic" or not kw:
+            raise  # not a keyword the user gave: a bug, keep the traceback
+        raise UserError(f"synthetic_kw: {_first_line(e)}") from None  # unknown keyword
+    except (ValueError, OSError) as e:  # a corrupt file, an empty folder, a bad value
         raise UserError(f"cannot load data set {cfg.dataset}: {_first_line(e)}") from None
 
 
