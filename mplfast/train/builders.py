@@ -46,7 +46,7 @@ def load_data(cfg: TrainConfig) -> Any:
     except FileNotFoundError as e:
         raise UserError(_first_line(e)) from None
     except TypeError as e:
-        if cfg.dataset != "synthetic" or not kw:
+        if cfg.dataset != "synthetic" or "keyword argument" not in str(e):
             raise  # not a keyword the user gave: a bug, keep the traceback
         raise UserError(f"synthetic_kw: {_first_line(e)}") from None  # unknown keyword
     except (ValueError, OSError) as e:  # a corrupt file, an empty folder, a bad value
@@ -88,8 +88,10 @@ def build_model(cfg: TrainConfig, name: str, data: DataBundle, device: torch.dev
 
     try:
         model = create_model(name, data.num_classes, in_chans=data.in_chans, **cfg.model_kwargs)
-    except TypeError as e:  # an unknown model_kwargs key for this architecture
-        raise UserError(f"model {name}: {_first_line(e)}") from None
+    except TypeError as e:
+        if "keyword argument" not in str(e):
+            raise  # not about the user's model_kwargs: a bug, keep the traceback
+        raise UserError(f"model {name}: {_first_line(e)} (check model_kwargs)") from None
     model = model.to(device)
     if cfg.channels_last:
         model = model.to(memory_format=torch.channels_last)
