@@ -85,6 +85,17 @@ def _run(op: str, prim: str, named: list[tuple[str, Any]], backend: str | None) 
     if all(isinstance(seq, (list, tuple)) for _, seq in named):
         lists = [list(seq) for _, seq in named]
         n0 = len(lists[0])
+        x0 = lists[0][0] if n0 else None
+        if isinstance(x0, Tensor) and x0.is_cpu and choose_backend(op, backend, x0.device, x0.dtype) == "native":
+            # The native wrapper validates every tensor itself (and names the offending one),
+            # and on CPU it takes every dtype we accept; checking here as well would double the
+            # per-tensor Python cost, which is most of this op's time on an MPL step.
+            try:
+                with torch.no_grad():
+                    return primitive("native", prim)(*lists)
+            except (TypeError, ValueError):
+                _check_lists(op, named)  # re-raises the problem in this op's own argument names
+                raise
         fast = _fast_check(lists) if n0 and all(len(lst) == n0 for lst in lists) else None
     else:
         fast = None
