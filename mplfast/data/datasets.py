@@ -70,7 +70,7 @@ def _resolve_root(root: str | None) -> Path:
 def _missing(path: Path, layout: str) -> FileNotFoundError:
     return FileNotFoundError(
         f"data set not found: expected {path} ({layout}); mplfast never downloads, put the files "
-        f"there or pass --data-root")
+        f"there or pass --data DIR")
 
 
 # ---------------------------------------------------------------------------------------------
@@ -206,7 +206,7 @@ def load_dataset(name: str, root: str | None = None, *, unlabeled: str | None = 
         from .imagefolder import load_imagefolder
 
         if root is None:
-            raise UserError("imagefolder needs a root directory (--data-root DIR with DIR/train/"
+            raise UserError("imagefolder needs a root directory (--data DIR with DIR/train/"
                             "<class>/*.jpg and DIR/val/<class>/*.jpg)")
         return load_imagefolder(root, unlabeled=unlabeled, image_size=image_size or 32,
                                 strict=strict)
