@@ -17,3 +17,14 @@ import pytest  # noqa: E402
 def seeded():
     """A fresh, seeded torch generator per test, so failures reproduce."""
     return torch.Generator().manual_seed(1234)
+
+
+@pytest.fixture(scope="module")
+def single_torch_thread():
+    """torch on one thread for a whole test module, restored afterwards: the MPLStep tests use
+    tiny models, where threading only adds overhead (and the CPU is shared). Modules opt in with
+    ``pytestmark = pytest.mark.usefixtures("single_torch_thread")``."""
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(n)

@@ -15,25 +15,18 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from mplfast import MPLConfig, MPLStep, create_model
+from mplfast import MPLConfig, MPLStep
+from mpl_fixtures import mpl_batch, tiny_cnn, tiny_cnn_pair
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
+pytestmark = pytest.mark.usefixtures("single_torch_thread")
 
 
 B, M, C = 3, 4, 4
 
 
 def batch(step: int):
-    g = torch.Generator().manual_seed(50 + step)
-    buf = torch.randn(B + 2 * M, 1, 8, 8, generator=g, dtype=torch.float64)
-    y = torch.randint(0, C, (B,), generator=g)
-    return buf[:B], y, buf[B:B + M], buf[B + M:]
+    return mpl_batch(50 + step, B, M, C, torch.float64)
 
 
 SGD_KW = dict(lr=0.5, momentum=0.9, nesterov=True, weight_decay=5e-4)
@@ -43,9 +36,9 @@ SGD_KW = dict(lr=0.5, momentum=0.9, nesterov=True, weight_decay=5e-4)
                                                (True, None, 0.3)])
 def test_soft_meta_gradient_matches_finite_differences(warm, clip, dropout):
     torch.manual_seed(3)
-    T = create_model("small_cnn", C, in_chans=1, width=3).double()
+    T = tiny_cnn(C, width=3, dtype=torch.float64)
     # Student dropout: the JVP must replay the update forward's dropout masks exactly.
-    S = create_model("small_cnn", C, in_chans=1, width=3, dropout=dropout).double()
+    S = tiny_cnn(C, width=3, dropout=dropout, dtype=torch.float64)
     eps = 0.1
     cfg = MPLConfig(pseudo_label="soft", meta_signal="grad_dot", lambda_u=0.0,
                     label_smoothing=eps, grad_clip=clip, precision="fp32")
@@ -104,9 +97,7 @@ def test_soft_meta_gradient_matches_finite_differences(warm, clip, dropout):
 
 def test_soft_zero_student_lr_gives_zero_meta_gradient():
     """Student lr 0 (the recipe's wait phase): the student cannot move, so no meta-gradient."""
-    torch.manual_seed(0)
-    T = create_model("small_cnn", C, in_chans=1, width=3).double()
-    S = create_model("small_cnn", C, in_chans=1, width=3).double()
+    T, S = tiny_cnn_pair(C, width=3, seed=0, dtype=torch.float64)
     T2 = copy.deepcopy(T)
     cfg = MPLConfig(pseudo_label="soft", lambda_u=0.0, precision="fp32")
     step = MPLStep(T, S, torch.optim.SGD(T.parameters(), lr=0.1),
@@ -121,8 +112,7 @@ def test_soft_zero_student_lr_gives_zero_meta_gradient():
 
 
 def test_soft_refuses_non_sgd_student_optimizer():
-    T = create_model("small_cnn", C, in_chans=1, width=3)
-    S = create_model("small_cnn", C, in_chans=1, width=3)
+    T, S = tiny_cnn_pair(C, width=3, seed=None)
     with pytest.raises(ValueError, match="SGD"):
         MPLStep(T, S, torch.optim.SGD(T.parameters(), lr=0.1), torch.optim.Adam(S.parameters()),
                 MPLConfig(pseudo_label="soft"))
@@ -134,9 +124,7 @@ def test_soft_refuses_non_sgd_student_optimizer():
 def test_soft_meta_gradient_float32_dropout_runs_and_is_finite():
     """fp32 with dropout (the JVP replays the step's dropout masks) and bf16: finite updates."""
     for precision in ("fp32", "bf16"):
-        torch.manual_seed(0)
-        T = create_model("small_cnn", C, in_chans=1, width=3, dropout=0.3)
-        S = create_model("small_cnn", C, in_chans=1, width=3, dropout=0.3)
+        T, S = tiny_cnn_pair(C, width=3, seed=0, dropout=0.3)
         step = MPLStep(T, S, torch.optim.SGD(T.parameters(), lr=0.1),
                        torch.optim.SGD(S.parameters(), lr=0.1, momentum=0.9, nesterov=True),
                        MPLConfig(pseudo_label="soft", precision=precision))

@@ -6,32 +6,11 @@ applies to them (the products are accumulated in fp32).
 """
 from __future__ import annotations
 
-import os
 import pytest
 import torch
 
 import mplfast
-from mplfast.dispatch import backends
-
-BACKENDS = ["reference", "native", "triton"]
-
-
-def need(backend: str, device: str = "cpu") -> None:
-    """Skip what this machine cannot run; fail where the backend must work: the reference
-    everywhere, Triton on CPU when the interpreter is on (tests/conftest.py turns it on
-    without a GPU). Native skips only while mplfast._native / _C is unavailable."""
-    if device == "cuda" and not torch.cuda.is_available():
-        pytest.skip("no CUDA device")
-    st = backends()[backend][device]
-    if st is True:
-        return
-    if backend == "reference" or (backend == "triton" and device == "cpu"
-                                  and os.environ.get("TRITON_INTERPRET") == "1"):
-        pytest.fail(f"{backend} should be available on {device} here: {st}")
-    pytest.skip(f"{backend} backend unavailable on {device}: {st}")
-
-
-DEVICES = ["cpu", "cuda"]  # cuda cases skip without a GPU
+from _helpers import BACKENDS, DEVICES, require_backend
 
 
 def expected(xs, ys, zs=None):
@@ -63,7 +42,7 @@ def ragged(gen, dtypes=(torch.float32,)):
 @pytest.mark.parametrize("backend", BACKENDS)
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float16, torch.bfloat16], ids=str)
 def test_ragged_lists(backend, dtype, device, seeded):
-    need(backend, device)
+    require_backend(backend, device)
     xs, ys, zs = ragged(seeded, (dtype,))
     dx, dy, dz = ([t.to(device) for t in lst] for lst in (xs, ys, zs))
     out = mplfast.grad_dot(dx, dy, backend=backend)
@@ -80,7 +59,7 @@ def test_ragged_lists(backend, dtype, device, seeded):
 @pytest.mark.parametrize("backend", BACKENDS)
 def test_mixed_dtypes_in_one_call(backend, seeded):
     """Several dtype groups in one call (Triton: one launch per group)."""
-    need(backend)
+    require_backend(backend)
     xs, ys, zs = ragged(seeded, (torch.float32, torch.bfloat16, torch.float16))
     val, scale = expected(xs, ys)
     assert abs(mplfast.grad_dot(xs, ys, backend=backend).item() - val) <= 1e-5 * scale + 1e-6
@@ -93,7 +72,7 @@ def test_mixed_dtypes_in_one_call(backend, seeded):
 def test_many_tensors_and_determinism(backend, device, seeded):
     """More tensors than apex's per-launch table (110); the result is bit-identical across calls.
     (Kept at 130 tensors: the Triton interpreter pays ~10 ms per program.)"""
-    need(backend, device)
+    require_backend(backend, device)
     sizes = torch.randint(0, 300, (130,), generator=seeded).tolist()
     xs = [torch.randn(s, generator=seeded).to(device) for s in sizes]
     ys = [torch.randn(s, generator=seeded).to(device) for s in sizes]
@@ -113,7 +92,7 @@ def test_many_tensors_and_determinism(backend, device, seeded):
 def test_triton_table_split_is_bit_identical(monkeypatch, seeded):
     """Tables larger than one launch's capacity are split into several launches; the partials
     and their summation order do not change, so the result is bit-identical."""
-    need("triton")
+    require_backend("triton")
     import mplfast.kernels.grad_dot as kg
 
     sizes = (5, 0, 4 * kg._CHUNK + 7, 3, 8 * kg._CHUNK + 1, 9, 11, 1)
@@ -139,7 +118,7 @@ def test_triton_table_split_is_bit_identical(monkeypatch, seeded):
 
 @pytest.mark.parametrize("backend", BACKENDS)
 def test_grad_dot_delta_equals_grad_dot_of_difference(backend, seeded):
-    need(backend)
+    require_backend(backend)
     g = [torch.randn(33, 7, generator=seeded), torch.randn(1000, generator=seeded)]
     new = [torch.randn(33, 7, generator=seeded), torch.randn(1000, generator=seeded)]
     old = [n + 1e-3 * torch.randn(n.shape, generator=seeded) for n in new]  # a small step
@@ -173,7 +152,7 @@ def test_float64_on_cpu(seeded):
 def test_unaligned_and_strided_views(backend, seeded):
     """Views at odd element offsets (not 16-byte aligned) and non-contiguous views, mixed with
     aligned tensors in one call (Triton: separate aligned / unaligned launches)."""
-    need(backend)
+    require_backend(backend)
     base = torch.randn(3 * 70001, generator=seeded)
     other = torch.randn(3 * 70001, generator=seeded)
     xs = [base[1:70002], torch.randn(64, 3, generator=seeded), base[::3], base[5:12]]

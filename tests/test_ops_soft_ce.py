@@ -10,39 +10,19 @@ yardstick.)
 """
 from __future__ import annotations
 
-import os
 import pytest
 import torch
 import torch.nn.functional as F
 
 import mplfast
-from mplfast.dispatch import backends
+from _helpers import BACKENDS, DEVICES, require_backend
 
-BACKENDS = ["reference", "native", "triton"]
 DTYPES = [torch.float32, torch.float16, torch.bfloat16]
 TOL = {torch.float32: 1e-5, torch.float16: 2e-3, torch.bfloat16: 1.6e-2, torch.float64: 1e-12}
 # (N, C): the required sizes plus odd ones; wide rows only with few rows (the Triton interpreter
 # is slow), 9001 is wider than one chunk of the Triton kernel, so it takes the two-pass path.
 SHAPES = [(0, 10), (5, 1), (1, 2), (7, 10), (7, 37), (7, 1000), (4099, 10), (3, 32000), (2, 9001)]
 SCALE = 40.0  # |logits| up to ~200: exp overflows fp32 beyond 88.7
-
-
-def need(backend: str, device: str = "cpu") -> None:
-    """Skip what this machine cannot run; fail where the backend must work: the reference
-    everywhere, Triton on CPU when the interpreter is on (tests/conftest.py turns it on
-    without a GPU). Native skips only while mplfast._native / _C is unavailable."""
-    if device == "cuda" and not torch.cuda.is_available():
-        pytest.skip("no CUDA device")
-    st = backends()[backend][device]
-    if st is True:
-        return
-    if backend == "reference" or (backend == "triton" and device == "cpu"
-                                  and os.environ.get("TRITON_INTERPRET") == "1"):
-        pytest.fail(f"{backend} should be available on {device} here: {st}")
-    pytest.skip(f"{backend} backend unavailable on {device}: {st}")
-
-
-DEVICES = ["cpu", "cuda"]  # cuda cases skip without a GPU
 
 
 def assert_close(actual: torch.Tensor, expected: torch.Tensor, tol: float, what: str, floor: float = 1e-30) -> None:
@@ -78,7 +58,7 @@ def make_inputs(n: int, c: int, dtype: torch.dtype, kind: str, gen: torch.Genera
 @pytest.mark.parametrize("shape", SHAPES, ids=lambda s: f"{s[0]}x{s[1]}")
 @pytest.mark.parametrize("kind", ["index", "prob"])
 def test_matches_cross_entropy(backend, dtype, shape, kind, device, seeded):
-    need(backend, device)
+    require_backend(backend, device)
     n, c = shape
     logits, target = make_inputs(n, c, dtype, kind, seeded)
     if n:
@@ -115,7 +95,7 @@ def test_matches_cross_entropy(backend, dtype, shape, kind, device, seeded):
 @pytest.mark.parametrize("backend", BACKENDS)
 def test_plain_backward_and_unnormalized_targets(backend, seeded):
     """loss.backward() (grad_output == 1 shortcut), soft targets that do not sum to 1, fp16 target."""
-    need(backend)
+    require_backend(backend)
     logits = torch.randn(9, 33, generator=seeded) * SCALE
     target = (torch.rand(9, 33, generator=seeded) * 2).half()
     for eps in (0.0, 0.3, 1.0):
@@ -131,7 +111,7 @@ def test_plain_backward_and_unnormalized_targets(backend, seeded):
 
 @pytest.mark.parametrize("backend", BACKENDS)
 def test_non_contiguous_logits(backend, seeded):
-    need(backend)
+    require_backend(backend)
     base = torch.randn(50, 12, generator=seeded) * SCALE
     logits = base.t()  # [12, 50] with column stride 12
     y = torch.randint(0, 50, (12,), generator=seeded)
@@ -148,7 +128,7 @@ def test_non_contiguous_logits(backend, seeded):
 @pytest.mark.parametrize("backend", ["reference", "native"])
 @pytest.mark.parametrize("kind", ["index", "prob"])
 def test_gradcheck_float64(backend, kind, seeded):
-    need(backend)
+    require_backend(backend)
     logits = torch.randn(4, 6, generator=seeded, dtype=torch.float64) * 3
     target = (torch.randint(0, 6, (4,), generator=seeded) if kind == "index"
               else torch.softmax(torch.randn(4, 6, generator=seeded, dtype=torch.float64), 1))
@@ -178,7 +158,7 @@ def test_target_gradient_uses_composite(seeded):
 
 @pytest.mark.parametrize("backend", BACKENDS)
 def test_no_grad_and_detached(backend, seeded):
-    need(backend)
+    require_backend(backend)
     logits = torch.randn(6, 11, generator=seeded) * SCALE
     y = torch.randint(0, 11, (6,), generator=seeded)
     with torch.no_grad():
@@ -192,7 +172,7 @@ def test_no_grad_and_detached(backend, seeded):
 
 @pytest.mark.parametrize("backend", BACKENDS)
 def test_invalid_label_raises_on_cpu(backend, seeded):
-    need(backend)
+    require_backend(backend)
     logits = torch.randn(4, 5, generator=seeded)
     for bad in (5, -1, -100):
         y = torch.tensor([0, 1, bad, 2])
@@ -203,7 +183,7 @@ def test_invalid_label_raises_on_cpu(backend, seeded):
 @pytest.mark.parametrize("device", DEVICES)
 def test_triton_invalid_label_rows_are_nan(device, seeded):
     """The kernel itself (no host check): bad rows become NaN, other rows stay exact."""
-    need("triton", device)
+    require_backend("triton", device)
     from mplfast.kernels.soft_ce import _launch
 
     for c in (10, 9001):  # single-chunk and chunked paths
@@ -222,7 +202,7 @@ def test_triton_invalid_label_rows_are_nan(device, seeded):
 def test_cuda_invalid_labels_give_nan_rows_or_raise_in_debug(backend, monkeypatch, seeded):
     """CUDA contract: no host check (no sync) -> the bad rows' loss and gradient are NaN, the
     other rows exact; MPLFAST_DEBUG=1 -> ValueError."""
-    need(backend, "cuda")
+    require_backend(backend, "cuda")
     for c in (10, 9001):
         logits = (torch.randn(4, c, generator=seeded) * SCALE).cuda()
         y = torch.tensor([1, -1, c, 3]).cuda()
@@ -289,7 +269,7 @@ def test_masked_classes_minus_inf(backend, seeded):
     """-inf logits (masked-out classes) as F.cross_entropy handles them: a finite loss without
     smoothing, +inf with smoothing (eps/C weight on a -inf log-prob), finite gradients both ways.
     (The native backend is built with -ffast-math and does not promise this.)"""
-    need(backend)
+    require_backend(backend)
     for c in (10, 9001):  # single-chunk and chunked Triton paths
         logits = torch.randn(4, c, generator=seeded) * SCALE
         logits[:, 0] = float("-inf")  # first column: the Triton kernels' shift reference

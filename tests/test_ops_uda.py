@@ -7,34 +7,14 @@ The mask itself must match exactly (random inputs keep max q away from the thres
 from __future__ import annotations
 
 import math
-import os
 
 import pytest
 import torch
 
 import mplfast
-from mplfast.dispatch import backends
+from _helpers import BACKENDS, DEVICES, require_backend
 
-BACKENDS = ["reference", "native", "triton"]
 TOL = {torch.float32: 1e-5, torch.float16: 2e-3, torch.bfloat16: 1.6e-2, torch.float64: 1e-12}
-
-
-def need(backend: str, device: str = "cpu") -> None:
-    """Skip what this machine cannot run; fail where the backend must work: the reference
-    everywhere, Triton on CPU when the interpreter is on (tests/conftest.py turns it on
-    without a GPU). Native skips only while mplfast._native / _C is unavailable."""
-    if device == "cuda" and not torch.cuda.is_available():
-        pytest.skip("no CUDA device")
-    st = backends()[backend][device]
-    if st is True:
-        return
-    if backend == "reference" or (backend == "triton" and device == "cpu"
-                                  and os.environ.get("TRITON_INTERPRET") == "1"):
-        pytest.fail(f"{backend} should be available on {device} here: {st}")
-    pytest.skip(f"{backend} backend unavailable on {device}: {st}")
-
-
-DEVICES = ["cpu", "cuda"]  # cuda cases skip without a GPU
 
 
 def composite(weak: torch.Tensor, strong: torch.Tensor, tau: float, thr: float):
@@ -71,7 +51,7 @@ def weak_logits(n: int, c: int, gen: torch.Generator) -> torch.Tensor:
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float16, torch.bfloat16], ids=str)
 @pytest.mark.parametrize("case", CASES, ids=lambda c: f"{c[0]}x{c[1]}")
 def test_matches_composite(backend, dtype, case, device, seeded):
-    need(backend, device)
+    require_backend(backend, device)
     n, c = case
     weak = weak_logits(n, c, seeded).to(dtype)
     strong = torch.randn(n, c, generator=seeded) * 40  # naive exp overflows fp32
@@ -105,7 +85,7 @@ def test_matches_composite(backend, dtype, case, device, seeded):
 @pytest.mark.parametrize("backend", BACKENDS)
 def test_mask_extremes_and_sharp_teacher(backend, seeded):
     """Huge weak logits: q is one-hot (max q == 1), kept even at threshold 1."""
-    need(backend)
+    require_backend(backend)
     weak = torch.randn(5, 20, generator=seeded)
     weak[:, 3] = 500.0
     strong = torch.randn(5, 20, generator=seeded) * 30
@@ -117,7 +97,7 @@ def test_mask_extremes_and_sharp_teacher(backend, seeded):
 
 @pytest.mark.parametrize("backend", ["reference", "native"])
 def test_gradcheck_float64(backend, seeded):
-    need(backend)
+    require_backend(backend)
     weak = torch.randn(6, 7, generator=seeded, dtype=torch.float64) * 2
     strong = (torch.randn(6, 7, generator=seeded, dtype=torch.float64) * 3).requires_grad_()
     _, rate = mplfast.uda_loss(weak, strong, temperature=0.7, threshold=0.5, backend=backend)
@@ -128,7 +108,7 @@ def test_gradcheck_float64(backend, seeded):
 
 @pytest.mark.parametrize("backend", BACKENDS)
 def test_empty_batch(backend):
-    need(backend)
+    require_backend(backend)
     loss, rate = mplfast.uda_loss(torch.randn(0, 10), torch.randn(0, 10), temperature=1.0,
                                   threshold=0.5, backend=backend)
     assert torch.isnan(loss) and torch.isnan(rate)  # 0 / 0, as mean() over no rows

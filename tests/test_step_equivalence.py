@@ -14,30 +14,19 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from mplfast import MPLConfig, MPLStep, create_model
+from mplfast import MPLConfig, MPLStep
+from mpl_fixtures import mpl_batch, tiny_cnn_pair
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    # Tiny models: threading only adds overhead, and the CPU is shared.
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
+pytestmark = pytest.mark.usefixtures("single_torch_thread")
 
 
 def make_models(seed: int = 0, dropout: float = 0.2, dtype=torch.float32):
-    torch.manual_seed(seed)
-    t = create_model("small_cnn", 5, in_chans=1, width=4, dropout=dropout).to(dtype)
-    s = create_model("small_cnn", 5, in_chans=1, width=4, dropout=dropout).to(dtype)
-    return t, s
+    return tiny_cnn_pair(5, width=4, seed=seed, dropout=dropout, dtype=dtype)
 
 
 def make_batch(step: int, B: int = 4, M: int = 6, dtype=torch.float32):
-    g = torch.Generator().manual_seed(100 + step)
-    buf = torch.randn(B + 2 * M, 1, 8, 8, generator=g, dtype=dtype)
-    y = torch.randint(0, 5, (B,), generator=g)
-    return buf[:B], y, buf[B:B + M], buf[B + M:]
+    return mpl_batch(100 + step, B, M, 5, dtype)
 
 
 def sgd(model, lr=0.05):

@@ -6,30 +6,22 @@ import copy
 import pytest
 import torch
 
-from mplfast import MPLConfig, MPLStep, create_model
+from mplfast import MPLConfig, MPLStep
+from mpl_fixtures import mpl_batch, tiny_cnn_pair
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
+pytestmark = pytest.mark.usefixtures("single_torch_thread")
 
 
 B, M, C = 8, 16, 5
 
 
 def batch(i: int):
-    g = torch.Generator().manual_seed(10 + i)
-    buf = torch.randn(B + 2 * M, 1, 8, 8, generator=g)
-    return buf[:B], torch.randint(0, C, (B,), generator=g), buf[B:B + M], buf[B + M:]
+    return mpl_batch(10 + i, B, M, C)
 
 
 def models():
-    torch.manual_seed(0)
-    return (create_model("small_cnn", C, in_chans=1, width=8),
-            create_model("small_cnn", C, in_chans=1, width=8))
+    return tiny_cnn_pair(C, width=8, seed=0)
 
 
 def lower_scales(step: MPLStep) -> None:

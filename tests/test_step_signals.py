@@ -8,24 +8,18 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from mplfast import MPLConfig, MPLStep, create_model
+from mplfast import MPLConfig, MPLStep
+from mpl_fixtures import mpl_batch, tiny_cnn_pair
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
+pytestmark = pytest.mark.usefixtures("single_torch_thread")
 
 
 B, M, C = 4, 6, 5
 
 
 def batch(seed: int = 0):
-    g = torch.Generator().manual_seed(seed)
-    buf = torch.randn(B + 2 * M, 1, 8, 8, generator=g, dtype=torch.float64)
-    return buf[:B], torch.randint(0, C, (B,), generator=g), buf[B:B + M], buf[B + M:]
+    return mpl_batch(seed, B, M, C, torch.float64)
 
 
 def mlp() -> nn.Module:
@@ -36,9 +30,7 @@ def mlp() -> nn.Module:
 
 def test_grad_dot_plain_sgd_is_paper_h():
     """Plain SGD: h = -<grad L_new(theta'), theta' - theta> = lr <grad L_new(theta'), g_u>."""
-    torch.manual_seed(0)
-    T = create_model("small_cnn", C, in_chans=1, width=4).double()
-    S = create_model("small_cnn", C, in_chans=1, width=4).double()
+    T, S = tiny_cnn_pair(C, width=4, seed=0, dtype=torch.float64)
     T0, S0 = copy.deepcopy(T), copy.deepcopy(S)
     lr, eps = 0.2, 0.1
     cfg = MPLConfig(meta_signal="grad_dot", label_smoothing=eps, precision="fp32")
@@ -64,9 +56,7 @@ def test_grad_dot_plain_sgd_is_paper_h():
 
 def test_grad_dot_with_momentum_matches_autograd():
     """Nesterov + weight decay + clipping, second step: h = -<grad L_new(theta'), theta' - theta>."""
-    torch.manual_seed(1)
-    T = create_model("small_cnn", C, in_chans=1, width=4).double()
-    S = create_model("small_cnn", C, in_chans=1, width=4).double()
+    T, S = tiny_cnn_pair(C, width=4, seed=1, dtype=torch.float64)
     cfg = MPLConfig(meta_signal="grad_dot", precision="fp32", grad_clip=0.5)
     opt_s = torch.optim.SGD(S.parameters(), lr=0.3, momentum=0.9, nesterov=True, weight_decay=5e-4)
     step = MPLStep(T, S, torch.optim.SGD(T.parameters(), lr=0.1), opt_s, cfg)
