@@ -81,6 +81,9 @@ inline double to_compute(double v) { return v; }
 inline float to_compute(half_t v) { return half_to_float(v.bits); }
 inline float to_compute(bf16_t v) { return bf16_to_float(v.bits); }
 
+// A type as a value, for dispatching a dtype code to generic lambdas: f(Tag<T>{}).
+template <typename T> struct Tag { using type = T; };
+
 template <typename T> struct Store;
 template <> struct Store<float> { static float conv(float v) { return v; } };
 template <> struct Store<double> { static double conv(double v) { return v; } };

@@ -15,53 +15,16 @@
 
 #include "common.h"
 #include "cpu/parallel.h"
+#include "cpu/rowwise.h"
 #include "kernels.h"
 
 namespace mplfast {
 namespace {
 
-inline float exp_c(float x) { return expf(x); }
-inline double exp_c(double x) { return std::exp(x); }
-inline float log_c(float x) { return logf(x); }
-inline double log_c(double x) { return std::log(x); }
-
-// Logits below this floor are treated as the floor. Masked-out classes arrive as -inf, which
-// finite-math code cannot compute with; as -1e30 they get probability exactly 0 and a finite
-// loss (without smoothing exactly F.cross_entropy's; with smoothing a huge finite value where
-// torch gives +inf). Sums of up to 2^30 floored values stay finite.
-template <typename A> inline A floor_logit(A x) {
-  constexpr A kFloor = sizeof(A) == 4 ? A(-1e30f) : A(-1e300);
-  return x < kFloor ? kFloor : x;
-}
-
 template <typename A> A nan_value() {
   // Built from bits: under -ffast-math std::numeric_limits<>::quiet_NaN() may be folded oddly.
   if constexpr (sizeof(A) == 4) return bits_to_float(0x7fc00000u);
   else { uint64_t u = 0x7ff8000000000000ull; double d; std::memcpy(&d, &u, 8); return d; }
-}
-
-// Row source in the compute type A: the row itself when T == A, else a converted scratch copy.
-template <typename T, typename A>
-inline const A* load_row(const T* src, int64_t C, A* scratch) {
-  if constexpr (std::is_same_v<T, A>) {
-    (void)C; (void)scratch;
-    return src;
-  } else {
-#pragma omp simd
-    for (int64_t c = 0; c < C; ++c) scratch[c] = A(to_compute(src[c]));
-    return scratch;
-  }
-}
-
-template <typename A>
-inline A row_max(const A* z, int64_t C) {
-  A m = floor_logit(z[0]);
-#pragma omp simd reduction(max : m)
-  for (int64_t c = 1; c < C; ++c) {
-    const A v = floor_logit(z[c]);
-    m = v > m ? v : m;
-  }
-  return m;
 }
 
 // T: logits storage type; TT: probability-target storage type (unused for index targets);
@@ -155,26 +118,12 @@ void soft_ce_cpu(const void* logits, int dtype, const void* target, int target_d
   if (N <= 0) return;
   if (C <= 0) throw std::invalid_argument("soft_ce_cpu: C must be >= 1");
   const int nt = threads_for(N * C, num_threads);
-  switch (dtype) {
-    case kFloat32:
-      return dispatch_target<float, float>(static_cast<const float*>(logits), target, target_dtype,
-                                           static_cast<float*>(loss), static_cast<float*>(grad), N, C,
-                                           float(label_smoothing), float(grad_scale), nt);
-    case kFloat64:
-      return dispatch_target<double, double>(static_cast<const double*>(logits), target, target_dtype,
-                                             static_cast<double*>(loss), static_cast<double*>(grad), N, C,
-                                             label_smoothing, grad_scale, nt);
-    case kFloat16:
-      return dispatch_target<half_t, float>(static_cast<const half_t*>(logits), target, target_dtype,
-                                            static_cast<float*>(loss), static_cast<half_t*>(grad), N, C,
-                                            float(label_smoothing), float(grad_scale), nt);
-    case kBFloat16:
-      return dispatch_target<bf16_t, float>(static_cast<const bf16_t*>(logits), target, target_dtype,
-                                            static_cast<float*>(loss), static_cast<bf16_t*>(grad), N, C,
-                                            float(label_smoothing), float(grad_scale), nt);
-    default:
-      throw std::invalid_argument(std::string("soft_ce_cpu: unsupported logits dtype ") + dtype_name(dtype));
-  }
+  dispatch_logits_dtype(dtype, "soft_ce_cpu: unsupported logits dtype ", [&](auto tag) {
+    using T = typename decltype(tag)::type;
+    using A = compute_t<T>;
+    dispatch_target<T, A>(static_cast<const T*>(logits), target, target_dtype, static_cast<A*>(loss),
+                          static_cast<T*>(grad), N, C, A(label_smoothing), A(grad_scale), nt);
+  });
 }
 
 }  // namespace mplfast

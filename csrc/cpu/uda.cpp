@@ -6,44 +6,11 @@
 
 #include "common.h"
 #include "cpu/parallel.h"
+#include "cpu/rowwise.h"
 #include "kernels.h"
 
 namespace mplfast {
 namespace {
-
-inline float exp_c(float x) { return expf(x); }
-inline double exp_c(double x) { return std::exp(x); }
-inline float log_c(float x) { return logf(x); }
-inline double log_c(double x) { return std::log(x); }
-
-template <typename T, typename A>
-inline const A* load_row(const T* src, int64_t C, A* scratch) {
-  if constexpr (std::is_same_v<T, A>) {
-    (void)C; (void)scratch;
-    return src;
-  } else {
-#pragma omp simd
-    for (int64_t c = 0; c < C; ++c) scratch[c] = A(to_compute(src[c]));
-    return scratch;
-  }
-}
-
-// -inf (masked) logits are treated as -1e30: finite-math code cannot compute with infinities.
-template <typename A> inline A floor_logit(A x) {
-  constexpr A kFloor = sizeof(A) == 4 ? A(-1e30f) : A(-1e300);
-  return x < kFloor ? kFloor : x;
-}
-
-template <typename A>
-inline A row_max(const A* z, int64_t C) {
-  A m = floor_logit(z[0]);
-#pragma omp simd reduction(max : m)
-  for (int64_t c = 1; c < C; ++c) {
-    const A v = floor_logit(z[c]);
-    m = v > m ? v : m;
-  }
-  return m;
-}
 
 template <typename T, typename A>
 void uda_impl(const T* weak, const T* strong, A* loss, A* mask, T* grad, int64_t N, int64_t C,
@@ -110,29 +77,13 @@ void uda_cpu(const void* weak, const void* strong, int dtype, void* loss, void* 
   if (!(temperature > 0)) throw std::invalid_argument("uda_cpu: temperature must be > 0");
   const int nt = threads_for(N * C, num_threads);
   const double inv_tau = 1.0 / temperature;
-  switch (dtype) {
-    case kFloat32:
-      return uda_impl<float, float>(static_cast<const float*>(weak), static_cast<const float*>(strong),
-                                    static_cast<float*>(loss), static_cast<float*>(mask),
-                                    static_cast<float*>(grad), N, C, float(inv_tau), float(threshold),
-                                    float(grad_scale), nt);
-    case kFloat64:
-      return uda_impl<double, double>(static_cast<const double*>(weak), static_cast<const double*>(strong),
-                                      static_cast<double*>(loss), static_cast<double*>(mask),
-                                      static_cast<double*>(grad), N, C, inv_tau, threshold, grad_scale, nt);
-    case kFloat16:
-      return uda_impl<half_t, float>(static_cast<const half_t*>(weak), static_cast<const half_t*>(strong),
-                                     static_cast<float*>(loss), static_cast<float*>(mask),
-                                     static_cast<half_t*>(grad), N, C, float(inv_tau), float(threshold),
-                                     float(grad_scale), nt);
-    case kBFloat16:
-      return uda_impl<bf16_t, float>(static_cast<const bf16_t*>(weak), static_cast<const bf16_t*>(strong),
-                                     static_cast<float*>(loss), static_cast<float*>(mask),
-                                     static_cast<bf16_t*>(grad), N, C, float(inv_tau), float(threshold),
-                                     float(grad_scale), nt);
-    default:
-      throw std::invalid_argument(std::string("uda_cpu: unsupported dtype ") + dtype_name(dtype));
-  }
+  dispatch_logits_dtype(dtype, "uda_cpu: unsupported dtype ", [&](auto tag) {
+    using T = typename decltype(tag)::type;
+    using A = compute_t<T>;
+    uda_impl<T, A>(static_cast<const T*>(weak), static_cast<const T*>(strong), static_cast<A*>(loss),
+                   static_cast<A*>(mask), static_cast<T*>(grad), N, C, A(inv_tau), A(threshold),
+                   A(grad_scale), nt);
+  });
 }
 
 }  // namespace mplfast

@@ -1,0 +1,69 @@
+// Per-row helpers shared by the CPU row kernels (soft_ce.cpp, uda.cpp): math in the compute type
+// A (float, or double for fp64 logits), row loads, the masked-logit floor and the logits-dtype
+// dispatch. Built with -ffast-math like the kernels that include it.
+#pragma once
+#include <cmath>
+#include <stdexcept>
+#include <string>
+#include <type_traits>
+
+#include "common.h"
+
+namespace mplfast {
+
+inline float exp_c(float x) { return expf(x); }
+inline double exp_c(double x) { return std::exp(x); }
+inline float log_c(float x) { return logf(x); }
+inline double log_c(double x) { return std::log(x); }
+
+// Logits below this floor are treated as the floor. Masked-out classes arrive as -inf, which
+// finite-math code cannot compute with; as -1e30 they get probability exactly 0 and a finite
+// loss (without smoothing exactly F.cross_entropy's; with smoothing a huge finite value where
+// torch gives +inf). Sums of up to 2^30 floored values stay finite.
+template <typename A> inline A floor_logit(A x) {
+  constexpr A kFloor = sizeof(A) == 4 ? A(-1e30f) : A(-1e300);
+  return x < kFloor ? kFloor : x;
+}
+
+// Row source in the compute type A: the row itself when T == A, else a converted scratch copy.
+template <typename T, typename A>
+inline const A* load_row(const T* src, int64_t C, A* scratch) {
+  if constexpr (std::is_same_v<T, A>) {
+    (void)C; (void)scratch;
+    return src;
+  } else {
+#pragma omp simd
+    for (int64_t c = 0; c < C; ++c) scratch[c] = A(to_compute(src[c]));
+    return scratch;
+  }
+}
+
+// max_c floor_logit(z_c) of a row of C >= 1 values.
+template <typename A>
+inline A row_max(const A* z, int64_t C) {
+  A m = floor_logit(z[0]);
+#pragma omp simd reduction(max : m)
+  for (int64_t c = 1; c < C; ++c) {
+    const A v = floor_logit(z[c]);
+    m = v > m ? v : m;
+  }
+  return m;
+}
+
+// Compute type of a logits storage type: double for fp64, float otherwise.
+template <typename T> using compute_t = std::conditional_t<std::is_same_v<T, double>, double, float>;
+
+// Calls f(Tag<T>{}) with T the storage type of logits dtype code `dtype` (fp32, fp64, fp16,
+// bf16); any other code throws std::invalid_argument(what + dtype name).
+template <typename F>
+void dispatch_logits_dtype(int dtype, const char* what, F&& f) {
+  switch (dtype) {
+    case kFloat32: return f(Tag<float>{});
+    case kFloat64: return f(Tag<double>{});
+    case kFloat16: return f(Tag<half_t>{});
+    case kBFloat16: return f(Tag<bf16_t>{});
+    default: throw std::invalid_argument(std::string(what) + dtype_name(dtype));
+  }
+}
+
+}  // namespace mplfast
