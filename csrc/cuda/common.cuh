@@ -158,6 +158,12 @@ __device__ __forceinline__ void online_update(float& m, float& s, const float (&
   m = mn;
 }
 
+// Host-side limits of the row kernels (row_launch): std::invalid_argument prefixed by `op`.
+inline void check_rows(const char* op, int64_t N, int64_t C) {
+  if (C <= 0 || C > (int64_t(1) << 30)) throw std::invalid_argument(std::string(op) + ": C out of range");
+  if (N >= (int64_t(1) << 31) / 8 * 8) throw std::invalid_argument(std::string(op) + ": too many rows");
+}
+
 // Rows handled per launch configuration: one warp per row (8 rows per 256-thread block) for
 // small C, a whole block per row for large C.
 struct RowLaunch {
@@ -178,6 +184,31 @@ inline RowLaunch row_launch(int64_t N, int64_t C) {
     r.blocks = unsigned(N);
   }
   return r;
+}
+
+// This thread's row and its place in the row group (row_launch): {group size, lane, row}. In
+// warp mode idle warps of the last block get row >= N; block mode launches exactly N blocks.
+struct RowGroup {
+  int size;
+  int lane;
+  int64_t row;
+};
+
+__device__ __forceinline__ RowGroup row_group(bool block_mode) {
+  return {block_mode ? int(blockDim.x) : 32, block_mode ? int(threadIdx.x) : int(threadIdx.x & 31),
+          block_mode ? int64_t(blockIdx.x) : int64_t(blockIdx.x) * (blockDim.x >> 5) + (threadIdx.x >> 5)};
+}
+
+// Calls f(Tag<T>{}) with T the device storage type of dtype code `dtype` (fp32, fp16, bf16); any
+// other code throws std::invalid_argument(what + dtype name).
+template <typename F>
+void dispatch_dtype(int dtype, const char* what, F&& f) {
+  switch (dtype) {
+    case kFloat32: return f(Tag<float>{});
+    case kFloat16: return f(Tag<__half>{});
+    case kBFloat16: return f(Tag<__nv_bfloat16>{});
+    default: throw std::invalid_argument(std::string(what) + dtype_name(dtype));
+  }
 }
 
 }  // namespace cuda

@@ -20,10 +20,7 @@ __global__ void soft_ce_kernel(const T* __restrict__ logits, const void* __restr
                                float* __restrict__ loss, T* __restrict__ grad, int64_t N, int C,
                                float eps, float scale, bool block_mode) {
   __shared__ GroupSmem sm;
-  const int G = block_mode ? int(blockDim.x) : 32;
-  const int lane = block_mode ? int(threadIdx.x) : int(threadIdx.x & 31);
-  const int64_t row = block_mode ? int64_t(blockIdx.x)
-                                 : int64_t(blockIdx.x) * (blockDim.x >> 5) + (threadIdx.x >> 5);
+  const auto [G, lane, row] = row_group(block_mode);
   // Warp mode has no block-wide barriers, so idle warps of the last block may leave; in block
   // mode the grid has exactly N blocks.
   if (row >= N) return;
@@ -137,16 +134,13 @@ void soft_ce_cuda(const void* logits, int dtype, const void* target, int target_
                   int64_t N, int64_t C, float label_smoothing, float grad_scale, int device, uint64_t stream) {
   using namespace cuda;
   if (N <= 0) return;
-  if (C <= 0 || C > (int64_t(1) << 30)) throw std::invalid_argument("soft_ce_cuda: C out of range");
-  if (N >= (int64_t(1) << 31) / 8 * 8) throw std::invalid_argument("soft_ce_cuda: too many rows");
+  check_rows("soft_ce_cuda", N, C);
   DeviceGuard guard(device);
   const cudaStream_t s = as_stream(stream);
-  switch (dtype) {
-    case kFloat32: return dispatch<float>(logits, target, target_dtype, dtype, loss, grad, N, C, label_smoothing, grad_scale, s);
-    case kFloat16: return dispatch<__half>(logits, target, target_dtype, dtype, loss, grad, N, C, label_smoothing, grad_scale, s);
-    case kBFloat16: return dispatch<__nv_bfloat16>(logits, target, target_dtype, dtype, loss, grad, N, C, label_smoothing, grad_scale, s);
-    default: throw std::invalid_argument(std::string("soft_ce_cuda: unsupported logits dtype ") + dtype_name(dtype));
-  }
+  dispatch_dtype(dtype, "soft_ce_cuda: unsupported logits dtype ", [&](auto tag) {
+    dispatch<typename decltype(tag)::type>(logits, target, target_dtype, dtype, loss, grad, N, C,
+                                           label_smoothing, grad_scale, s);
+  });
 }
 
 }  // namespace mplfast

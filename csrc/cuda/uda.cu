@@ -15,10 +15,7 @@ __global__ void uda_kernel(const T* __restrict__ weak, const T* __restrict__ str
                            float* __restrict__ mask, T* __restrict__ grad, int64_t N, int C, float inv_tau,
                            float threshold, float scale, bool block_mode) {
   __shared__ GroupSmem sm;
-  const int G = block_mode ? int(blockDim.x) : 32;
-  const int lane = block_mode ? int(threadIdx.x) : int(threadIdx.x & 31);
-  const int64_t row = block_mode ? int64_t(blockIdx.x)
-                                 : int64_t(blockIdx.x) * (blockDim.x >> 5) + (threadIdx.x >> 5);
+  const auto [G, lane, row] = row_group(block_mode);
   if (row >= N) return;  // warp mode only (block mode launches exactly N blocks)
 
   const T* w = weak + row * int64_t(C);
@@ -109,18 +106,14 @@ void uda_cuda(const void* weak, const void* strong, int dtype, float* loss, floa
               int64_t C, float temperature, float threshold, float grad_scale, int device, uint64_t stream) {
   using namespace cuda;
   if (N <= 0) return;
-  if (C <= 0 || C > (int64_t(1) << 30)) throw std::invalid_argument("uda_cuda: C out of range");
-  if (N >= (int64_t(1) << 31) / 8 * 8) throw std::invalid_argument("uda_cuda: too many rows");
+  check_rows("uda_cuda", N, C);
   if (!(temperature > 0.f)) throw std::invalid_argument("uda_cuda: temperature must be > 0");
   DeviceGuard guard(device);
   const cudaStream_t s = as_stream(stream);
   const float inv_tau = 1.f / temperature;
-  switch (dtype) {
-    case kFloat32: return launch<float>(weak, strong, loss, mask, grad, N, C, inv_tau, threshold, grad_scale, s);
-    case kFloat16: return launch<__half>(weak, strong, loss, mask, grad, N, C, inv_tau, threshold, grad_scale, s);
-    case kBFloat16: return launch<__nv_bfloat16>(weak, strong, loss, mask, grad, N, C, inv_tau, threshold, grad_scale, s);
-    default: throw std::invalid_argument(std::string("uda_cuda: unsupported dtype ") + dtype_name(dtype));
-  }
+  dispatch_dtype(dtype, "uda_cuda: unsupported dtype ", [&](auto tag) {
+    launch<typename decltype(tag)::type>(weak, strong, loss, mask, grad, N, C, inv_tau, threshold, grad_scale, s);
+  });
 }
 
 }  // namespace mplfast
