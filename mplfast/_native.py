@@ -26,6 +26,13 @@ try:
 except ImportError as exc:  # not built, or built for another Python / missing symbol
     _C = None
     _IMPORT_ERROR = f"mplfast._C failed to load ({type(exc).__name__}: {exc})"
+    _pkg_dir = os.path.dirname(os.path.abspath(__file__))
+    if os.path.exists(os.path.join(_pkg_dir, os.pardir, "CMakeLists.txt")):
+        # The usual cause: Python found the source checkout (the current directory comes first
+        # on sys.path) instead of the installed package.
+        _IMPORT_ERROR += (f"; mplfast was imported from its source tree {os.path.dirname(_pkg_dir)}, "
+                          "which has no compiled _C: run from another directory, or install with "
+                          "`pip install -e .`")
 
 # Must match csrc/common.h (enum DType).
 _DTYPE_CODES: dict[torch.dtype, int] = {

@@ -10,6 +10,11 @@ import torch
 if not torch.cuda.is_available():
     os.environ.setdefault("TRITON_INTERPRET", "1")
 
+# Subprocesses (`python -m mplfast`, `python -c`, torchrun) must import the *installed* mplfast.
+# Run from the repository root, Python would put the current directory first on sys.path and
+# pick up the source tree instead, which has no compiled _C (Python >= 3.11 honours this).
+os.environ["PYTHONSAFEPATH"] = "1"
+
 import pytest  # noqa: E402
 
 
