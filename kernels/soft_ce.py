@@ -18,21 +18,16 @@ loss is computed as ``(lse - r) - sum t'(z - r)`` without the catastrophic cance
 """
 from __future__ import annotations
 
-import os
-
 import torch
 import triton
 import triton.language as tl
 
+from mplfast.kernels._rowwise import load_chunk, row_config, row_shift
 from mplfast.ops.reference import check_index_target, debug_checks_enabled
 
 __all__ = ["soft_ce_forward"]
 
-# "Minus infinity" for padding: exp(NEG - m) == 0 without inf arithmetic. A constexpr, because
-# Triton kernels may only read globals that are constexpr.
-_NEG = tl.constexpr(-1.0e30)
 _MAX_SINGLE = 8192  # widest row kept entirely in registers (one read of the logits)
-_CHUNK = 4096  # chunk width for wider rows (two reads of the logits)
 _SUPPORTED = (torch.float32, torch.float16, torch.bfloat16)
 
 
@@ -55,9 +50,7 @@ def _soft_ce_kernel(
     eps_c = eps / C
 
     # Reference value per row (its first logit): all sums are taken of z - r.
-    r = tl.load(z_row, mask=rmask, other=0.0).to(tl.float32)
-    # A masked-out class (-inf) or an overflowed logit is no use as a shift: fall back to 0.
-    r = tl.where((r > -1.0e30) & (r < 1.0e30), r, 0.0)
+    r = row_shift(z_row, rmask)
     if not SOFT:
         y = tl.load(t_ptr + rows64, mask=rmask, other=0)
         valid = (y >= 0) & (y < C)
@@ -67,8 +60,7 @@ def _soft_ce_kernel(
 
     if SINGLE:
         msk = rmask[:, None] & (cols < C)[None, :]
-        x = tl.load(z_row[:, None] + cols[None, :], mask=msk, other=0.0).to(tl.float32)
-        x = tl.where(msk, x, _NEG)
+        x = load_chunk(z_row, cols, msk)
         m = tl.max(x, axis=1)
         e = tl.exp(x - m[:, None])
         s = tl.sum(e, axis=1)
@@ -88,8 +80,7 @@ def _soft_ce_kernel(
         for start in range(0, C, BLOCK_C):
             c = start + cols
             msk = rmask[:, None] & (c < C)[None, :]
-            x = tl.load(z_row[:, None] + c[None, :], mask=msk, other=0.0).to(tl.float32)
-            x = tl.where(msk, x, _NEG)
+            x = load_chunk(z_row, c, msk)
             m_new = tl.maximum(m, tl.max(x, axis=1))
             s = s * tl.exp(m - m_new) + tl.sum(tl.exp(x - m_new[:, None]), axis=1)
             m = m_new
@@ -129,8 +120,7 @@ def _soft_ce_kernel(
             for start in range(0, C, BLOCK_C):
                 c = start + cols
                 msk = rmask[:, None] & (c < C)[None, :]
-                x = tl.load(z_row[:, None] + c[None, :], mask=msk, other=0.0).to(tl.float32)
-                x = tl.where(msk, x, _NEG)
+                x = load_chunk(z_row, c, msk)
                 # (x - m) first: exact for x near the max, then the (small) log-sum.
                 p = tl.exp((x - m[:, None]) - log_s[:, None])
                 if SOFT:
@@ -142,27 +132,6 @@ def _soft_ce_kernel(
                     g = tl.where(valid[:, None], g, float("nan"))
                 g = g * grad_scale
                 tl.store(g_row[:, None] + c[None, :], g.to(g_ptr.dtype.element_ty), mask=msk)
-
-
-def _config(n: int, c: int, soft: bool) -> tuple[bool, int, int, int]:
-    """(SINGLE, ROWS, BLOCK_C, num_warps) for an [n, c] problem."""
-    width = triton.next_power_of_2(c)
-    max_single = _MAX_SINGLE // 2 if soft else _MAX_SINGLE  # soft targets double the registers
-    single = width <= max_single
-    interpret = os.environ.get("TRITON_INTERPRET") == "1"
-    # Under the interpreter a wider chunk (still < 32000, so rows of 32000 take several chunks
-    # and the online rescaling is exercised) cuts the per-op overhead.
-    block_c = width if single else (4 * _CHUNK if interpret else _CHUNK)
-    # Pack rows for narrow C so one program still moves ~4K elements.
-    if interpret:
-        # The interpreter pays per program and per op, not per element: bigger tiles keep the
-        # CPU tests fast. Same code path (row masking) as on a GPU, only larger ROWS.
-        rows = max(1, min(1024, 32768 // block_c, triton.next_power_of_2(max(n, 1))))
-    else:
-        rows = max(1, min(128, 4096 // block_c, triton.next_power_of_2(max(n, 1))))
-    elems = rows * block_c
-    num_warps = 4 if elems <= 1024 else (8 if elems <= 4096 else 16)
-    return single, rows, block_c, num_warps
 
 
 def _launch(logits: torch.Tensor, target: torch.Tensor, label_smoothing: float,
@@ -189,7 +158,8 @@ def _launch(logits: torch.Tensor, target: torch.Tensor, label_smoothing: float,
     grad = torch.empty((n, c), dtype=logits.dtype, device=logits.device) if grad_scale is not None else None
     if n == 0:
         return loss, grad
-    single, rows, block_c, num_warps = _config(n, c, soft)
+    # soft targets double the registers: half the widest row kept in them
+    single, rows, block_c, num_warps = row_config(n, c, _MAX_SINGLE // 2 if soft else _MAX_SINGLE)
     g_arg = grad if grad is not None else loss  # dummy pointer when no gradient is written
     _soft_ce_kernel[(triton.cdiv(n, rows),)](
         logits, logits.stride(0), target, t_stride, loss,

@@ -15,18 +15,15 @@ When a row fits in one chunk (``SINGLE``) both rows stay in registers and are re
 """
 from __future__ import annotations
 
-import os
-
 import torch
 import triton
 import triton.language as tl
 
+from mplfast.kernels._rowwise import NEG, load_chunk, row_config, row_shift
+
 __all__ = ["uda_forward"]
 
-# finite "minus infinity" for padding (constexpr: kernels may only read constexpr globals)
-_NEG = tl.constexpr(-1.0e30)
 _MAX_SINGLE = 4096  # two rows in registers
-_CHUNK = 4096
 _SUPPORTED = (torch.float32, torch.float16, torch.bfloat16)
 
 
@@ -47,14 +44,12 @@ def _uda_kernel(
     w_row = w_ptr + rows64 * w_stride
     s_row = s_ptr + rows64 * s_stride
 
-    r = tl.load(s_row, mask=rmask, other=0.0).to(tl.float32)
-    r = tl.where((r > -1.0e30) & (r < 1.0e30), r, 0.0)  # a -inf first logit is no use as a shift
+    r = row_shift(s_row, rmask)
     if SINGLE:
         msk = rmask[:, None] & (cols < C)[None, :]
         w = tl.load(w_row[:, None] + cols[None, :], mask=msk, other=0.0).to(tl.float32) * inv_tau
-        w = tl.where(msk, w, _NEG)
-        x = tl.load(s_row[:, None] + cols[None, :], mask=msk, other=0.0).to(tl.float32)
-        x = tl.where(msk, x, _NEG)
+        w = tl.where(msk, w, NEG)
+        x = load_chunk(s_row, cols, msk)
         mw = tl.max(w, axis=1)
         ew = tl.exp(w - mw[:, None])
         sw = tl.sum(ew, axis=1)
@@ -63,7 +58,7 @@ def _uda_kernel(
         ss = tl.sum(es, axis=1)
         A = tl.sum(ew * tl.where(msk, x - r[:, None], 0.0), axis=1)
     else:
-        mw = tl.full([ROWS], _NEG, dtype=tl.float32)
+        mw = tl.full([ROWS], NEG, dtype=tl.float32)
         sw = tl.zeros([ROWS], dtype=tl.float32)
         ms = r
         ss = tl.zeros([ROWS], dtype=tl.float32)
@@ -72,9 +67,8 @@ def _uda_kernel(
             c = start + cols
             msk = rmask[:, None] & (c < C)[None, :]
             w = tl.load(w_row[:, None] + c[None, :], mask=msk, other=0.0).to(tl.float32) * inv_tau
-            w = tl.where(msk, w, _NEG)
-            x = tl.load(s_row[:, None] + c[None, :], mask=msk, other=0.0).to(tl.float32)
-            x = tl.where(msk, x, _NEG)
+            w = tl.where(msk, w, NEG)
+            x = load_chunk(s_row, c, msk)
             mw_new = tl.maximum(mw, tl.max(w, axis=1))
             alpha = tl.exp(mw - mw_new)
             ew = tl.exp(w - mw_new[:, None])
@@ -113,25 +107,6 @@ def _uda_kernel(
                 tl.store(g_row[:, None] + c[None, :], g.to(g_ptr.dtype.element_ty), mask=msk)
 
 
-def _config(n: int, c: int) -> tuple[bool, int, int, int]:
-    """(SINGLE, ROWS, BLOCK_C, num_warps) for an [n, c] problem."""
-    width = triton.next_power_of_2(c)
-    single = width <= _MAX_SINGLE
-    interpret = os.environ.get("TRITON_INTERPRET") == "1"
-    # Under the interpreter a wider chunk (still < 32000, so rows of 32000 take several chunks
-    # and the online rescaling is exercised) cuts the per-op overhead.
-    block_c = width if single else (4 * _CHUNK if interpret else _CHUNK)
-    if interpret:
-        # The interpreter pays per program and per op, not per element: bigger tiles keep the
-        # CPU tests fast. Same code path (row masking) as on a GPU, only larger ROWS.
-        rows = max(1, min(1024, 32768 // block_c, triton.next_power_of_2(max(n, 1))))
-    else:
-        rows = max(1, min(128, 4096 // block_c, triton.next_power_of_2(max(n, 1))))
-    elems = rows * block_c
-    num_warps = 4 if elems <= 1024 else (8 if elems <= 4096 else 16)
-    return single, rows, block_c, num_warps
-
-
 def uda_forward(
     logits_weak: torch.Tensor,
     logits_strong: torch.Tensor,
@@ -162,7 +137,7 @@ def uda_forward(
     grad = torch.empty((n, c), dtype=strong.dtype, device=dev) if grad_scale is not None else None
     if n == 0:
         return loss, mask, grad
-    single, rows, block_c, num_warps = _config(n, c)
+    single, rows, block_c, num_warps = row_config(n, c, _MAX_SINGLE)
     g_arg = grad if grad is not None else loss  # dummy pointer when no gradient is written
     _uda_kernel[(triton.cdiv(n, rows),)](
         weak, weak.stride(0), strong, strong.stride(0), loss, mask,
