@@ -17,6 +17,9 @@ from typing import Any, Sequence
 import torch
 from torch import Tensor
 
+from mplfast.ops._common import check_logits, check_same_device, check_tensor
+from mplfast.ops.reference import debug_checks_enabled
+
 __all__ = ["status", "soft_ce_forward", "uda_forward", "grad_dot", "grad_dot_delta"]
 
 try:
@@ -81,12 +84,6 @@ def _require(op: str, device: torch.device) -> None:
         raise RuntimeError(f"{op}: native backend unavailable on {device.type}: {st}")
 
 
-def _check_tensor(op: str, name: str, x: Any) -> Tensor:
-    if not isinstance(x, Tensor):
-        raise TypeError(f"{op}: {name} must be a torch.Tensor, got {type(x).__name__}")
-    return x
-
-
 def _check_float(op: str, name: str, x: Tensor) -> None:
     if x.device.type == "cuda":
         if x.dtype not in _CUDA_DTYPES:
@@ -99,30 +96,16 @@ def _check_float(op: str, name: str, x: Tensor) -> None:
 
 
 def _check_logits(op: str, name: str, x: Any) -> Tensor:
-    x = _check_tensor(op, name, x)
-    if x.dim() != 2:
-        raise ValueError(f"{op}: {name} must be 2-D [N, C], got shape {tuple(x.shape)}")
-    if x.shape[1] == 0:
-        raise ValueError(f"{op}: {name} has no classes (shape {tuple(x.shape)})")
-    _check_float(op, name, x)
+    x = check_logits(op, name, x, _check_float)
     if x.device.type not in ("cpu", "cuda"):
         raise ValueError(f"{op}: {name} is on {x.device}; the native backend supports cpu and cuda")
     return x
-
-
-def _same_device(op: str, a_name: str, a: Tensor, b_name: str, b: Tensor) -> None:
-    if a.device != b.device:
-        raise ValueError(f"{op}: mixed devices: {a_name} is on {a.device} but {b_name} is on {b.device}")
 
 
 def _scalar(op: str, name: str, value: Any) -> float:
     if isinstance(value, bool) or not isinstance(value, (int, float)):
         raise TypeError(f"{op}: {name} must be a float, got {type(value).__name__}")
     return float(value)
-
-
-def _debug() -> bool:
-    return os.environ.get("MPLFAST_DEBUG", "0") not in ("", "0")
 
 
 def _check_labels(op: str, target: Tensor, num_classes: int) -> None:
@@ -177,9 +160,9 @@ def soft_ce_forward(
     Math in float32 (float64 for float64 logits).
     """
     op = "soft_ce_forward"
-    logits = _check_tensor(op, "logits", logits)
-    target = _check_tensor(op, "target", target)
-    _same_device(op, "logits", logits, "target", target)
+    logits = check_tensor(op, "logits", logits)
+    target = check_tensor(op, "target", target)
+    check_same_device(op, logits=logits, target=target)
     logits = _check_logits(op, "logits", logits)
     n, c = logits.shape
     eps = _scalar(op, "label_smoothing", label_smoothing)
@@ -191,7 +174,7 @@ def soft_ce_forward(
         if target.shape != (n,):
             raise ValueError(f"{op}: index target must have shape [{n}], got {tuple(target.shape)}")
         target_code = _INDEX_TARGET
-        if device.type == "cpu" or _debug():
+        if device.type == "cpu" or debug_checks_enabled():
             _check_labels(op, target, c)
     elif target.dtype.is_floating_point:
         if target.shape != (n, c):
@@ -246,9 +229,9 @@ def uda_forward(
         grad: strong.dtype [N, C] = grad_scale * m_n * (softmax(strong_n) - q_n), or None.
     """
     op = "uda_forward"
-    weak = _check_tensor(op, "logits_weak", logits_weak)
-    strong = _check_tensor(op, "logits_strong", logits_strong)
-    _same_device(op, "logits_weak", weak, "logits_strong", strong)
+    weak = check_tensor(op, "logits_weak", logits_weak)
+    strong = check_tensor(op, "logits_strong", logits_strong)
+    check_same_device(op, logits_weak=weak, logits_strong=strong)
     weak = _check_logits(op, "logits_weak", weak)
     strong = _check_logits(op, "logits_strong", strong)
     if weak.shape != strong.shape:

@@ -59,13 +59,16 @@ def check_float_dtype(op: str, name: str, x: Tensor) -> None:
         raise TypeError(f"{op}: unsupported dtype {x.dtype} for {name}; supported: {_DTYPE_NAMES}")
 
 
-def check_logits(op: str, name: str, x: Any) -> Tensor:
+def check_logits(op: str, name: str, x: Any,
+                 check_dtype: Callable[[str, str, Tensor], None] = check_float_dtype) -> Tensor:
+    """``x`` as a 2-D [N, C] tensor with C >= 1 whose dtype passes ``check_dtype`` (the public
+    ops' float rule; the native backend passes its per-device one)."""
     x = check_tensor(op, name, x)
     if x.dim() != 2:
         raise ValueError(f"{op}: {name} must be 2-D [N, C], got shape {tuple(x.shape)}")
     if x.shape[1] == 0:
         raise ValueError(f"{op}: {name} has no classes (shape {tuple(x.shape)})")
-    check_float_dtype(op, name, x)
+    check_dtype(op, name, x)
     return x
 
 
