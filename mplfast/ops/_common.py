@@ -103,3 +103,12 @@ def check_positive(op: str, name: str, value: Any) -> float:
 def is_cpu_one(t: Tensor) -> bool:
     """True when ``t`` is a one-element CPU tensor equal to 1 (reading it is free, no device sync)."""
     return t.device.type == "cpu" and t.numel() == 1 and bool(t.reshape(()) == 1)
+
+
+def scale_saved_grad(grad: Tensor, grad_out: Tensor) -> Tensor:
+    """Backward of a fused op whose forward saved ``grad``: ``grad * grad_out`` for a one-element
+    ``grad_out``. A CPU 1 is free to check and skips the multiply; on CUDA reading ``grad_out``
+    would force a host sync, so there it is always multiplied (one cheap elementwise kernel)."""
+    if is_cpu_one(grad_out):
+        return grad
+    return grad * grad_out.to(grad.dtype)

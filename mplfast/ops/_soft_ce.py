@@ -15,8 +15,8 @@ from mplfast.ops._common import (
     check_tensor,
     check_unit_interval,
     choose_backend,
-    is_cpu_one,
     primitive,
+    scale_saved_grad,
 )
 
 _OP = "soft_cross_entropy"
@@ -55,12 +55,8 @@ class _SoftCEFunction(torch.autograd.Function):
         (grad,) = ctx.saved_tensors
         if ctx.reduction == "none":
             g = grad * grad_out.to(grad.dtype).unsqueeze(1)
-        elif is_cpu_one(grad_out):
-            # Free to check on CPU; on CUDA reading grad_out would force a host sync, so we
-            # always multiply there (one cheap elementwise kernel).
-            g = grad
         else:
-            g = grad * grad_out.to(grad.dtype)
+            g = scale_saved_grad(grad, grad_out)
         return g, None, None, None, None, None
 
 

@@ -13,8 +13,8 @@ from mplfast.ops._common import (
     check_same_device,
     check_unit_interval,
     choose_backend,
-    is_cpu_one,
     primitive,
+    scale_saved_grad,
 )
 
 _OP = "uda_loss"
@@ -41,11 +41,7 @@ class _UDAFunction(torch.autograd.Function):
     @once_differentiable
     def backward(ctx: Any, grad_loss: Tensor, grad_mask: Tensor | None) -> tuple[Tensor | None, ...]:
         (grad,) = ctx.saved_tensors
-        if is_cpu_one(grad_loss):  # free on CPU; on CUDA never read it (host sync)
-            g = grad
-        else:
-            g = grad * grad_loss.to(grad.dtype)
-        return None, g, None, None, None, None
+        return None, scale_saved_grad(grad, grad_loss), None, None, None, None
 
 
 def uda_loss(
