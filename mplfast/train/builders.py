@@ -134,12 +134,11 @@ def maybe_compile(model: nn.Module, mode: str) -> nn.Module:
 
 
 def resolve_precision(precision: str, device: torch.device) -> str:
-    """``auto`` -> bf16 on CUDA devices that support it, else fp32 (as MPLConfig defines it)."""
-    if precision != "auto":
-        return precision
-    if device.type == "cuda" and torch.cuda.is_bf16_supported():
-        return "bf16"
-    return "fp32"
+    """``auto`` -> bf16 on CUDA devices that support it, else fp32 (as MPLConfig defines it):
+    MPLStep's own rule, so the driver and the step always agree."""
+    from mplfast.step import _resolve_precision
+
+    return _resolve_precision(precision, device)
 
 
 def autocast(precision: str, device: torch.device) -> ContextManager[Any]:
