@@ -52,7 +52,8 @@ def build_parser() -> argparse.ArgumentParser:
     _add_data_options(t)
     t.add_argument("--method", choices=METHODS, help="mpl (default), uda or supervised")
     t.add_argument("--seed", type=int, metavar="S")
-    t.add_argument("--out", metavar="DIR", help="write config, metrics, checkpoint, curves here")
+    t.add_argument("--out", metavar="DIR", help="write config, metrics, checkpoint, curves here "
+                   "(default: a new runs/<dataset>-<method>-seed<seed>[-N])")
     t.add_argument("--resume", action="store_true", help="continue from DIR/checkpoint.pt")
     _add_config_options(t)
     t.add_argument("--help-config", action="store_true", help="list every config field and exit")
@@ -97,7 +98,7 @@ def _fmt_acc(summary: dict[str, Any]) -> str:
 def cmd_train(args: argparse.Namespace) -> int:
     """``mplfast train``."""
     from mplfast.train import config as C
-    from mplfast.train.runner import prepare_out_dir, run
+    from mplfast.train.runner import default_out_dir, prepare_out_dir, run
 
     if args.help_config:
         _print_help_config()
@@ -118,6 +119,8 @@ def cmd_train(args: argparse.Namespace) -> int:
         cfg = C.resolve(config_file=args.config, flags=flags, sets=args.sets, base=saved)
     else:
         cfg = C.resolve(preset=args.preset, config_file=args.config, flags=flags, sets=args.sets)
+        if not cfg.out:  # a run always keeps its checkpoint, metrics and curves
+            cfg = C.apply_overrides(cfg, {"out": default_out_dir(cfg)})
         prepare_out_dir(cfg, resume=False)
     result = run(cfg, resume_state=ckpt)
     if int(os.environ.get("RANK", "0")) != 0:
@@ -132,7 +135,8 @@ def cmd_train(args: argparse.Namespace) -> int:
     print(f"done: {s['method']} on {s['dataset']} ({s['labels']} labels, seed {s['seed']}, "
           f"{s['steps']} steps, world size {s['world_size']}) in {s['wall_s']:.1f} s, "
           f"{s['images_per_s']:.0f} images/s")
-    print(f"test_acc {s['test_acc']:.2f}  ({_fmt_acc(s)})", flush=True)
+    print(f"test_acc {s['test_acc']:.2f}  ({_fmt_acc(s)})")
+    print(f"outputs: {cfg.out}", flush=True)
     if cfg.out:
         print(f"outputs in {cfg.out}")
     return 0

@@ -120,3 +120,14 @@ def test_uda_with_finetune(tmp_path, capsys):
     assert main(["eval", "--checkpoint", os.path.join(out, "checkpoint.pt")]) == 0
     printed = dict(line.split() for line in capsys.readouterr().out.splitlines()[1:])
     assert float(printed["finetune_acc"]) == pytest.approx(s["finetune_acc"], abs=0.005)
+
+
+def test_default_out_dir_is_fresh_and_never_reused(tmp_path, monkeypatch, capsys):
+    """Without --out a run still keeps its checkpoint and summary, each run in a new directory."""
+    monkeypatch.chdir(tmp_path)
+    args = ["train", "--steps", "2", *TINY]
+    for expected in ("digits-mpl-seed0", "digits-mpl-seed0-2"):
+        assert main(args) == 0
+        assert f"outputs: {os.path.join('runs', expected)}" in capsys.readouterr().out
+        out = tmp_path / "runs" / expected
+        assert (out / "checkpoint.pt").is_file() and (out / "summary.json").is_file()

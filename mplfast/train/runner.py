@@ -415,6 +415,24 @@ def _write_json_atomic(obj: Any, path: str) -> None:
     os.replace(tmp, path)
 
 
+def default_out_dir(cfg: TrainConfig, root: str = "runs") -> str:
+    """Where a run without ``--out`` writes: ``runs/<dataset>-<method>-seed<seed>``.
+
+    A single process takes the first of that, ``...-2``, ``...-3``, ... that does not exist yet,
+    so a new run never mixes its files with an earlier one's. Under torchrun every rank must
+    pick the same directory without talking to the others, so there it is the plain name (and
+    an earlier run's checkpoint in it is refused by ``prepare_out_dir``).
+    """
+    base = os.path.join(root, f"{cfg.dataset}-{cfg.method}-seed{cfg.seed}")
+    if int(os.environ.get("WORLD_SIZE", "1")) > 1:
+        return base
+    path, k = base, 1
+    while os.path.exists(path):
+        k += 1
+        path = f"{base}-{k}"
+    return path
+
+
 def prepare_out_dir(cfg: TrainConfig, resume: bool) -> dict[str, Any] | None:
     """Check the output directory; on ``resume`` return the checkpoint to continue from."""
     if resume and not cfg.out:
