@@ -44,7 +44,7 @@ class TrainConfig:
     preset: str = "digits"            # recorded for reference; applying it is done by resolve()
     method: str = "mpl"               # mpl | uda (teacher trained with h = 0) | supervised
     seed: int = 0
-    out: str | None = None            # output directory; None: nothing is written
+    out: str | None = None            # output directory; None: nothing is written (the CLI picks runs/...)
     device: str = "auto"              # auto | cpu | cuda | cuda:N
 
     # --- data ------------------------------------------------------------------------------
