@@ -310,7 +310,7 @@ def _multi_dot(op: str, names: tuple[str, ...], lists: tuple[Sequence[Tensor], .
     zs = ptrs[2] if len(ptrs) == 3 else []
     if device.type == "cpu":
         value = _C.grad_dot_cpu(xs, ys, zs, sizes, codes, torch.get_num_threads())
-        return torch.tensor(value, dtype=torch.float32)
+        return torch.scalar_tensor(value, dtype=torch.float32)  # ~3 us cheaper than torch.tensor
     index, stream = _stream(device)
     ws_len = _C.grad_dot_cuda_workspace(sizes)
     workspace = torch.empty(ws_len, dtype=torch.float64, device=device)
