@@ -135,8 +135,7 @@ def cmd_train(args: argparse.Namespace) -> int:
     print(f"done: {s['method']} on {s['dataset']} ({s['labels']} labels, seed {s['seed']}, "
           f"{s['steps']} steps, world size {s['world_size']}) in {s['wall_s']:.1f} s, "
           f"{s['images_per_s']:.0f} images/s")
-    print(f"test_acc {s['test_acc']:.2f}  ({_fmt_acc(s)})")
-    print(f"outputs: {cfg.out}", flush=True)
+    print(f"test_acc {s['test_acc']:.2f}  ({_fmt_acc(s)})", flush=True)
     if cfg.out:
         print(f"outputs in {cfg.out}")
     return 0

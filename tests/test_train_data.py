@@ -128,6 +128,6 @@ def test_default_out_dir_is_fresh_and_never_reused(tmp_path, monkeypatch, capsys
     args = ["train", "--steps", "2", *TINY]
     for expected in ("digits-mpl-seed0", "digits-mpl-seed0-2"):
         assert main(args) == 0
-        assert f"outputs: {os.path.join('runs', expected)}" in capsys.readouterr().out
+        assert f"outputs in {os.path.join('runs', expected)}" in capsys.readouterr().out
         out = tmp_path / "runs" / expected
         assert (out / "checkpoint.pt").is_file() and (out / "summary.json").is_file()
