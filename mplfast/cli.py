@@ -39,6 +39,8 @@ def _add_data_options(p: argparse.ArgumentParser) -> None:
     p.add_argument("--unlabeled", metavar="PATH", help="extra unlabeled image folder (imagefolder)")
     p.add_argument("--labels", type=int, metavar="N", help="number of labeled images (class-balanced)")
     p.add_argument("--steps", type=int, metavar="N", help="training steps")
+    p.add_argument("--strict", dest="strict_data", action="store_const", const=True,
+                   help="fail on unreadable or corrupt image files (default: warn, naming them, and skip them)")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -103,7 +105,7 @@ def cmd_train(args: argparse.Namespace) -> int:
     if args.help_config:
         _print_help_config()
         return 0
-    flags = _flags(args, ("dataset", "data", "unlabeled", "labels", "method", "steps", "seed",
+    flags = _flags(args, ("dataset", "data", "unlabeled", "labels", "strict_data", "method", "steps", "seed",
                           "out", "device"))
     ckpt = None
     if args.resume:
@@ -156,7 +158,7 @@ def cmd_ablate(args: argparse.Namespace) -> int:
     """``mplfast ablate``."""
     from mplfast.train.ablate import parse_seeds, parse_variants, run_ablation
 
-    flags = _flags(args, ("dataset", "data", "unlabeled", "labels", "steps", "device"))
+    flags = _flags(args, ("dataset", "data", "unlabeled", "labels", "strict_data", "steps", "device"))
     table = run_ablation(seeds=parse_seeds(args.seeds), variants=parse_variants(args.variants),
                          preset=args.preset, config_file=args.config, flags=flags, sets=args.sets,
                          out=args.out, argv=args.argv)

@@ -131,3 +131,18 @@ def test_default_out_dir_is_fresh_and_never_reused(tmp_path, monkeypatch, capsys
         assert f"outputs in {os.path.join('runs', expected)}" in capsys.readouterr().out
         out = tmp_path / "runs" / expected
         assert (out / "checkpoint.pt").is_file() and (out / "summary.json").is_file()
+
+
+def test_corrupt_image_is_skipped_or_fatal_with_strict(tmp_path, capsys):
+    """One bad JPEG never kills a run; with --strict it is one clear error naming the file."""
+    root = _write_imagefolder(str(tmp_path / "imgs"))
+    bad = os.path.join(root, "train", "class1", "broken.jpg")
+    with open(bad, "wb") as f:
+        f.write(b"\xff\xd8\xff\xe0 not really a jpeg")
+    args = ["train", "--dataset", "imagefolder", "--data", root, "--labels", "6", "--steps", "2",
+            "--method", "supervised", "--set", "model=small_cnn", "--set", "image_size=8", *TINY]
+    assert main([*args, "--strict", "--out", str(tmp_path / "strict")]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "broken.jpg" in err[0] and "Traceback" not in err[0]
+    with pytest.warns(UserWarning, match="broken.jpg"):
+        assert main([*args, "--out", str(tmp_path / "lenient")]) == 0
