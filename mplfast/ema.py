@@ -11,18 +11,7 @@ from typing import Any
 import torch
 from torch import nn
 
-
-def _unwrap(model: nn.Module) -> nn.Module:
-    # DDP / torch.compile wrappers keep the real module in .module / ._orig_mod.
-    while True:
-        if hasattr(model, "_orig_mod"):
-            model = model._orig_mod
-        elif isinstance(model, nn.parallel.DistributedDataParallel) or (
-            isinstance(model, nn.DataParallel)
-        ):
-            model = model.module
-        else:
-            return model
+from mplfast.distributed import unwrap
 
 
 class ModelEMA:
@@ -36,7 +25,7 @@ class ModelEMA:
         if not 0.0 <= float(decay) <= 1.0:
             raise ValueError(f"ModelEMA decay must be in [0, 1], got {decay!r}")
         self.decay = float(decay)
-        self.module: nn.Module = copy.deepcopy(_unwrap(model))
+        self.module: nn.Module = copy.deepcopy(unwrap(model))
         self.module.eval()
         self.module.requires_grad_(False)
 
@@ -48,7 +37,7 @@ class ModelEMA:
     def update(self, model: nn.Module, step: int) -> None:
         """ema <- d * ema + (1 - d) * model for parameters; buffers copied. No host sync."""
         d = self.decay_at(step)
-        src = _unwrap(model)
+        src = unwrap(model)
         ema_p = [p for p in self.module.parameters()]
         src_p = [p.detach() for p in src.parameters()]
         if len(ema_p) != len(src_p):

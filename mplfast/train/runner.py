@@ -23,6 +23,7 @@ import numpy as np
 import torch
 from torch import nn
 
+from mplfast.distributed import unwrap
 from mplfast.errors import UserError
 from mplfast.train import builders, checkpoint as ckpt_io
 from mplfast.train.config import TrainConfig, mpl_config, save_yaml
@@ -46,11 +47,6 @@ class RunResult:
     step: int = 0
     where: str = ""          # "step N" or "finetune step N" where an interrupted run stopped
     out_dir: str | None = None
-
-
-def _raw(model: nn.Module) -> nn.Module:
-    """The module under DDP (torch.compile here compiles in place, keeping the module)."""
-    return model.module if isinstance(model, nn.parallel.DistributedDataParallel) else model
 
 
 def _seed_all(seed: int) -> None:
@@ -330,7 +326,7 @@ class _Run:
             return False
         self.phase = "finetune"
         per_rank_bs = max(1, bs // self.info.world_size)
-        model = copy.deepcopy(_raw(self.headline_model()))
+        model = copy.deepcopy(unwrap(self.headline_model()))
         model.requires_grad_(True)
         opt = builders.make_optimizer(model, lr=cfg.finetune_lr, momentum=cfg.finetune_momentum,
                                       nesterov=cfg.nesterov, weight_decay=cfg.finetune_weight_decay)
