@@ -204,7 +204,7 @@ class MPLStep:
                     off += n
             self._snapshot = views  # type: ignore[assignment]
         with torch.no_grad():
-            torch._foreach_copy_(self._snapshot, [p.detach() for p in params])
+            torch._foreach_copy_(self._snapshot, params)
         return self._snapshot  # type: ignore[return-value]
 
     def _pseudo_labels(self, z: Tensor) -> Tensor:
@@ -342,7 +342,7 @@ class MPLStep:
             if cfg.meta_signal == "loss_diff":
                 h = l_old - l_new
             elif cfg.meta_signal == "grad_dot":
-                h = -grad_dot_delta(v, [p.detach() for p in params], old)
+                h = -grad_dot_delta(v, params, old)
                 if inv_scale is not None:
                     h = h * inv_scale
             else:
