@@ -20,18 +20,7 @@ from torch.func import functional_call, jvp
 from mplfast.config import MPLConfig
 from mplfast.distributed import all_reduce_mean_, unwrap
 from mplfast.ops import grad_dot_delta, soft_cross_entropy, uda_loss
-
-_DTYPES = {"fp32": None, "bf16": torch.bfloat16, "fp16": torch.float16}
-
-
-def _resolve_precision(precision: str, device: torch.device) -> str:
-    """"auto" -> "bf16" on CUDA devices with bf16 support, else "fp32"."""
-    if precision != "auto":
-        return precision
-    if device.type == "cuda" and torch.cuda.is_bf16_supported():
-        return "bf16"
-    return "fp32"
-
+from mplfast.precision import autocast, resolve_precision
 
 def _first_param_device(model: nn.Module) -> torch.device:
     for p in model.parameters():
@@ -155,10 +144,9 @@ class MPLStep:
         self.cfg = cfg
         self.t = 0
         self.device = _first_param_device(student)
-        self.precision = _resolve_precision(cfg.precision, self.device)
+        self.precision = resolve_precision(cfg.precision, self.device)
         if self.precision in ("bf16", "fp16") and self.device.type not in ("cuda", "cpu"):
             raise ValueError(f"MPLStep: precision {self.precision!r} is not supported on {self.device.type}")
-        self._amp_dtype = _DTYPES[self.precision]
         fp16 = self.precision == "fp16"
         self.teacher_scaler = torch.amp.GradScaler(self.device.type) if fp16 else None
         self.student_scaler = torch.amp.GradScaler(self.device.type) if fp16 else None
@@ -182,9 +170,7 @@ class MPLStep:
 
     # ------------------------------------------------------------------ helpers
     def _autocast(self) -> contextlib.AbstractContextManager:
-        if self._amp_dtype is None:
-            return contextlib.nullcontext()
-        return torch.autocast(device_type=self.device.type, dtype=self._amp_dtype)
+        return autocast(self.precision, self.device)
 
     def _take_snapshot(self) -> list[Tensor]:
         """Copy the student's parameters into one flat buffer per dtype; returns shaped views."""

@@ -5,10 +5,9 @@ a one-line :class:`mplfast.errors.UserError`.
 """
 from __future__ import annotations
 
-import contextlib
 import math
 from dataclasses import dataclass
-from typing import Any, ContextManager
+from typing import Any
 
 import torch
 from torch import nn
@@ -102,13 +101,10 @@ def make_optimizer(model: nn.Module, *, lr: float, momentum: float, nesterov: bo
                    weight_decay: float) -> torch.optim.Optimizer:
     """SGD over no-decay-on-BN/bias groups; the fastest implementation when mplfast.perf has it."""
     from mplfast.optim import param_groups
+    from mplfast.perf import make_sgd
 
     groups = param_groups(model, weight_decay)
     nesterov = nesterov and momentum > 0  # torch refuses nesterov without momentum
-    try:
-        from mplfast.perf import make_sgd
-    except ImportError:
-        return torch.optim.SGD(groups, lr=lr, momentum=momentum, nesterov=nesterov)
     # make_sgd's weight_decay is the default for groups without one; ours all set theirs
     return make_sgd(groups, lr=lr, momentum=momentum, nesterov=nesterov, weight_decay=weight_decay)
 
@@ -120,33 +116,6 @@ def make_scheduler(opt: torch.optim.Optimizer, cfg: TrainConfig, total: int, wai
     wait = min(wait, total)
     warmup = min(cfg.warmup_steps, total - wait)
     return warmup_cosine_schedule(opt, warmup_steps=warmup, total_steps=total, wait_steps=wait)
-
-
-def maybe_compile(model: nn.Module, mode: str) -> nn.Module:
-    """torch.compile in place (state_dict keys unchanged), eager fallback with a warning."""
-    if mode == "none":
-        return model
-    try:
-        from mplfast.perf import maybe_compile as _compile
-    except ImportError:
-        return torch.compile(model) if mode == "default" else torch.compile(model, mode=mode)
-    return _compile(model, mode)[0]
-
-
-def resolve_precision(precision: str, device: torch.device) -> str:
-    """``auto`` -> bf16 on CUDA devices that support it, else fp32 (as MPLConfig defines it):
-    MPLStep's own rule, so the driver and the step always agree."""
-    from mplfast.step import _resolve_precision
-
-    return _resolve_precision(precision, device)
-
-
-def autocast(precision: str, device: torch.device) -> ContextManager[Any]:
-    """Autocast context for a resolved precision (nullcontext for fp32)."""
-    if precision == "fp32":
-        return contextlib.nullcontext()
-    dtype = torch.bfloat16 if precision == "bf16" else torch.float16
-    return torch.autocast(device_type=device.type, dtype=dtype)
 
 
 def finetune_steps(cfg: TrainConfig) -> tuple[int, int]:

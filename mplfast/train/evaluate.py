@@ -7,7 +7,7 @@ import torch
 import torch.distributed as dist
 from torch import nn
 
-from mplfast.train.builders import autocast
+from mplfast.precision import autocast
 
 
 @torch.no_grad()

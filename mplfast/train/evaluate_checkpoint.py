@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import copy
 
+from mplfast.precision import resolve_precision
 from mplfast.train import builders
 from mplfast.train import checkpoint as ckpt_io
 from mplfast.train.config import TrainConfig, apply_overrides
@@ -27,7 +28,7 @@ def evaluate_checkpoint(path: str, *, data: str | None = None,
     info = DistInfo(rank=0, world_size=1, local_rank=0, device=dev)
     # world_size 1: the checkpoint's global batch size needs no divisibility here
     data_bundle = builders.build_data(cfg, info)
-    precision = builders.resolve_precision(cfg.precision, dev)
+    precision = resolve_precision(cfg.precision, dev)
     kw = dict(precision=precision, device=dev, batch_size=cfg.eval_batch_size)
     student = builders.build_model(cfg, cfg.model, data_bundle, dev)
     out: dict[str, float] = {}

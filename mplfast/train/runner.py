@@ -25,6 +25,8 @@ from torch import nn
 
 from mplfast.distributed import unwrap
 from mplfast.errors import UserError
+from mplfast.perf import maybe_compile
+from mplfast.precision import resolve_precision
 from mplfast.train import builders, checkpoint as ckpt_io
 from mplfast.train.config import TrainConfig, mpl_config, save_yaml
 from mplfast.train.distributed import DistInfo, any_flag, barrier, setup, teardown
@@ -63,7 +65,7 @@ class _Run:
         self.cfg, self.info, self.stop = cfg, info, stop
         self.out = cfg.out if info.is_main else None
         self.device = info.device
-        self.precision = builders.resolve_precision(cfg.precision, self.device)
+        self.precision = resolve_precision(cfg.precision, self.device)
         if self.device.type == "cuda":
             torch.backends.cudnn.benchmark = True
         if cfg.cpu_threads > 0:
@@ -119,7 +121,7 @@ class _Run:
 
     # ------------------------------------------------------------------ helpers
     def _wrap(self, model: nn.Module) -> nn.Module:
-        model = builders.maybe_compile(model, self.cfg.compile)
+        model = maybe_compile(model, self.cfg.compile)[0]
         if self.info.distributed:
             ids = [self.device.index] if self.device.type == "cuda" else None
             model = nn.parallel.DistributedDataParallel(model, device_ids=ids)

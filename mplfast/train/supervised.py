@@ -10,7 +10,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from mplfast.train.builders import autocast
+from mplfast.precision import autocast
 
 
 class SupervisedStep:
