@@ -14,7 +14,7 @@ reads the schema from the annotations.)
 import torch
 from torch import Tensor
 
-from mplfast.ops import contract
+from mplfast.ops import primitives
 from mplfast.ops._backward import scale_rows, scale_saved_grad
 from mplfast.ops._library import LazyTritonOp
 
@@ -28,7 +28,7 @@ def _primitive(backend: str):
     """The unchecked ``soft_ce_forward`` of ``backend`` (cached lookup)."""
     impl = _IMPLS.get(backend)
     if impl is None:
-        impl = _IMPLS[backend] = contract.implementation(backend, "soft_ce_forward")
+        impl = _IMPLS[backend] = primitives.implementation(backend, "soft_ce_forward")
     return impl
 
 

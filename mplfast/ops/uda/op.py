@@ -9,7 +9,7 @@ saved gradient (``mplfast.ops._backward``). The weak logits get no gradient. (No
 import torch
 from torch import Tensor
 
-from mplfast.ops import contract
+from mplfast.ops import primitives
 from mplfast.ops._backward import scale_saved_grad
 from mplfast.ops._library import LazyTritonOp
 
@@ -22,7 +22,7 @@ def _primitive(backend: str):
     """The unchecked ``uda_forward`` of ``backend`` (cached lookup)."""
     impl = _IMPLS.get(backend)
     if impl is None:
-        impl = _IMPLS[backend] = contract.implementation(backend, "uda_forward")
+        impl = _IMPLS[backend] = primitives.implementation(backend, "uda_forward")
     return impl
 
 
