@@ -3,8 +3,8 @@
 // strong; the row is kept when max q = 1 / sum exp(weak/tau - max) >= threshold. Pass 2 (kept
 // rows only) re-reads both, writes grad = scale (softmax(strong) - q) and accumulates
 // sum q (strong - max_s) for the loss; dropped rows get loss 0 and a zero gradient.
-#include "cuda/common.cuh"
-#include "kernels.h"
+#include "common/cuda.cuh"
+#include "uda/uda.h"
 
 namespace mplfast {
 namespace cuda {

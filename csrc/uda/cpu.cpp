@@ -4,10 +4,10 @@
 #include <stdexcept>
 #include <vector>
 
-#include "common.h"
-#include "cpu/parallel.h"
-#include "cpu/rowwise.h"
-#include "kernels.h"
+#include "common/dtype.h"
+#include "common/parallel.h"
+#include "common/rowwise.h"
+#include "uda/uda.h"
 
 namespace mplfast {
 namespace {

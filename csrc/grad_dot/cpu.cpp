@@ -9,9 +9,9 @@
 #include <string>
 #include <vector>
 
-#include "common.h"
-#include "cpu/parallel.h"
-#include "kernels.h"
+#include "common/dtype.h"
+#include "common/parallel.h"
+#include "grad_dot/grad_dot.h"
 
 namespace mplfast {
 namespace {

@@ -1,4 +1,4 @@
-// Per-row helpers shared by the CPU row kernels (soft_ce.cpp, uda.cpp): math in the compute type
+// Per-row helpers shared by the CPU row kernels (soft_ce/cpu.cpp, uda/cpu.cpp): math in the compute type
 // A (float, or double for fp64 logits), row loads, the masked-logit floor and the logits-dtype
 // dispatch. Built with -ffast-math like the kernels that include it.
 #pragma once
@@ -7,7 +7,7 @@
 #include <string>
 #include <type_traits>
 
-#include "common.h"
+#include "common/dtype.h"
 
 namespace mplfast {
 

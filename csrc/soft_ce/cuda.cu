@@ -6,8 +6,8 @@
 // which the loss is formed as sum(t') log(S) - sum_c t'_c (z_c - m) (shifted logits: exact for
 // huge values). An out-of-range class index never reads memory: the row's loss and gradient
 // become NaN.
-#include "cuda/common.cuh"
-#include "kernels.h"
+#include "common/cuda.cuh"
+#include "soft_ce/soft_ce.h"
 
 namespace mplfast {
 namespace cuda {

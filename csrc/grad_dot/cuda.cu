@@ -11,8 +11,8 @@
 #include <algorithm>
 #include <vector>
 
-#include "cuda/common.cuh"
-#include "kernels.h"
+#include "common/cuda.cuh"
+#include "grad_dot/grad_dot.h"
 
 namespace mplfast {
 namespace cuda {
@@ -201,16 +201,6 @@ void grad_dot_cuda(const std::vector<uint64_t>& xs, const std::vector<uint64_t>&
   }
   grad_dot_final<<<1, kFinalThreads, 0, s>>>(workspace, offset, out);
   check_launch("grad_dot_final");
-}
-
-std::pair<int, std::string> cuda_device_count() {
-  int count = 0;
-  const cudaError_t err = cudaGetDeviceCount(&count);
-  if (err != cudaSuccess) {
-    (void)cudaGetLastError();  // clear, so later calls do not see a stale error
-    return {-1, std::string(cudaGetErrorName(err)) + ": " + cudaGetErrorString(err)};
-  }
-  return {count, ""};
 }
 
 }  // namespace mplfast

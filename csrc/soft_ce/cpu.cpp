@@ -3,8 +3,7 @@
 // Per row, in L1/L2-resident scratch: (1) max, (2) one loop that stores e_c = exp(z_c - m) and
 // accumulates every sum the loss and gradient need, (3) the gradient write. The exp loop is
 // vectorized by gcc through glibc's libmvec (needs -O3 -ffast-math and `omp simd`), which is
-// what makes this faster than torch's eager log_softmax + backward; see
-// ../shared/docs/performance-notes.md.
+// what makes this faster than torch's eager log_softmax + backward.
 //
 // The loss is computed as sum(t') * log(S) - sum_c t'_c (z_c - m), i.e. from the *shifted*
 // logits, like torch's log_softmax, so huge logits (|z| ~ 1e4) lose no precision.
@@ -13,10 +12,10 @@
 #include <stdexcept>
 #include <vector>
 
-#include "common.h"
-#include "cpu/parallel.h"
-#include "cpu/rowwise.h"
-#include "kernels.h"
+#include "common/dtype.h"
+#include "common/parallel.h"
+#include "common/rowwise.h"
+#include "soft_ce/soft_ce.h"
 
 namespace mplfast {
 namespace {

@@ -9,7 +9,7 @@
 #include <stdexcept>
 #include <string>
 
-#include "common.h"
+#include "common/dtype.h"
 
 namespace mplfast {
 namespace cuda {
@@ -63,7 +63,7 @@ __device__ __forceinline__ float ld(__half v) { return __half2float(v); }
 __device__ __forceinline__ float ld(__nv_bfloat16 v) { return __bfloat162float(v); }
 
 // Logit load: values below -1e30 (masked classes arrive as -inf) become -1e30, which fast-math
-// code computes with safely: probability exactly 0, finite sums (see csrc/cpu/soft_ce.cpp).
+// code computes with safely: probability exactly 0, finite sums (see csrc/soft_ce/cpu.cpp).
 template <typename T> __device__ __forceinline__ float ld_logit(T v) { return fmaxf(ld(v), -1e30f); }
 
 template <typename T> __device__ __forceinline__ T st(float v);
