@@ -58,13 +58,21 @@ inline bool aligned(const void* p, size_t bytes) {
 }
 
 // ---- element conversion ---------------------------------------------------------------------
-__device__ __forceinline__ float ld(float v) { return v; }
-__device__ __forceinline__ float ld(__half v) { return __half2float(v); }
-__device__ __forceinline__ float ld(__nv_bfloat16 v) { return __bfloat162float(v); }
+// ld/ld_logit are host-callable too, so tests/ops/test_native_cuda_helpers.py can check them in
+// a host program (no GPU needed).
+__host__ __device__ __forceinline__ float ld(float v) { return v; }
+__host__ __device__ __forceinline__ float ld(__half v) { return __half2float(v); }
+__host__ __device__ __forceinline__ float ld(__nv_bfloat16 v) { return __bfloat162float(v); }
 
 // Logit load: values below -1e30 (masked classes arrive as -inf) become -1e30, which fast-math
 // code computes with safely: probability exactly 0, finite sums (see csrc/soft_ce/cpu.cpp).
-template <typename T> __device__ __forceinline__ float ld_logit(T v) { return fmaxf(ld(v), -1e30f); }
+// A comparison, not fmaxf: fmaxf (PTX max.f32) returns the non-NaN operand, so a NaN logit would
+// become -1e30 and give a finite loss where the reference gives NaN. (--use_fast_math does not
+// assume finite math, so the compare-and-select keeps NaN.)
+template <typename T> __host__ __device__ __forceinline__ float ld_logit(T v) {
+  const float x = ld(v);
+  return x < -1e30f ? -1e30f : x;
+}
 
 template <typename T> __device__ __forceinline__ T st(float v);
 template <> __device__ __forceinline__ float st<float>(float v) { return v; }
