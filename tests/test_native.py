@@ -539,3 +539,31 @@ def test_cuda_grad_dot(seeded):
     _assert_sum_close(float(d), float(ref.grad_dot_delta(xs, ys, zs)), _abs64(xs, ds), 5e-6)
     with pytest.raises(TypeError, match="unsupported dtype"):
         nat.grad_dot([xs[0].double()], [ys[0].double()])
+
+
+@pytest.mark.parametrize("dtype", DTYPES, ids=str)
+@pytest.mark.parametrize("c", [10, 1000, 1001])
+def test_nan_logit_gives_nan_row(seeded, dtype, c):
+    """A NaN logit makes its row's loss and gradient NaN, as in the reference; the -inf floor of
+    the finite-math kernels must not swallow it (it did: fp32/fp64 rows became finite)."""
+    z = _logits(seeded, 4, c, torch.float64)
+    z[1, 3] = float("nan")
+    z[2, 0] = float("-inf")                                # masked class: still finite
+    z = z.to(dtype)
+    y = torch.tensor([0, 1, 2, 3])
+    t = torch.rand(4, c, generator=seeded)
+    nan_row = torch.tensor([False, True, False, False])
+    for target in (y, t):
+        for eps in (0.0, 0.1):
+            loss, grad = nat.soft_ce_forward(z, target, eps, 1.0)
+            loss_r, _ = ref.soft_ce_forward(z, target, eps, 1.0)
+            assert torch.equal(torch.isnan(loss), torch.isnan(loss_r)), (loss, loss_r)
+            assert bool(torch.isnan(loss[nan_row]).all()) and bool(torch.isnan(grad[nan_row]).all())
+            assert bool(torch.isfinite(loss[~nan_row]).all()) and bool(torch.isfinite(grad[~nan_row]).all())
+    # UDA: a NaN in the strong view of a kept row makes that row NaN, as in the reference
+    weak = _logits(seeded, 4, c, torch.float64, 12.0).to(dtype)
+    loss, mask, grad = nat.uda_forward(weak, z, 0.7, 0.0, 1.0)
+    loss_r, mask_r, _ = ref.uda_forward(weak, z, 0.7, 0.0, 1.0)
+    assert torch.equal(mask, mask_r) and bool((mask == 1).all())
+    assert torch.equal(torch.isnan(loss), torch.isnan(loss_r)) and bool(torch.isnan(loss[1]))
+    assert bool(torch.isnan(grad[1]).all()) and bool(torch.isfinite(grad[~nan_row]).all())
