@@ -6,6 +6,7 @@
 #include <pybind11/pybind11.h>
 #include <pybind11/stl.h>
 
+#include "common/bind.h"
 #include "common/device.h"
 #include "grad_dot/grad_dot.h"
 #include "soft_ce/soft_ce.h"
@@ -36,6 +37,17 @@ PYBIND11_MODULE(_C, m) {
 #ifdef MPLFAST_WITH_CUDA
   m.def("cuda_device_count", &mplfast::cuda_device_count,
         "(count, '') from the CUDA runtime, or (-1, reason) when it cannot be used.");
+  m.def(
+      "scale_inplace_cuda",
+      [](uint64_t data, int dtype, int64_t numel, uint64_t scale, int scale_dtype, uint64_t stream) {
+        py::gil_scoped_release nogil;
+        mplfast::scale_inplace_cuda(mplfast::ptr<void>(data), dtype, numel, mplfast::ptr<const void>(scale),
+                                    scale_dtype, stream);
+      },
+      py::arg("data"), py::arg("dtype"), py::arg("numel"), py::arg("scale"), py::arg("scale_dtype"),
+      py::arg("stream"),
+      "data[:numel] *= scale[0] in place on `stream` of the current device, no host sync; a no-op "
+      "(every block returns at once) when scale[0] == 1. dtype codes: fp32 0, fp16 1, bf16 2, fp64 3.");
 #endif
 
 #ifdef MPLFAST_WITH_AUGMENT

@@ -567,3 +567,26 @@ def test_nan_logit_gives_nan_row(seeded, dtype, c):
     assert torch.equal(mask, mask_r) and bool((mask == 1).all())
     assert torch.equal(torch.isnan(loss), torch.isnan(loss_r)) and bool(torch.isnan(loss[1]))
     assert bool(torch.isnan(grad[1]).all()) and bool(torch.isfinite(grad[~nan_row]).all())
+
+
+@gpu
+@pytest.mark.gpu
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float16, torch.bfloat16, torch.float64], ids=str)
+def test_cuda_scale_inplace(seeded, dtype):
+    """scale_inplace_cuda equals torch's grad * grad_out bit for bit, leaves the data untouched
+    when the scale is exactly 1, propagates NaN, and handles odd sizes and misaligned starts."""
+    from mplfast import _C
+
+    codes = {torch.float32: 0, torch.float16: 1, torch.bfloat16: 2, torch.float64: 3}
+    stream = torch.cuda.current_stream().cuda_stream
+    for n, offset in ((1, 0), (7, 1), (4099, 0), (1_000_003, 3)):
+        base = torch.randn(n + offset, generator=seeded, dtype=torch.float64).to(dtype).cuda()
+        g = base[offset:]
+        for sdt in (torch.float32, torch.float64, dtype):
+            for value in (1.0, 0.37, -2.5, float("nan")):
+                s = torch.tensor(value, dtype=sdt, device="cuda")
+                x = g.clone()
+                _C.scale_inplace_cuda(x.data_ptr(), codes[dtype], x.numel(), s.data_ptr(), codes[sdt], stream)
+                expected = g * s
+                assert torch.equal(x.view(torch.uint8), expected.to(dtype).view(torch.uint8)) or (
+                    value != value and bool(torch.isnan(x).all())), (n, offset, sdt, value)

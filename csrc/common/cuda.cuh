@@ -79,6 +79,24 @@ template <> __device__ __forceinline__ float st<float>(float v) { return v; }
 template <> __device__ __forceinline__ __half st<__half>(float v) { return __float2half_rn(v); }
 template <> __device__ __forceinline__ __nv_bfloat16 st<__nv_bfloat16>(float v) { return __float2bfloat16_rn(v); }
 
+// A one-element scale of dtype code `code` (fp32, fp16, bf16, fp64), exactly, as a double.
+__host__ __device__ __forceinline__ double ld_scale(const void* p, int code) {
+  switch (code) {
+    case kFloat16: return ld(*static_cast<const __half*>(p));
+    case kBFloat16: return ld(*static_cast<const __nv_bfloat16*>(p));
+    case kFloat64: return *static_cast<const double*>(p);
+    default: return *static_cast<const float*>(p);
+  }
+}
+
+// x * s rounded to x's type, the product in fp32 (fp64 for double): torch's `grad * grad_out`.
+__host__ __device__ __forceinline__ float scale_elem(float x, float s) { return x * s; }
+__host__ __device__ __forceinline__ double scale_elem(double x, double s) { return x * s; }
+__host__ __device__ __forceinline__ __half scale_elem(__half x, float s) { return __float2half_rn(__half2float(x) * s); }
+__host__ __device__ __forceinline__ __nv_bfloat16 scale_elem(__nv_bfloat16 x, float s) {
+  return __float2bfloat16_rn(__bfloat162float(x) * s);
+}
+
 // V elements of T loaded/stored as one (or two) aligned vector transactions.
 template <typename T, int V>
 struct alignas(sizeof(T) * V) Vec {

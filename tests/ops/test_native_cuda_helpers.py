@@ -1,9 +1,10 @@
 """Host-side checks of csrc/common/cuda.cuh's element helpers, without a GPU.
 
-The helpers that decide how a logit is loaded (``ld``, ``ld_logit``) are ``__host__ __device__``:
-this test compiles a tiny host program against the header with nvcc and the extension's own CUDA
-flags and runs it, and compiles the same helper into a kernel for sm_90 to check its PTX. It
-skips when nvcc is missing.
+The helpers that decide how a logit is loaded (``ld``, ``ld_logit``) and how the in-place
+gradient scale rounds (``ld_scale``, ``scale_elem``) are ``__host__ __device__``: these tests
+compile tiny host programs against the header with nvcc and the extension's own CUDA flags and
+run them, and compile ``ld_logit`` into a kernel for sm_90 to check its PTX. They skip when nvcc
+is missing. The binding of ``scale_inplace_cuda`` is checked as far as it goes without a device.
 """
 from __future__ import annotations
 
@@ -14,6 +15,7 @@ import subprocess
 from pathlib import Path
 
 import pytest
+import torch
 
 CSRC = Path(__file__).resolve().parents[2] / "csrc"
 NVCC = os.environ.get("CUDACXX") or shutil.which("nvcc")
@@ -89,3 +91,116 @@ def test_ld_logit_device_code_keeps_nan(program):
     body = body[: body.index("\n}") + 2]
     assert "ld.global" in body, body
     assert not re.search(r"\bmax(\.\w+)*\.f32\b", body), f"ld_logit compiles to a NaN-dropping max:\n{body}"
+
+
+SCALE_PROGRAM = r"""
+#include <cstdio>
+#include <cstring>
+#include "common/cuda.cuh"
+using namespace mplfast;
+using namespace mplfast::cuda;
+
+template <typename T> static unsigned short bits16(T v) { unsigned short b; std::memcpy(&b, &v, 2); return b; }
+template <typename T> static T from16(unsigned short b) { T v; std::memcpy(&v, &b, 2); return v; }
+
+// cases: {x bits, scale (fp32), expected bits of torch's x * scale}
+struct Case16 { unsigned short x; float s; unsigned short want; };
+struct Case32 { float x; float s; float want; };
+static const Case16 kHalf[] = { HALF_CASES };
+static const Case16 kBf16[] = { BF16_CASES };
+static const Case32 kFloat[] = { FLOAT_CASES };
+
+int main() {
+  int fails = 0;
+  for (const Case16& c : kHalf) {
+    const unsigned short got = bits16(scale_elem(from16<__half>(c.x), c.s));
+    if (got != c.want) { std::printf("FAIL fp16 %04x * %g: %04x != %04x\n", c.x, c.s, got, c.want); ++fails; }
+  }
+  for (const Case16& c : kBf16) {
+    const unsigned short got = bits16(scale_elem(from16<__nv_bfloat16>(c.x), c.s));
+    if (got != c.want) { std::printf("FAIL bf16 %04x * %g: %04x != %04x\n", c.x, c.s, got, c.want); ++fails; }
+  }
+  for (const Case32& c : kFloat) {
+    const float got = scale_elem(c.x, c.s);
+    if (std::memcmp(&got, &c.want, 4) != 0) { std::printf("FAIL fp32 %a * %a: %a != %a\n", c.x, c.s, got, c.want); ++fails; }
+  }
+  // ld_scale reads each dtype exactly
+  const float f = 0.375f; const double d = 1.0 + 1e-12;
+  const __half h = __float2half_rn(-2.5f); const __nv_bfloat16 b = __float2bfloat16_rn(3.0f);
+  if (ld_scale(&f, kFloat32) != 0.375) { std::printf("FAIL ld_scale fp32\n"); ++fails; }
+  if (ld_scale(&d, kFloat64) != d) { std::printf("FAIL ld_scale fp64\n"); ++fails; }
+  if (ld_scale(&h, kFloat16) != -2.5) { std::printf("FAIL ld_scale fp16\n"); ++fails; }
+  if (ld_scale(&b, kBFloat16) != 3.0) { std::printf("FAIL ld_scale bf16\n"); ++fails; }
+  if (fails == 0) std::printf("OK\n");
+  return fails;
+}
+"""
+
+
+def _cases16(x: torch.Tensor, s: torch.Tensor) -> str:
+    want = (x * s).view(torch.int16).int() & 0xFFFF   # torch: 0-dim fp32 scale, result in x's dtype
+    xb = x.view(torch.int16).int() & 0xFFFF
+    return ", ".join(f"{{0x{int(a):04x}, {float(s):.9g}f, 0x{int(w):04x}}}" for a, w in zip(xb, want))
+
+
+def test_scale_elem_rounds_like_torch(tmp_path):
+    """scale_inplace_cuda's element op equals torch's grad * grad_out bit for bit (fp16/bf16
+    products in fp32, rounded once, subnormal results kept)."""
+    gen = torch.Generator().manual_seed(7)
+    x = torch.randn(200, generator=gen, dtype=torch.float64) * 3
+    x[:8] = torch.tensor([1e-5, -3e-8, 6e4, -6.5e4, 1e-38, 0.0, -0.0, 2.0 ** -20], dtype=torch.float64)
+    subst = {}
+    for name, dt in (("HALF_CASES", torch.float16), ("BF16_CASES", torch.bfloat16)):
+        xs = x.to(dt)
+        parts = [_cases16(xs, torch.tensor(v, dtype=torch.float32)) for v in (0.37, -1.75, 1e-3, 3.1e-4)]
+        subst[name] = ", ".join(parts)
+    xf = x.float()
+    xf[8] = 1e-38                                          # x * 0.01 is a subnormal fp32
+    rows = []
+    for v in (0.01, -1.75, 3.1e-4):
+        sv = torch.tensor(v, dtype=torch.float32)
+        rows += [f"{{{float(a).hex()}f, {float(sv).hex()}f, {float(w).hex()}f}}"
+                 for a, w in zip(xf, xf * sv)]
+    subst["FLOAT_CASES"] = ", ".join(rows)
+    text = SCALE_PROGRAM
+    for k, v in subst.items():
+        text = text.replace(k, v)
+    src = tmp_path / "scale.cu"
+    src.write_text(text)
+    exe = tmp_path / "scale"
+    # device.cu's flags: the extension's CUDA flags plus -ftz=false (CMakeLists.txt)
+    subprocess.run([NVCC, *FLAGS, "-ftz=false", str(src), "-o", str(exe)], check=True, capture_output=True,
+                   timeout=300)
+    res = subprocess.run([str(exe)], capture_output=True, text=True, timeout=60)
+    assert res.returncode == 0 and res.stdout.strip() == "OK", res.stdout[-3000:] + res.stderr
+
+
+def test_scale_kernel_does_not_flush_subnormals(tmp_path):
+    """The extension's CUDA flags include --use_fast_math (flush to zero); CMakeLists.txt gives
+    csrc/common/device.cu -ftz=false, so the in-place scale keeps subnormal products as torch
+    does. Compiled with those flags, its kernels have no .ftz multiply."""
+    cmake = (CSRC.parent / "CMakeLists.txt").read_text()
+    m = re.search(r"csrc/common/device\.cu PROPERTIES COMPILE_OPTIONS \"([^\"]*)\"", cmake)
+    assert m and "-ftz=false" in m.group(1).split(";"), "device.cu must be built with -ftz=false"
+    ptx = tmp_path / "device.ptx"
+    subprocess.run([NVCC, *FLAGS, *m.group(1).split(";"), "-arch=sm_90", "-ptx", str(CSRC / "common" / "device.cu"),
+                    "-o", str(ptx)], check=True, capture_output=True, timeout=300)
+    text = ptx.read_text()
+    assert "scale_inplace_kernel" in text and re.search(r"mul(\.rn)?\.f32", text)
+    assert not re.search(r"mul(\.rn)?\.ftz\.f32", text), "flush-to-zero multiply in device.cu"
+
+
+def test_scale_inplace_binding_without_a_device():
+    """The binding opspy's backward calls exists with its documented argument names, rejects bad
+    dtype codes before launching anything, and treats numel 0 as a no-op (no CUDA call)."""
+    C = pytest.importorskip("mplfast._C")
+    if not C.with_cuda:
+        pytest.skip("mplfast._C built without CUDA")
+    doc = C.scale_inplace_cuda.__doc__
+    assert doc.startswith("scale_inplace_cuda(data: ") and all(
+        f"{a}: " in doc for a in ("dtype", "numel", "scale", "scale_dtype", "stream"))
+    C.scale_inplace_cuda(data=0, dtype=0, numel=0, scale=0, scale_dtype=0, stream=0)
+    with pytest.raises(ValueError, match="unsupported dtype"):
+        C.scale_inplace_cuda(0, 7, 10, 0, 0, 0)
+    with pytest.raises(ValueError, match="unsupported scale dtype"):
+        C.scale_inplace_cuda(0, 0, 10, 0, -1, 0)
