@@ -7,6 +7,7 @@
 
 #include <cstdint>
 #include <stdexcept>
+#include <type_traits>
 #include <string>
 
 #include "common/dtype.h"
@@ -117,72 +118,158 @@ __device__ __forceinline__ float warp_sum(float v) {
   return v;
 }
 
-// Merge online-softmax states (m, s): s is sum exp(x - m) over the elements seen.
-__device__ __forceinline__ void merge_ms(float& m, float& s, float m2, float s2) {
-  const float mn = fmaxf(m, m2);
-  s = s * __expf(m - mn) + s2 * __expf(m2 - mn);
-  m = mn;
+// ---- online softmax --------------------------------------------------------------------------
+// State over the elements x_c seen so far: m = max x_c, s = sum exp(x_c - m) and, for kernels
+// that need one, w = sum exp(x_c - m) y_c for a companion value y_c (UDA: the strong logits),
+// rescaled together with s whenever m grows.
+struct Softmax {
+  float m = kNegHuge;
+  float s = 0.f;
+  float w = 0.f;
+};
+
+// Folds K new values into st (one rescale for all K). kW: also fold y into st.w.
+template <int K, bool kW>
+__device__ __forceinline__ void softmax_update(Softmax& st, const float (&x)[K], const float (&y)[K]) {
+  float mx = x[0];
+#pragma unroll
+  for (int j = 1; j < K; ++j) mx = fmaxf(mx, x[j]);
+  const float mn = fmaxf(st.m, mx);
+  const float r = __expf(st.m - mn);
+  float s = st.s * r, w = st.w * r;
+#pragma unroll
+  for (int j = 0; j < K; ++j) {
+    const float e = __expf(x[j] - mn);
+    s += e;
+    if constexpr (kW) w += e * y[j];
+  }
+  st.m = mn;
+  st.s = s;
+  if constexpr (kW) st.w = w;
 }
 
-__device__ __forceinline__ void warp_merge_ms(float& m, float& s) {
-#pragma unroll
-  for (int o = 16; o > 0; o >>= 1) {
-    const float m2 = __shfl_xor_sync(0xffffffffu, m, o);
-    const float s2 = __shfl_xor_sync(0xffffffffu, s, o);
-    merge_ms(m, s, m2, s2);
-  }
+// Merges state b into a.
+template <bool kW>
+__device__ __forceinline__ void softmax_merge(Softmax& a, const Softmax& b) {
+  const float mn = fmaxf(a.m, b.m);
+  const float ra = __expf(a.m - mn), rb = __expf(b.m - mn);
+  a.s = a.s * ra + b.s * rb;
+  if constexpr (kW) a.w = a.w * ra + b.w * rb;
+  a.m = mn;
+}
+
+// Shift for the sums of a row's logits (sum_c (z_c - r) instead of sum_c z_c, so huge logits
+// lose no precision, as in the Triton kernels): the row's first logit, or 0 where that is no use
+// (a masked class, an overflowed value, NaN).
+__device__ __forceinline__ float row_shift(float first) {
+  return (first > -1e30f && first < 1e30f) ? first : 0.f;
 }
 
 // Row-group reductions. A row is handled either by one warp (block_mode == false) or by the
 // whole block (block_mode == true, blockDim.x <= 1024). In block mode every thread of the block
 // must call these (they contain __syncthreads); all threads get the same result, combined in a
-// fixed order (warp 0, 1, ...), so results are deterministic.
+// fixed order (butterfly within warps, then warp 0, 1, ...), so results are deterministic.
 struct GroupSmem {
-  float a[32];
-  float b[32];
+  float v[3][32];
 };
 
-__device__ __forceinline__ float group_sum(float v, bool block_mode, GroupSmem& sm) {
-  v = warp_sum(v);
-  if (!block_mode) return v;
+// Sums each of v[0..K) over the row group.
+template <int K>
+__device__ __forceinline__ void group_sum(float (&v)[K], bool block_mode, GroupSmem& sm) {
+  static_assert(K <= 3, "GroupSmem holds 3 values per warp");
+#pragma unroll
+  for (int k = 0; k < K; ++k) v[k] = warp_sum(v[k]);
+  if (!block_mode) return;
   const int warp = threadIdx.x >> 5, lane = threadIdx.x & 31, nw = blockDim.x >> 5;
   __syncthreads();  // previous readers of sm are done
-  if (lane == 0) sm.a[warp] = v;
+  if (lane == 0) {
+#pragma unroll
+    for (int k = 0; k < K; ++k) sm.v[k][warp] = v[k];
+  }
   __syncthreads();
-  float r = 0.f;
-  for (int i = 0; i < nw; ++i) r += sm.a[i];
-  return r;
+#pragma unroll
+  for (int k = 0; k < K; ++k) {
+    float r = 0.f;
+    for (int i = 0; i < nw; ++i) r += sm.v[k][i];
+    v[k] = r;
+  }
 }
 
-__device__ __forceinline__ void group_merge_ms(float& m, float& s, bool block_mode, GroupSmem& sm) {
-  warp_merge_ms(m, s);
+template <bool kW>
+__device__ __forceinline__ void group_softmax(Softmax& st, bool block_mode, GroupSmem& sm) {
+#pragma unroll
+  for (int o = 16; o > 0; o >>= 1) {
+    Softmax b;
+    b.m = __shfl_xor_sync(0xffffffffu, st.m, o);
+    b.s = __shfl_xor_sync(0xffffffffu, st.s, o);
+    if constexpr (kW) b.w = __shfl_xor_sync(0xffffffffu, st.w, o);
+    softmax_merge<kW>(st, b);
+  }
   if (!block_mode) return;
   const int warp = threadIdx.x >> 5, lane = threadIdx.x & 31, nw = blockDim.x >> 5;
   __syncthreads();
   if (lane == 0) {
-    sm.a[warp] = m;
-    sm.b[warp] = s;
+    sm.v[0][warp] = st.m;
+    sm.v[1][warp] = st.s;
+    sm.v[2][warp] = st.w;
   }
   __syncthreads();
-  float mm = sm.a[0], ss = sm.b[0];
-  for (int i = 1; i < nw; ++i) merge_ms(mm, ss, sm.a[i], sm.b[i]);
-  m = mm;
-  s = ss;
+  Softmax acc;
+  acc.m = sm.v[0][0];
+  acc.s = sm.v[1][0];
+  acc.w = sm.v[2][0];
+  for (int i = 1; i < nw; ++i) {
+    Softmax b;
+    b.m = sm.v[0][i];
+    b.s = sm.v[1][i];
+    b.w = sm.v[2][i];
+    softmax_merge<kW>(acc, b);
+  }
+  st = acc;
 }
 
-// Online softmax update with V new values already known.
-template <int V>
-__device__ __forceinline__ void online_update(float& m, float& s, const float (&x)[V]) {
-  float mx = x[0];
-#pragma unroll
-  for (int j = 1; j < V; ++j) mx = fmaxf(mx, x[j]);
-  const float mn = fmaxf(m, mx);
-  float acc = s * __expf(m - mn);
-#pragma unroll
-  for (int j = 0; j < V; ++j) acc += __expf(x[j] - mn);
-  s = acc;
-  m = mn;
+// ---- strided, unrolled row walks ------------------------------------------------------------
+// A row group of G threads walks the nvec vectors of a row: thread `lane` takes vectors
+// lane, lane + G, ... . for_strided hands body kU = std::integral_constant<int, K> and the first
+// index i, meaning vectors i, i + G, ..., i + (K - 1) G: K = U in the main loop (so U vector
+// loads are in flight per thread before their values are used), K = 1 in the tail.
+template <int U, typename F>
+__device__ __forceinline__ void for_strided(int lane, int nvec, int G, F&& body) {
+  int i = lane;
+  for (; i + (U - 1) * G < nvec; i += U * G) body(std::integral_constant<int, U>{}, i);
+  for (; i < nvec; i += G) body(std::integral_constant<int, 1>{}, i);
 }
+
+// The K vectors i, i + G, ... of row p as K * V floats (all loads issued before any use).
+// kLogit: through ld_logit (the -inf floor), else ld.
+template <int K, int V, bool kLogit, typename T>
+__device__ __forceinline__ void load_strided(const T* __restrict__ p, int i, int G, float (&x)[K * V]) {
+  Vec<T, V> raw[K];
+#pragma unroll
+  for (int k = 0; k < K; ++k) raw[k] = reinterpret_cast<const Vec<T, V>*>(p)[i + k * G];
+#pragma unroll
+  for (int k = 0; k < K; ++k) {
+#pragma unroll
+    for (int j = 0; j < V; ++j) x[k * V + j] = kLogit ? ld_logit(raw[k].v[j]) : ld(raw[k].v[j]);
+  }
+}
+
+// Stores K * V floats (rounded to T) as the K vectors i, i + G, ... of row p.
+template <int K, int V, typename T>
+__device__ __forceinline__ void store_strided(T* __restrict__ p, int i, int G, const float (&x)[K * V]) {
+#pragma unroll
+  for (int k = 0; k < K; ++k) {
+    Vec<T, V> out;
+#pragma unroll
+    for (int j = 0; j < V; ++j) out.v[j] = st<T>(x[k * V + j]);
+    reinterpret_cast<Vec<T, V>*>(p)[i + k * G] = out;
+  }
+}
+
+// Row kernels: at most 512 threads per block (row_launch); at least kRowMinBlocks such blocks per
+// SM caps registers at 64 per thread, enough warps to keep the loads of for_strided in flight.
+constexpr int kRowMaxThreads = 512;
+constexpr int kRowMinBlocks = 2;
 
 // Host-side limits of the row kernels (row_launch): std::invalid_argument prefixed by `op`.
 inline void check_rows(const char* op, int64_t N, int64_t C) {

@@ -1,8 +1,11 @@
-// CUDA fused UDA consistency loss. Per row (one warp, or one block for large C):
-// pass 1 reads weak and strong once, keeping online (max, sum exp) states for weak/tau and for
-// strong; the row is kept when max q = 1 / sum exp(weak/tau - max) >= threshold. Pass 2 (kept
-// rows only) re-reads both, writes grad = scale (softmax(strong) - q) and accumulates
-// sum q (strong - max_s) for the loss; dropped rows get loss 0 and a zero gradient.
+// CUDA fused UDA consistency loss. Per row (one warp, or one block for large C): pass 1 reads
+// weak and strong once (kUnroll vector loads of each in flight per thread), keeping online
+// softmax states for weak/tau, (mw, Sw, W = sum_c exp(weak_c/tau - mw) (strong_c - r)) with r
+// the row's first strong logit, and for strong, (ms, Ss). The row is kept when
+// max q = 1 / Sw >= threshold, and its loss follows from pass 1 alone:
+//     loss = -sum_c q_c log_softmax(strong)_c = log Ss + (ms - r) - W / Sw   (sum q = 1),
+// so without a gradient the logits are read once. Pass 2 (kept rows, gradient only) re-reads
+// both and writes grad = scale (softmax(strong) - q). Dropped rows: loss 0, zero gradient.
 #include "common/cuda.cuh"
 #include "uda/uda.h"
 
@@ -11,73 +14,66 @@ namespace cuda {
 namespace {
 
 template <typename T, int V>
-__global__ void uda_kernel(const T* __restrict__ weak, const T* __restrict__ strong, float* __restrict__ loss,
-                           float* __restrict__ mask, T* __restrict__ grad, int64_t N, int C, float inv_tau,
-                           float threshold, float scale, bool block_mode) {
+__global__ void __launch_bounds__(kRowMaxThreads, kRowMinBlocks)
+    uda_kernel(const T* __restrict__ weak, const T* __restrict__ strong, float* __restrict__ loss,
+               float* __restrict__ mask, T* __restrict__ grad, int64_t N, int C, float inv_tau, float threshold,
+               float scale, bool block_mode) {
+  constexpr int kUnroll = 2;  // two input streams: 4 vector loads in flight per thread
   __shared__ GroupSmem sm;
-  const auto [G, lane, row] = row_group(block_mode);
+  const RowGroup rg = row_group(block_mode);
+  const int G = rg.size, lane = rg.lane;
+  const int64_t row = rg.row;
   if (row >= N) return;  // warp mode only (block mode launches exactly N blocks)
 
   const T* w = weak + row * int64_t(C);
   const T* s = strong + row * int64_t(C);
   T* g = grad ? grad + row * int64_t(C) : nullptr;
   const int nvec = C / V;
+  const float r = row_shift(ld_logit(s[0]));
 
-  float mw = kNegHuge, Sw = 0.f, ms = kNegHuge, Ss = 0.f;
-  for (int i = lane; i < nvec; i += G) {
-    const Vec<T, V> wv = reinterpret_cast<const Vec<T, V>*>(w)[i];
-    const Vec<T, V> sv = reinterpret_cast<const Vec<T, V>*>(s)[i];
-    float xw[V], xs[V];
+  Softmax qw, ps;  // weak / tau (with W in qw.w), strong
+  for_strided<kUnroll>(lane, nvec, G, [&](auto ku, int i) {
+    constexpr int K = decltype(ku)::value;
+    float xw[K * V], xs[K * V], d[K * V];
+    load_strided<K, V, true>(w, i, G, xw);
+    load_strided<K, V, true>(s, i, G, xs);
 #pragma unroll
-    for (int j = 0; j < V; ++j) {
-      xw[j] = ld_logit(wv.v[j]) * inv_tau;
-      xs[j] = ld_logit(sv.v[j]);
+    for (int j = 0; j < K * V; ++j) {
+      xw[j] *= inv_tau;
+      d[j] = xs[j] - r;
     }
-    online_update<V>(mw, Sw, xw);
-    online_update<V>(ms, Ss, xs);
-  }
-  group_merge_ms(mw, Sw, block_mode, sm);
-  group_merge_ms(ms, Ss, block_mode, sm);
+    softmax_update<K * V, true>(qw, xw, d);
+    softmax_update<K * V, false>(ps, xs, xs);
+  });
+  group_softmax<true>(qw, block_mode, sm);
+  group_softmax<false>(ps, block_mode, sm);
 
-  const float inv_Sw = 1.f / Sw;
+  const float inv_Sw = 1.f / qw.s;
   const bool keep = inv_Sw >= threshold;  // the largest q is exp(0) / Sw; uniform per row
+  if (lane == 0) {
+    loss[row] = keep ? ((ps.m - r) - qw.w * inv_Sw) + __logf(ps.s) : 0.f;  // log Ss last, as in soft_ce
+    mask[row] = keep ? 1.f : 0.f;
+  }
+  if (!g) return;
   if (!keep) {
-    if (g) {
-      Vec<T, V> zero;
+    Vec<T, V> zero;
 #pragma unroll
-      for (int j = 0; j < V; ++j) zero.v[j] = st<T>(0.f);
-      for (int i = lane; i < nvec; i += G) reinterpret_cast<Vec<T, V>*>(g)[i] = zero;
-    }
-    if (lane == 0) {
-      loss[row] = 0.f;
-      mask[row] = 0.f;
-    }
-    return;  // uniform across the row group, so no barrier is skipped by part of a block
+    for (int j = 0; j < V; ++j) zero.v[j] = st<T>(0.f);
+    for (int i = lane; i < nvec; i += G) reinterpret_cast<Vec<T, V>*>(g)[i] = zero;
+    return;
   }
 
-  const float a = scale / Ss, b = scale * inv_Sw;
-  float Q = 0.f, B = 0.f;
-  for (int i = lane; i < nvec; i += G) {
-    const Vec<T, V> wv = reinterpret_cast<const Vec<T, V>*>(w)[i];
-    const Vec<T, V> sv = reinterpret_cast<const Vec<T, V>*>(s)[i];
-    Vec<T, V> gv;
+  // ---- pass 2: grad = a exp(strong - ms) - b exp(weak / tau - mw) -----------------------------
+  const float a = scale / ps.s, b = scale * inv_Sw;
+  for_strided<kUnroll>(lane, nvec, G, [&](auto ku, int i) {
+    constexpr int K = decltype(ku)::value;
+    float xw[K * V], xs[K * V];
+    load_strided<K, V, true>(w, i, G, xw);
+    load_strided<K, V, true>(s, i, G, xs);
 #pragma unroll
-    for (int j = 0; j < V; ++j) {
-      const float qe = __expf(ld_logit(wv.v[j]) * inv_tau - mw);
-      const float d = ld_logit(sv.v[j]) - ms;
-      const float q = qe * inv_Sw;
-      Q += q;
-      B += q * d;
-      gv.v[j] = st<T>(a * __expf(d) - b * qe);
-    }
-    if (g) reinterpret_cast<Vec<T, V>*>(g)[i] = gv;
-  }
-  Q = group_sum(Q, block_mode, sm);
-  B = group_sum(B, block_mode, sm);
-  if (lane == 0) {
-    loss[row] = Q * __logf(Ss) - B;
-    mask[row] = 1.f;
-  }
+    for (int j = 0; j < K * V; ++j) xs[j] = a * __expf(xs[j] - ps.m) - b * __expf(xw[j] * inv_tau - qw.m);
+    store_strided<K, V>(g, i, G, xs);
+  });
 }
 
 template <typename T>

@@ -204,3 +204,16 @@ def test_scale_inplace_binding_without_a_device():
         C.scale_inplace_cuda(0, 7, 10, 0, 0, 0)
     with pytest.raises(ValueError, match="unsupported scale dtype"):
         C.scale_inplace_cuda(0, 0, 10, 0, -1, 0)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("op", ["soft_ce", "uda", "grad_dot"])
+def test_row_kernels_do_not_spill_on_sm90(op, tmp_path):
+    """Every kernel of csrc/<op>/cuda.cu fits its registers on sm_90 (no stack, no spills) with
+    the extension's flags; the row kernels' unrolled loads are held in registers, not memory."""
+    res = subprocess.run([NVCC, *FLAGS, "-arch=sm_90", "-Xptxas", "-v", "-c", str(CSRC / op / "cuda.cu"),
+                          "-o", str(tmp_path / "k.o")], check=True, capture_output=True, text=True, timeout=600)
+    infos = re.findall(r"(\d+) bytes stack frame, (\d+) bytes spill stores, (\d+) bytes spill loads", res.stderr)
+    assert infos, res.stderr[-2000:]
+    bad = [i for i in infos if i != ("0", "0", "0")]
+    assert not bad, f"{op}: stack/spills {bad}\n{res.stderr[-3000:]}"
