@@ -104,7 +104,13 @@ struct alignas(sizeof(T) * V) Vec {
   T v[V];
 };
 
-__device__ __forceinline__ float nan_f() { return __int_as_float(0x7fc00000); }
+__host__ __device__ __forceinline__ float nan_f() {
+#ifdef __CUDA_ARCH__
+  return __int_as_float(0x7fc00000);
+#else
+  return bits_to_float(0x7fc00000u);
+#endif
+}
 
 // Largest finite negative as "-inf": kernels are built with --use_fast_math (finite math).
 constexpr float kNegHuge = -3.0e38f;

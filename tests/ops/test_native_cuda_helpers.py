@@ -217,3 +217,152 @@ def test_row_kernels_do_not_spill_on_sm90(op, tmp_path):
     assert infos, res.stderr[-2000:]
     bad = [i for i in infos if i != ("0", "0", "0")]
     assert not bad, f"{op}: stack/spills {bad}\n{res.stderr[-3000:]}"
+
+
+GRAD_DOT_PROGRAM = r"""
+#include <cmath>
+#include <cstdio>
+#include <cstdlib>
+#include <vector>
+#include "grad_dot/partials.cuh"
+using namespace mplfast;
+using namespace mplfast::cuda;
+using namespace mplfast::cuda::grad_dot;
+
+static const long long kSizes[] = { SIZES };
+static const int kDtypes[] = { DTYPES };
+static const int kMisaligned = MISALIGNED;  // this tensor starts one element past a 16-byte boundary
+
+static unsigned rng = 12345u;
+static float uniform() { rng = rng * 1664525u + 1013904223u; return float(rng >> 8) / 16777216.f * 2.f - 1.f; }
+
+template <typename T> static T cvt(float v);
+template <> float cvt<float>(float v) { return v; }
+template <> __half cvt<__half>(float v) { return __float2half_rn(v); }
+template <> __nv_bfloat16 cvt<__nv_bfloat16>(float v) { return __float2bfloat16_rn(v); }
+
+struct Buf { void* base; void* p; };
+template <typename T> static Buf make(long long n, bool ones, bool shift) {
+  T* base = static_cast<T*>(std::aligned_alloc(64, size_t(n + 64) * sizeof(T)));
+  T* p = base + (shift ? 1 : 0);
+  for (long long k = 0; k < n; ++k) p[k] = cvt<T>(ones ? 1.f : uniform());
+  return {base, p};
+}
+static Buf make_any(int dt, long long n, bool ones, bool shift) {
+  if (dt == kFloat16) return make<__half>(n, ones, shift);
+  if (dt == kBFloat16) return make<__nv_bfloat16>(n, ones, shift);
+  return make<float>(n, ones, shift);
+}
+static double value(int dt, const void* p, long long k) {
+  if (dt == kFloat16) return ld(static_cast<const __half*>(p)[k]);
+  if (dt == kBFloat16) return ld(static_cast<const __nv_bfloat16*>(p)[k]);
+  return static_cast<const float*>(p)[k];
+}
+
+// The launch of cuda.cu on the host: thread_partial per (block, thread), then block_sum_f64's
+// fixed tree per block and grad_dot_final's (one block of 512 threads) over the partials.
+static double tree(std::vector<double> s) {
+  for (size_t w = s.size() / 2; w > 0; w >>= 1)
+    for (size_t i = 0; i < w; ++i) s[i] += s[i + w];
+  return s[0];
+}
+static double run(const Table& t, std::vector<long long>* block_units) {
+  const int64_t total = t.unit_start[t.num_tensors];
+  const int64_t nb = blocks_for(total);
+  std::vector<double> partials;
+  for (int64_t b = 0; b < nb; ++b) {
+    std::vector<double> s(kThreads);
+    for (int tid = 0; tid < kThreads; ++tid) s[tid] = thread_partial(t, b, nb, tid, kThreads);
+    partials.push_back(tree(s));
+    if (block_units) block_units->push_back(unit_begin(b + 1, nb, total) - unit_begin(b, nb, total));
+  }
+  std::vector<double> f(512, 0.0);
+  for (size_t i = 0; i < partials.size(); ++i) f[i % 512] += partials[i];
+  return tree(f);
+}
+
+int main() {
+  const int n = int(sizeof(kSizes) / sizeof(kSizes[0]));
+  int fails = 0;
+  for (int ones = 1; ones >= 0; --ones) {
+    for (int delta = 0; delta <= 1; ++delta) {
+      Table t{};
+      t.num_tensors = n;
+      int64_t u = 0;
+      long double want = 0, abs_sum = 0;
+      long long count = 0;
+      std::vector<Buf> bufs;
+      for (int i = 0; i < n; ++i) {
+        const bool shift = i == kMisaligned;
+        Buf x = make_any(kDtypes[i], kSizes[i], ones, shift), y = make_any(kDtypes[i], kSizes[i], ones, shift);
+        Buf z = make_any(kDtypes[i], kSizes[i], false, shift);
+        bufs.push_back(x); bufs.push_back(y); bufs.push_back(z);
+        t.x[i] = x.p; t.y[i] = y.p; t.z[i] = delta ? z.p : nullptr;
+        t.n[i] = kSizes[i];
+        t.dtype[i] = uint8_t(kDtypes[i]);
+        t.vec_ok[i] = !shift;
+        t.unit_start[i] = u;
+        u += num_units(kSizes[i]);
+        for (long long k = 0; k < kSizes[i]; ++k) {
+          const double yk = value(kDtypes[i], y.p, k) - (delta ? value(kDtypes[i], z.p, k) : 0.0);
+          const long double p = (long double)value(kDtypes[i], x.p, k) * yk;
+          want += p; abs_sum += fabsl(p);
+        }
+        count += kSizes[i];
+      }
+      for (int k = n; k <= kMaxTensors; ++k) t.unit_start[k] = u;
+      std::vector<long long> units;
+      const double got = run(t, &units);
+      if (ones && !delta && got != double(count)) {
+        std::printf("FAIL coverage: sum of ones %.17g != %lld elements\n", got, count); ++fails;
+      }
+      if (std::fabs(got - double(want)) > 5e-6 * double(abs_sum) + 1e-30) {
+        std::printf("FAIL ones=%d delta=%d: %.17g vs %.17Lg (sum|xy| %.3Lg)\n", ones, delta, got, want, abs_sum); ++fails;
+      }
+      long long lo = units[0], hi = units[0];
+      for (long long v : units) { lo = v < lo ? v : lo; hi = v > hi ? v : hi; }
+      if (hi - lo > 1) { std::printf("FAIL split: blocks take %lld..%lld units\n", lo, hi); ++fails; }
+      if (ones && !delta) std::printf("blocks %zu units %lld..%lld\n", units.size(), lo, hi);
+      if (run(t, nullptr) != got) { std::printf("FAIL not reproducible\n"); ++fails; }
+      for (Buf& b : bufs) std::free(b.base);
+    }
+  }
+  if (fails == 0) std::printf("OK\n");
+  return fails;
+}
+"""
+
+
+def _grad_dot_host_run(tmp_path, sizes, dtypes, misaligned=-1):
+    text = (GRAD_DOT_PROGRAM.replace("SIZES", ", ".join(map(str, sizes)))
+            .replace("DTYPES", ", ".join(map(str, dtypes))).replace("MISALIGNED", str(misaligned)))
+    src = tmp_path / "grad_dot.cu"
+    src.write_text(text)
+    exe = tmp_path / "grad_dot"
+    subprocess.run([NVCC, *FLAGS, str(src), "-o", str(exe)], check=True, capture_output=True, timeout=300)
+    res = subprocess.run([str(exe)], capture_output=True, text=True, timeout=300)
+    assert res.returncode == 0 and res.stdout.strip().endswith("OK"), res.stdout[-3000:] + res.stderr
+    return res.stdout
+
+
+def test_grad_dot_kernel_arithmetic_on_the_host(tmp_path):
+    """The CUDA grad_dot's per-thread work (csrc/grad_dot/partials.cuh) run on the host over a
+    ragged, mixed-dtype list with a misaligned tensor: every element counted exactly once (a
+    list of ones sums to its length), dot and delta within 5e-6 of sum |xy|, bitwise
+    reproducible, and the blocks' unit counts differ by at most one."""
+    sizes = [12, 0, 100_003, 7, 64 * 32 * 9, 1, 0, 40_000, 16, 17, 4099]
+    dtypes = [0, 1, 2, 0, 1, 2, 0, 0, 2, 1, 0]
+    _grad_dot_host_run(tmp_path, sizes, dtypes, misaligned=7)
+
+
+@pytest.mark.slow
+def test_grad_dot_splits_resnet50_evenly(tmp_path):
+    """ResNet-50's 161 parameter tensors (25.6 M elements): 1024 blocks, each with the same
+    number of 16-element units (+-1). The old split gave 643 blocks two 16k-element chunks and
+    381 blocks one."""
+    import mplfast
+
+    sizes = [p.numel() for p in mplfast.create_model("resnet50", 1000).parameters()]
+    out = _grad_dot_host_run(tmp_path, sizes, [0] * len(sizes))
+    blocks, lo, hi = re.search(r"blocks (\d+) units (\d+)\.\.(\d+)", out).groups()
+    assert int(blocks) == 1024 and int(hi) - int(lo) <= 1, out
