@@ -590,3 +590,66 @@ def test_cuda_scale_inplace(seeded, dtype):
                 expected = g * s
                 assert torch.equal(x.view(torch.uint8), expected.to(dtype).view(torch.uint8)) or (
                     value != value and bool(torch.isnan(x).all())), (n, offset, sdt, value)
+
+
+def _pool_work(seed: int) -> tuple[float, float]:
+    gen = torch.Generator().manual_seed(seed)
+    xs = [torch.randn(s, generator=gen) for s in (300_000, 70_001, 5)]
+    z = _logits(gen, 300, 700, torch.float32)
+    y = torch.randint(0, 700, (300,), generator=gen)
+    return float(nat.grad_dot(xs, xs)), float(nat.soft_ce_forward(z, y, 0.1, 1.0)[0].sum())
+
+
+def test_cpu_thread_pool_concurrent_callers():
+    """The CPU kernels' worker pool (csrc/common/parallel.cpp) gives every caller its own result
+    when several Python threads call at once (the GIL is released)."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    nthreads = torch.get_num_threads()
+    torch.set_num_threads(max(2, nthreads))
+    try:
+        expected = [_pool_work(s) for s in range(6)]
+        with ThreadPoolExecutor(4) as ex:
+            for _ in range(3):
+                assert list(ex.map(_pool_work, range(6))) == expected
+    finally:
+        torch.set_num_threads(nthreads)
+
+
+@pytest.mark.skipif(not hasattr(__import__("os"), "fork"), reason="needs os.fork")
+def test_cpu_thread_pool_in_a_forked_child(seeded):
+    """After fork (DataLoader workers) the parent's pool workers do not exist in the child; the
+    kernels must still finish there, on 2 threads, with the parent's result. (The child calls
+    _C directly: torch's own OpenMP ops may hang in a forked child, which is not ours to test.)"""
+    import os
+    import struct
+    import time
+
+    from mplfast import _C
+
+    xs = [torch.randn(s, generator=seeded) for s in (300_000, 70_001, 5)]
+    args = ([t.data_ptr() for t in xs], [t.data_ptr() for t in xs], [], [t.numel() for t in xs], [0, 0, 0])
+    expected = _C.grad_dot_cpu(*args, 2)
+    r, w = os.pipe()
+    pid = os.fork()
+    if pid == 0:  # child: no pytest machinery, just the kernels
+        try:
+            os.write(w, struct.pack("d", _C.grad_dot_cpu(*args, 2)))
+        finally:
+            os._exit(0)
+    os.close(w)
+    try:
+        deadline = time.monotonic() + 60
+        while time.monotonic() < deadline:
+            done, _ = os.waitpid(pid, os.WNOHANG)
+            if done:
+                break
+            time.sleep(0.05)
+        else:
+            os.kill(pid, 9)
+            os.waitpid(pid, 0)
+            pytest.fail("grad_dot_cpu hung in a forked child")
+        data = os.read(r, 8)
+    finally:
+        os.close(r)
+    assert struct.unpack("d", data)[0] == expected
