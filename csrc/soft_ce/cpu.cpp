@@ -3,20 +3,20 @@
 // Per row, in L1/L2-resident scratch: (1) max, (2) one loop that stores e_c = exp(z_c - m) and
 // accumulates every sum the loss and gradient need, (3) the gradient write. The exp loop is
 // vectorized by gcc through glibc's libmvec (needs -O3 -ffast-math and `omp simd`), which is
-// what makes this faster than torch's eager log_softmax + backward; see
-// ../shared/docs/performance-notes.md.
+// what makes this faster than torch's eager log_softmax + backward.
 //
 // The loss is computed as sum(t') * log(S) - sum_c t'_c (z_c - m), i.e. from the *shifted*
 // logits, like torch's log_softmax, so huge logits (|z| ~ 1e4) lose no precision.
+#include <algorithm>
 #include <cmath>
 #include <limits>
 #include <stdexcept>
 #include <vector>
 
-#include "common.h"
-#include "cpu/parallel.h"
-#include "cpu/rowwise.h"
-#include "kernels.h"
+#include "common/dtype.h"
+#include "common/parallel.h"
+#include "common/rowwise.h"
+#include "soft_ce/soft_ce.h"
 
 namespace mplfast {
 namespace {
@@ -36,12 +36,13 @@ void soft_ce_impl(const T* logits, const void* target_v, A* loss, T* grad, int64
   const TT* tprob = static_cast<const TT*>(target_v);
   const A eps_c = eps / A(C);
   const A keep = A(1) - eps;
-#pragma omp parallel num_threads(nthreads) if (nthreads > 1)
-  {
+  // Items of whole rows, about kGrainElements elements each (common/parallel.h).
+  const int64_t rows = std::max<int64_t>(1, kGrainElements / C);
+  parallel_items((N + rows - 1) / rows, nthreads, [&](int64_t item) {
     std::vector<A> zbuf(std::is_same_v<T, A> ? 0 : C), tbuf(kIndex ? 0 : C), ebuf(C);
     A* e = ebuf.data();
-#pragma omp for schedule(static)
-    for (int64_t n = 0; n < N; ++n) {
+    const int64_t n_end = std::min(N, (item + 1) * rows);
+    for (int64_t n = item * rows; n < n_end; ++n) {
       const A* z = load_row<T, A>(logits + n * C, C, zbuf.data());
       T* g = grad ? grad + n * C : nullptr;
       const A m = row_max(z, C);
@@ -94,7 +95,7 @@ void soft_ce_impl(const T* logits, const void* target_v, A* loss, T* grad, int64
         }
       }
     }
-  }
+  });
 }
 
 template <typename T, typename A>

@@ -1,22 +1,23 @@
 // CPU multi-tensor dot products: sum_i <x_i, y_i> and sum_i <x_i, y_i - z_i>.
 //
-// The tensor list is cut into fixed-size chunks (never straddling tensors); OpenMP threads take
-// chunks, each chunk's fp64 partial lands in its own slot, and the slots are summed in list
-// order. The chunking depends only on the sizes, so the result is bitwise identical for any
+// The tensor list is cut into fixed-size chunks (never straddling tensors); threads take chunks
+// (common/parallel.h: at most one thread per 32k elements, and the caller never waits for a
+// thread the OS has not run yet), each chunk's fp64 partial lands in its own slot, and the
+// slots are summed in list order. The chunking depends only on the sizes, so the result is bitwise identical for any
 // thread count.
 #include <algorithm>
 #include <stdexcept>
 #include <string>
 #include <vector>
 
-#include "common.h"
-#include "cpu/parallel.h"
-#include "kernels.h"
+#include "common/dtype.h"
+#include "common/parallel.h"
+#include "grad_dot/grad_dot.h"
 
 namespace mplfast {
 namespace {
 
-constexpr int64_t kChunk = int64_t(1) << 15;  // 32k elements: 128 KiB of fp32 per operand
+constexpr int64_t kChunk = kGrainElements;  // 32k elements: 128 KiB of fp32 per operand
 
 constexpr int kLanes = 32;                  // 4 AVX2 registers of independent fp32 accumulators
 constexpr int64_t kBlock = 8 * kLanes;      // 256 elements: 8 products per lane, then fp64
@@ -93,24 +94,19 @@ double grad_dot_cpu(const std::vector<uint64_t>& xs, const std::vector<uint64_t>
     total += sizes[i];
   }
   std::vector<double> partial(chunks.size(), 0.0);
-  // Below ~256k elements (1 MiB of fp32 per operand, L2-resident) a second thread costs more
-  // in fork/join than it saves.
-  const int nt = total >= (int64_t(1) << 18) ? threads_for(total, num_threads) : 1;
-  const int64_t nc = int64_t(chunks.size());
-  // dynamic: a thread that the OS runs late takes fewer chunks (each chunk still writes its own
-  // slot, so the result does not depend on which thread ran it).
-#pragma omp parallel for num_threads(nt) schedule(dynamic, 1) if (nt > 1)
-  for (int64_t k = 0; k < nc; ++k) {
+  const bool delta = !zs.empty();
+  // One item per chunk; each writes its own slot, so the result does not depend on which
+  // thread ran it, nor on how many did (parallel.h: a late thread costs nothing).
+  parallel_items(int64_t(chunks.size()), threads_for(total, num_threads), [&](int64_t k) {
     const Chunk ch = chunks[k];
     const int i = ch.tensor;
-    const bool delta = !zs.empty();
     switch (dtypes[i]) {
 #define MPLFAST_DOT_CASE(CODE, T)                                                             \
   case CODE: {                                                                                \
     const T* x = reinterpret_cast<const T*>(xs[i]) + ch.start;                                \
     const T* y = reinterpret_cast<const T*>(ys[i]) + ch.start;                                \
     const T* z = delta ? reinterpret_cast<const T*>(zs[i]) + ch.start : nullptr;              \
-    partial[k] = delta ? dot_chunk<T, true>(x, y, z, ch.len) : dot_chunk<T, false>(x, y, nullptr, ch.len);                                               \
+    partial[k] = delta ? dot_chunk<T, true>(x, y, z, ch.len) : dot_chunk<T, false>(x, y, nullptr, ch.len); \
     break;                                                                                    \
   }
       MPLFAST_DOT_CASE(kFloat32, float)
@@ -120,7 +116,7 @@ double grad_dot_cpu(const std::vector<uint64_t>& xs, const std::vector<uint64_t>
 #undef MPLFAST_DOT_CASE
       default: break;  // rejected above
     }
-  }
+  });
   double acc = 0.0;
   for (double p : partial) acc += p;  // fixed (list) order
   return acc;

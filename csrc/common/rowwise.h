@@ -1,13 +1,15 @@
-// Per-row helpers shared by the CPU row kernels (soft_ce.cpp, uda.cpp): math in the compute type
+// Per-row helpers shared by the CPU row kernels (soft_ce/cpu.cpp, uda/cpu.cpp): math in the compute type
 // A (float, or double for fp64 logits), row loads, the masked-logit floor and the logits-dtype
 // dispatch. Built with -ffast-math like the kernels that include it.
 #pragma once
 #include <cmath>
+#include <cstdint>
+#include <cstring>
 #include <stdexcept>
 #include <string>
 #include <type_traits>
 
-#include "common.h"
+#include "common/dtype.h"
 
 namespace mplfast {
 
@@ -20,9 +22,24 @@ inline double log_c(double x) { return std::log(x); }
 // finite-math code cannot compute with; as -1e30 they get probability exactly 0 and a finite
 // loss (without smoothing exactly F.cross_entropy's; with smoothing a huge finite value where
 // torch gives +inf). Sums of up to 2^30 floored values stay finite.
-template <typename A> inline A floor_logit(A x) {
-  constexpr A kFloor = sizeof(A) == 4 ? A(-1e30f) : A(-1e300);
-  return x < kFloor ? kFloor : x;
+//
+// NaN must stay NaN (the reference gives a NaN row). Under -ffast-math a float comparison
+// `x < floor ? floor : x` may be compiled to maxps, which returns the floor for NaN, so the test
+// is done on the bit pattern: as a signed integer, a float below the floor down to -inf lies in
+// (bits(floor), bits(-inf)]; NaNs and everything else lie outside. Two integer compares: still
+// vectorized inside the `omp simd` loops.
+inline float floor_logit(float x) {
+  constexpr int32_t kFloor = int32_t(0xf149f2cau);  // bits of -1e30f
+  constexpr int32_t kNegInf = int32_t(0xff800000u);
+  const int32_t i = int32_t(float_to_bits(x));
+  return (i > kFloor && i <= kNegInf) ? -1e30f : x;
+}
+inline double floor_logit(double x) {
+  constexpr int64_t kFloor = int64_t(0xfe37e43c8800759cull);  // bits of -1e300
+  constexpr int64_t kNegInf = int64_t(0xfff0000000000000ull);
+  int64_t i;
+  std::memcpy(&i, &x, 8);
+  return (i > kFloor && i <= kNegInf) ? -1e300 : x;
 }
 
 // Row source in the compute type A: the row itself when T == A, else a converted scratch copy.

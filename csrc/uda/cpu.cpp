@@ -1,13 +1,14 @@
 // CPU fused UDA consistency loss: sharpened weak softmax, confidence mask, masked CE against the
 // strong logits and its gradient, per row in one parallel sweep (rows stay in L1/L2 scratch).
+#include <algorithm>
 #include <cmath>
 #include <stdexcept>
 #include <vector>
 
-#include "common.h"
-#include "cpu/parallel.h"
-#include "cpu/rowwise.h"
-#include "kernels.h"
+#include "common/dtype.h"
+#include "common/parallel.h"
+#include "common/rowwise.h"
+#include "uda/uda.h"
 
 namespace mplfast {
 namespace {
@@ -15,14 +16,15 @@ namespace {
 template <typename T, typename A>
 void uda_impl(const T* weak, const T* strong, A* loss, A* mask, T* grad, int64_t N, int64_t C,
               A inv_tau, A threshold, A scale, int nthreads) {
-#pragma omp parallel num_threads(nthreads) if (nthreads > 1)
-  {
+  // Items of whole rows, about kGrainElements elements each (common/parallel.h).
+  const int64_t rows = std::max<int64_t>(1, kGrainElements / C);
+  parallel_items((N + rows - 1) / rows, nthreads, [&](int64_t item) {
     const bool conv = !std::is_same_v<T, A>;
     std::vector<A> wbuf(conv ? C : 0), sbuf(conv ? C : 0), qbuf(C), pbuf(C);
     A* qe = qbuf.data();
     A* pe = pbuf.data();
-#pragma omp for schedule(static)
-    for (int64_t n = 0; n < N; ++n) {
+    const int64_t n_end = std::min(N, (item + 1) * rows);
+    for (int64_t n = item * rows; n < n_end; ++n) {
       T* g = grad ? grad + n * C : nullptr;
       const A* w = load_row<T, A>(weak + n * C, C, wbuf.data());
       // softmax(w / tau): max(w / tau) = max(w) / tau since tau > 0.
@@ -64,7 +66,7 @@ void uda_impl(const T* weak, const T* strong, A* loss, A* mask, T* grad, int64_t
         for (int64_t c = 0; c < C; ++c) g[c] = Store<T>::conv(a * pe[c] - b * qe[c]);
       }
     }
-  }
+  });
 }
 
 }  // namespace

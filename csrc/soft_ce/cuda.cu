@@ -1,13 +1,16 @@
 // CUDA soft-target / label-smoothed cross-entropy with the gradient computed in the forward.
 //
 // One warp per row (C <= 1024) or one block per row. Pass 1 reads the row once (16-byte vector
-// loads when every pointer and the row length allow) and keeps an online (max, sum exp) state;
-// pass 2 reads it again and writes the gradient while accumulating sum_c t'_c (z_c - m), from
-// which the loss is formed as sum(t') log(S) - sum_c t'_c (z_c - m) (shifted logits: exact for
-// huge values). An out-of-range class index never reads memory: the row's loss and gradient
-// become NaN.
-#include "cuda/common.cuh"
-#include "kernels.h"
+// loads when every pointer and the row length allow, kUnroll of them in flight per thread) and
+// keeps an online (max, sum exp) state plus the sums the loss needs, taken against a fixed shift
+// r (the row's first logit): B = sum_c (z_c - r), and for soft targets T = sum_c t_c and
+// A = sum_c t_c (z_c - r). The loss follows from those alone,
+//     loss = sum(t') (m - r + log S) - sum_c t'_c (z_c - r),   t' = (1 - eps) t + eps / C,
+// so without a gradient the logits are read once. Pass 2 (gradient only) re-reads the row and
+// writes grad_c = scale (sum(t') exp(z_c - m) / S - t'_c). An out-of-range class index never
+// reads memory: the row's loss and gradient become NaN.
+#include "common/cuda.cuh"
+#include "soft_ce/soft_ce.h"
 
 namespace mplfast {
 namespace cuda {
@@ -16,11 +19,15 @@ namespace {
 // T: logits/grad storage; TT: probability-target storage (ignored when kIndex); V: elements per
 // vector load (1 = scalar path).
 template <typename T, typename TT, int V, bool kIndex>
-__global__ void soft_ce_kernel(const T* __restrict__ logits, const void* __restrict__ target_v,
-                               float* __restrict__ loss, T* __restrict__ grad, int64_t N, int C,
-                               float eps, float scale, bool block_mode) {
+__global__ void __launch_bounds__(kRowMaxThreads, kRowMinBlocks)
+    soft_ce_kernel(const T* __restrict__ logits, const void* __restrict__ target_v, float* __restrict__ loss,
+                   T* __restrict__ grad, int64_t N, int C, float eps, float scale, bool block_mode) {
+  // Vectors in flight per thread and pass: 4 with one input stream, 2 with two (soft targets).
+  constexpr int kUnroll = kIndex ? 4 : 2;
   __shared__ GroupSmem sm;
-  const auto [G, lane, row] = row_group(block_mode);
+  const RowGroup rg = row_group(block_mode);
+  const int G = rg.size, lane = rg.lane;
+  const int64_t row = rg.row;
   // Warp mode has no block-wide barriers, so idle warps of the last block may leave; in block
   // mode the grid has exactly N blocks.
   if (row >= N) return;
@@ -29,23 +36,31 @@ __global__ void soft_ce_kernel(const T* __restrict__ logits, const void* __restr
   const TT* t = kIndex ? nullptr : static_cast<const TT*>(target_v) + row * int64_t(C);
   T* g = grad ? grad + row * int64_t(C) : nullptr;
   const int nvec = C / V;  // host guarantees C % V == 0 when V > 1
+  const float r = row_shift(ld_logit(z[0]));
 
-  // ---- pass 1: online max / sum exp (and sum t for soft targets) -------------------------
-  float m = kNegHuge, s = 0.f, sum_t = 0.f;
-  for (int i = lane; i < nvec; i += G) {
-    const Vec<T, V> zv = reinterpret_cast<const Vec<T, V>*>(z)[i];
-    float x[V];
+  // ---- pass 1: online max / sum exp, and the shifted sums of the loss ----------------------
+  Softmax sm_state;
+  float sums[kIndex ? 1 : 3] = {};  // B, then A and T for soft targets
+  for_strided<kUnroll>(lane, nvec, G, [&](auto ku, int i) {
+    constexpr int K = decltype(ku)::value;
+    float x[K * V], tt[kIndex ? 1 : K * V];
+    (void)tt;
+    load_strided<K, V, true>(z, i, G, x);
+    if constexpr (!kIndex) load_strided<K, V, false>(t, i, G, tt);
+    softmax_update<K * V, false>(sm_state, x, x);
 #pragma unroll
-    for (int j = 0; j < V; ++j) x[j] = ld_logit(zv.v[j]);
-    online_update<V>(m, s, x);
-    if constexpr (!kIndex) {
-      const Vec<TT, V> tv = reinterpret_cast<const Vec<TT, V>*>(t)[i];
-#pragma unroll
-      for (int j = 0; j < V; ++j) sum_t += ld(tv.v[j]);
+    for (int j = 0; j < K * V; ++j) {
+      const float d = x[j] - r;
+      sums[0] += d;
+      if constexpr (!kIndex) {
+        sums[1] += tt[j] * d;
+        sums[2] += tt[j];
+      }
     }
-  }
-  group_merge_ms(m, s, block_mode, sm);
-  if constexpr (!kIndex) sum_t = group_sum(sum_t, block_mode, sm);
+  });
+  group_softmax<false>(sm_state, block_mode, sm);
+  group_sum(sums, block_mode, sm);
+  const float m = sm_state.m, S = sm_state.s;
 
   const float eps_c = eps / float(C);
   const float keep = 1.f - eps;
@@ -56,46 +71,47 @@ __global__ void soft_ce_kernel(const T* __restrict__ logits, const void* __restr
     y = static_cast<const int64_t*>(target_v)[row];
     valid = (y >= 0) && (y < C);
   } else {
-    sum_tp = keep * sum_t + eps;
+    sum_tp = keep * sums[2] + eps;
   }
-
-  // ---- pass 2: gradient, and sum_c t'_c (z_c - m) for the loss -----------------------------
-  const float a = scale * sum_tp / s;  // grad_c = a * exp(z_c - m) - scale * t'_c
-  float acc = 0.f;
-  for (int i = lane; i < nvec; i += G) {
-    const Vec<T, V> zv = reinterpret_cast<const Vec<T, V>*>(z)[i];
-    Vec<T, V> gv;
-    if constexpr (kIndex) {
-#pragma unroll
-      for (int j = 0; j < V; ++j) {
-        const float d = ld_logit(zv.v[j]) - m;
-        acc += d;
-        const int c = i * V + j;
-        const float tp = eps_c + (c == y ? keep : 0.f);
-        gv.v[j] = st<T>(valid ? a * __expf(d) - scale * tp : nan_f());
-      }
-    } else {
-      const Vec<TT, V> tv = reinterpret_cast<const Vec<TT, V>*>(t)[i];
-#pragma unroll
-      for (int j = 0; j < V; ++j) {
-        const float d = ld_logit(zv.v[j]) - m;
-        const float tp = keep * ld(tv.v[j]) + eps_c;
-        acc += tp * d;
-        gv.v[j] = st<T>(a * __expf(d) - scale * tp);
-      }
-    }
-    if (g) reinterpret_cast<Vec<T, V>*>(g)[i] = gv;
-  }
-  acc = group_sum(acc, block_mode, sm);
   if (lane == 0) {
+    // log S is added last: in a row whose logits are all masked (m = -1e30, r = 0) the shifted
+    // terms cancel exactly first and the loss stays log C, as on the CPU.
     float l;
     if constexpr (kIndex) {
-      l = valid ? __logf(s) - (eps_c * acc + keep * (ld_logit(z[y]) - m)) : nan_f();
+      l = valid ? ((m - r) - keep * (ld_logit(z[y]) - r) - eps_c * sums[0]) + __logf(S) : nan_f();
     } else {
-      l = sum_tp * __logf(s) - acc;
+      l = (sum_tp * (m - r) - (keep * sums[1] + eps_c * sums[0])) + sum_tp * __logf(S);
     }
     loss[row] = l;
   }
+  if (!g) return;
+
+  // ---- pass 2: the gradient -------------------------------------------------------------------
+  const float a = scale * sum_tp / S;  // grad_c = a * exp(z_c - m) - scale * t'_c
+  for_strided<kUnroll>(lane, nvec, G, [&](auto ku, int i) {
+    constexpr int K = decltype(ku)::value;
+    float x[K * V], tt[kIndex ? 1 : K * V];
+    (void)tt;
+    load_strided<K, V, true>(z, i, G, x);
+    if constexpr (!kIndex) load_strided<K, V, false>(t, i, G, tt);
+#pragma unroll
+    for (int k = 0; k < K; ++k) {
+#pragma unroll
+      for (int j = 0; j < V; ++j) {
+        const int e = k * V + j;
+        float tp;
+        if constexpr (kIndex) {
+          const int c = (i + k * G) * V + j;
+          tp = eps_c + (c == y ? keep : 0.f);
+        } else {
+          tp = keep * tt[e] + eps_c;
+        }
+        const float gv = a * __expf(x[e] - m) - scale * tp;
+        x[e] = kIndex && !valid ? nan_f() : gv;
+      }
+    }
+    store_strided<K, V>(g, i, G, x);
+  });
 }
 
 template <typename T, typename TT, bool kIndex>

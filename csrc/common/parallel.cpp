@@ -1,0 +1,111 @@
+// See parallel.h. A process-wide pool of sleeping workers, started lazily, never shut down
+// (they block in a condition variable; the process exit ends them). After fork() the child
+// starts with no workers (pthread_atfork), since threads do not survive a fork.
+#include "common/parallel.h"
+
+#include <pthread.h>
+
+#include <atomic>
+#include <condition_variable>
+#include <memory>
+#include <mutex>
+#include <new>
+#include <system_error>
+#include <thread>
+
+namespace mplfast {
+namespace {
+
+constexpr int kMaxWorkers = 255;
+
+struct Job {
+  std::atomic<int64_t> next{0};   // next item to claim
+  std::atomic<int64_t> done{0};   // items finished
+  std::atomic<int> seats{0};      // workers that may still join this job
+  int64_t n = 0;
+  const std::function<void(int64_t)>* body = nullptr;  // valid while done < n
+};
+
+// Claims and runs items until none are left.
+void run_items(Job& job) {
+  for (;;) {
+    const int64_t k = job.next.fetch_add(1, std::memory_order_relaxed);
+    if (k >= job.n) return;
+    (*job.body)(k);
+    job.done.fetch_add(1, std::memory_order_release);
+  }
+}
+
+struct Pool {
+  std::mutex mu;
+  std::condition_variable cv;
+  std::shared_ptr<Job> job;  // the current job, or null
+  uint64_t generation = 0;
+  int workers = 0;
+};
+
+// Never destroyed: workers may still wait on it while the process exits.
+Pool* pool = new Pool;
+
+void worker_main(Pool* p) {
+  uint64_t seen = 0;
+  for (;;) {
+    std::shared_ptr<Job> job;  // shared ownership: the caller may return before a worker wakes
+    {
+      std::unique_lock<std::mutex> lock(p->mu);
+      p->cv.wait(lock, [&] { return p->generation != seen; });
+      seen = p->generation;
+      job = p->job;
+    }
+    if (job && job->seats.fetch_sub(1, std::memory_order_relaxed) > 0) run_items(*job);
+  }
+}
+
+void reset_after_fork() {
+  // The child has only the forking thread: forget the parent's workers and any lock state.
+  pool = new Pool;
+}
+
+void ensure_workers(Pool* p, int want) {
+  static std::once_flag atfork;
+  std::call_once(atfork, [] { pthread_atfork(nullptr, nullptr, reset_after_fork); });
+  if (want > kMaxWorkers) want = kMaxWorkers;
+  std::lock_guard<std::mutex> lock(p->mu);
+  for (; p->workers < want; ++p->workers) {
+    try {
+      std::thread(worker_main, p).detach();
+    } catch (const std::system_error&) {
+      break;  // no more threads: run with the ones there are (the caller alone if need be)
+    }
+  }
+}
+
+}  // namespace
+
+void parallel_items(int64_t n, int threads, const std::function<void(int64_t)>& body) {
+  if (n <= 0) return;
+  if (threads > n) threads = int(n);
+  if (threads <= 1) {
+    for (int64_t k = 0; k < n; ++k) body(k);
+    return;
+  }
+  Pool* p = pool;
+  ensure_workers(p, threads - 1);
+  auto job = std::make_shared<Job>();
+  job->n = n;
+  job->body = &body;
+  job->seats.store(threads - 1, std::memory_order_relaxed);
+  {
+    std::lock_guard<std::mutex> lock(p->mu);
+    p->job = job;
+    ++p->generation;
+  }
+  p->cv.notify_all();
+  run_items(*job);
+  // Only items that a worker claimed can still be running; wait for those alone.
+  while (job->done.load(std::memory_order_acquire) < n) std::this_thread::yield();
+  std::lock_guard<std::mutex> lock(p->mu);
+  if (p->job == job) p->job.reset();
+}
+
+}  // namespace mplfast
