@@ -34,6 +34,7 @@ from torch import Tensor
 
 from mplfast.augment import params as P
 from mplfast.augment.reference import normalize_constants
+from mplfast.kernels._launch import launch
 
 MAX_PIXELS = 16384  # 128 x 128
 
@@ -280,14 +281,15 @@ def augment(images: Tensor, index: Tensor, out: Tensor, policy: P.Policy, key: i
     shift = _const(("shift", dev, mean, std), lambda: normalize_constants(mean, std)[1].to(dev))
     cos_v, sin_v = policy.cos_sin
     tpx, tpy = policy.translate_px
-    _augment_kernel[(N,)](
+    launch(
+        _augment_kernel, (N,), dev,
         images, index.to(device=dev, dtype=torch.int64).contiguous(), out, scratch, table,
         scale, shift, key, id_offset, len(policy.op_set), *out.stride(),
         cos_v, sin_v, policy.shear, tpx, tpy, policy.enhance,
         float(policy.solarize_threshold), float(2 ** policy.posterize_shift), policy.cutout_px,
         policy.pad_x, policy.pad_y,
         H=H, W=W, C=C, BLOCK=BLOCK, CP=CP, N_OPS=n, HFLIP=policy.hflip, SCR=scr,
-        num_warps=4 if BLOCK * CP <= 2048 else 8,
+        num_warps=4 if BLOCK * CP <= 2048 else 8, fp_fusion=True,
     )
 
 
@@ -313,7 +315,7 @@ def sample_rows(key: int, id_offset: int, count: int, n: int, table: Tensor | No
     if count == 0:
         return rows
     BLOCK = 256
-    _sample_kernel[(triton.cdiv(count, BLOCK),)](
-        rows, table if table is not None else rows, key, id_offset, n, count,
-        HAS_TABLE=table is not None, BLOCK=BLOCK)
+    launch(_sample_kernel, (triton.cdiv(count, BLOCK),), device,
+           rows, table if table is not None else rows, key, id_offset, n, count,
+           HAS_TABLE=table is not None, BLOCK=BLOCK, num_warps=4, fp_fusion=True)
     return rows

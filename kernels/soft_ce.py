@@ -15,6 +15,10 @@ inf - inf = NaN appears in padding.
 Loss accuracy: logits are shifted by the row's first element ``r`` before they are summed, so the
 loss is computed as ``(lse - r) - sum t'(z - r)`` without the catastrophic cancellation of
 ``lse - sum t' z`` for large logits.
+
+The launcher validates nothing (the public op did, once) and reads no host value, so it can run
+inside ``torch.library.triton_op``. Class indices outside [0, C) never address memory: their
+rows get a NaN loss and gradient.
 """
 from __future__ import annotations
 
@@ -22,13 +26,12 @@ import torch
 import triton
 import triton.language as tl
 
+from mplfast.kernels._launch import launch
 from mplfast.kernels._rowwise import load_chunk, row_config, row_shift
-from mplfast.ops.reference import check_index_target, debug_checks_enabled
 
 __all__ = ["soft_ce_forward"]
 
 _MAX_SINGLE = 8192  # widest row kept entirely in registers (one read of the logits)
-_SUPPORTED = (torch.float32, torch.float16, torch.bfloat16)
 
 
 @triton.jit
@@ -134,12 +137,20 @@ def _soft_ce_kernel(
                 tl.store(g_row[:, None] + c[None, :], g.to(g_ptr.dtype.element_ty), mask=msk)
 
 
-def _launch(logits: torch.Tensor, target: torch.Tensor, label_smoothing: float,
-            grad_scale: float | None, check_labels: bool = True) -> tuple[torch.Tensor, torch.Tensor | None]:
-    if logits.dtype not in _SUPPORTED:
-        raise TypeError(f"triton soft_ce_forward: unsupported logits dtype {logits.dtype} (fp32, fp16, bf16)")
-    if logits.dim() != 2:
-        raise ValueError(f"triton soft_ce_forward: logits must be [N, C], got {tuple(logits.shape)}")
+def soft_ce_forward(
+    logits: torch.Tensor,
+    target: torch.Tensor,
+    label_smoothing: float,
+    grad_scale: float | None,
+) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """Primitive of docs/DESIGN.md: per-row loss fp32 [N] and grad_scale * dloss/dlogits [N, C].
+
+    logits: [N, C] fp32 | fp16 | bf16; target: int64 [N] or float [N, C] (any float dtype), on
+    the logits' device; inputs as the public op validated them. A class index outside [0, C)
+    gives that row a NaN loss and gradient (the public op checks indices on the host first,
+    on CPU always, on CUDA under MPLFAST_DEBUG=1).
+    """
+    assert logits.dim() == 2, "soft_ce_forward: logits must be [N, C]"
     n, c = logits.shape
     if logits.stride(1) != 1:
         logits = logits.contiguous()
@@ -150,8 +161,6 @@ def _launch(logits: torch.Tensor, target: torch.Tensor, label_smoothing: float,
         t_stride = target.stride(0)
     else:
         t_stride = 1
-        if check_labels and (target.device.type == "cpu" or debug_checks_enabled()):
-            check_index_target(target, c)  # raises ValueError; on CUDA it syncs, hence debug only
         if target.stride(0) != 1:
             target = target.contiguous()
     loss = torch.empty(n, dtype=torch.float32, device=logits.device)
@@ -161,26 +170,12 @@ def _launch(logits: torch.Tensor, target: torch.Tensor, label_smoothing: float,
     # soft targets double the registers: half the widest row kept in them
     single, rows, block_c, num_warps = row_config(n, c, _MAX_SINGLE // 2 if soft else _MAX_SINGLE)
     g_arg = grad if grad is not None else loss  # dummy pointer when no gradient is written
-    _soft_ce_kernel[(triton.cdiv(n, rows),)](
-        logits, logits.stride(0), target, t_stride, loss,
-        g_arg, grad.stride(0) if grad is not None else 0,
+    g_stride = grad.stride(0) if grad is not None else 0
+    launch(
+        _soft_ce_kernel, (triton.cdiv(n, rows),), logits.device,
+        logits, logits.stride(0), target, t_stride, loss, g_arg, g_stride,
         n, c, float(label_smoothing), float(grad_scale if grad_scale is not None else 1.0),
         SOFT=soft, GRAD=grad is not None, SINGLE=single, ROWS=rows, BLOCK_C=block_c,
-        num_warps=num_warps,
+        num_warps=num_warps, fp_fusion=True,
     )
     return loss, grad
-
-
-def soft_ce_forward(
-    logits: torch.Tensor,
-    target: torch.Tensor,
-    label_smoothing: float,
-    grad_scale: float | None,
-) -> tuple[torch.Tensor, torch.Tensor | None]:
-    """Primitive of docs/DESIGN.md: per-row loss fp32 [N] and grad_scale * dloss/dlogits [N, C].
-
-    logits: [N, C] fp32 | fp16 | bf16; target: int64 [N] or float [N, C]. Invalid class indices:
-    ValueError on CPU; on CUDA the row's loss and gradient are NaN (no out-of-bounds read) unless
-    MPLFAST_DEBUG=1, which checks them on the host first.
-    """
-    return _launch(logits, target, label_smoothing, grad_scale)

@@ -12,6 +12,9 @@ program, classes in chunks of ``BLOCK_C``):
   mask drops read nothing and get zeros.
 
 When a row fits in one chunk (``SINGLE``) both rows stay in registers and are read once.
+
+The launcher validates nothing (the public op did, once) and reads no host value, so it can run
+inside ``torch.library.triton_op``.
 """
 from __future__ import annotations
 
@@ -19,12 +22,12 @@ import torch
 import triton
 import triton.language as tl
 
+from mplfast.kernels._launch import launch
 from mplfast.kernels._rowwise import NEG, load_chunk, row_config, row_shift
 
 __all__ = ["uda_forward"]
 
 _MAX_SINGLE = 4096  # two rows in registers
-_SUPPORTED = (torch.float32, torch.float16, torch.bfloat16)
 
 
 @triton.jit
@@ -116,18 +119,10 @@ def uda_forward(
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]:
     """Primitive of docs/DESIGN.md: (loss fp32 [N], mask fp32 [N], grad [N, C] strong dtype | None).
 
-    logits_weak, logits_strong: [N, C], same shape and dtype (fp32 | fp16 | bf16); math in fp32.
+    logits_weak, logits_strong: [N, C], same shape and dtype (fp32 | fp16 | bf16), as the public
+    op validated them; math in fp32.
     """
-    if logits_strong.dtype not in _SUPPORTED or logits_weak.dtype != logits_strong.dtype:
-        raise TypeError(
-            f"triton uda_forward: logits must share one dtype of fp32/fp16/bf16, got "
-            f"{logits_weak.dtype} and {logits_strong.dtype}"
-        )
-    if logits_weak.shape != logits_strong.shape or logits_strong.dim() != 2:
-        raise ValueError(
-            f"triton uda_forward: expected two [N, C] tensors of one shape, got "
-            f"{tuple(logits_weak.shape)} and {tuple(logits_strong.shape)}"
-        )
+    assert logits_strong.dim() == 2 and logits_weak.shape == logits_strong.shape
     weak = logits_weak if logits_weak.stride(1) == 1 else logits_weak.contiguous()
     strong = logits_strong if logits_strong.stride(1) == 1 else logits_strong.contiguous()
     n, c = strong.shape
@@ -139,11 +134,13 @@ def uda_forward(
         return loss, mask, grad
     single, rows, block_c, num_warps = row_config(n, c, _MAX_SINGLE)
     g_arg = grad if grad is not None else loss  # dummy pointer when no gradient is written
-    _uda_kernel[(triton.cdiv(n, rows),)](
-        weak, weak.stride(0), strong, strong.stride(0), loss, mask,
-        g_arg, grad.stride(0) if grad is not None else 0,
+    g_stride = grad.stride(0) if grad is not None else 0
+    launch(
+        _uda_kernel, (triton.cdiv(n, rows),), dev,
+        weak, weak.stride(0), strong, strong.stride(0), loss, mask, g_arg, g_stride,
         n, c, 1.0 / float(temperature), float(threshold),
         float(grad_scale if grad_scale is not None else 1.0),
-        GRAD=grad is not None, SINGLE=single, ROWS=rows, BLOCK_C=block_c, num_warps=num_warps,
+        GRAD=grad is not None, SINGLE=single, ROWS=rows, BLOCK_C=block_c,
+        num_warps=num_warps, fp_fusion=True,
     )
     return loss, mask, grad
