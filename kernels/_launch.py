@@ -8,10 +8,15 @@
   is a plain launch. Older torch: a direct launch;
 * with ``enable_fp_fusion`` passed explicitly: Triton's default changes in 3.10, and the
   augmentation kernel must not contract a*b+c into an FMA (it promises bit equality).
+
+Also the tile switch: under ``TRITON_INTERPRET=1`` the launchers pick bigger tiles than on a GPU
+(the interpreter pays per program and per op), unless ``MPLFAST_TRITON_TILES=gpu``, which makes
+them use exactly the GPU's tile configuration so the GPU code paths run in CPU tests.
 """
 from __future__ import annotations
 
 import contextlib
+import os
 from typing import Any, ContextManager
 
 import torch
@@ -21,9 +26,16 @@ try:  # torch >= 2.6
 except ImportError:  # pragma: no cover - older torch: launch directly
     _wrap_triton = None
 
-__all__ = ["device_guard", "launch"]
+__all__ = ["device_guard", "launch", "interpreter_tiles"]
 
 _WRAPPED: dict[int, tuple[Any, Any]] = {}
+
+
+def interpreter_tiles() -> bool:
+    """True when the launchers should use the interpreter's (larger) tiles: TRITON_INTERPRET=1
+    and not MPLFAST_TRITON_TILES=gpu. Read at every launch, so tests can switch it."""
+    return (os.environ.get("TRITON_INTERPRET") == "1"
+            and os.environ.get("MPLFAST_TRITON_TILES", "").lower() != "gpu")
 
 
 def device_guard(device: torch.device) -> ContextManager[Any]:

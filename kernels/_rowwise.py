@@ -2,10 +2,10 @@
 masked row loads and the launch shape (rows per program, chunk width, warps)."""
 from __future__ import annotations
 
-import os
-
 import triton
 import triton.language as tl
+
+from mplfast.kernels._launch import interpreter_tiles
 
 # "Minus infinity" for padding: exp(NEG - m) == 0 without inf arithmetic. A constexpr, because
 # Triton kernels may only read globals that are constexpr.
@@ -33,7 +33,7 @@ def row_config(n: int, c: int, max_single: int) -> tuple[bool, int, int, int]:
     (one read) up to ``max_single`` columns wide."""
     width = triton.next_power_of_2(c)
     single = width <= max_single
-    interpret = os.environ.get("TRITON_INTERPRET") == "1"
+    interpret = interpreter_tiles()  # MPLFAST_TRITON_TILES=gpu: the GPU's tiles, also here
     # Under the interpreter a wider chunk (still < 32000, so rows of 32000 take several chunks
     # and the online rescaling is exercised) cuts the per-op overhead.
     block_c = width if single else (4 * CHUNK if interpret else CHUNK)
