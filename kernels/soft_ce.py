@@ -14,7 +14,9 @@ inf - inf = NaN appears in padding.
 
 Loss accuracy: logits are shifted by the row's first element ``r`` before they are summed, so the
 loss is computed as ``(lse - r) - sum t'(z - r)`` without the catastrophic cancellation of
-``lse - sum t' z`` for large logits.
+``lse - sum t' z`` for large logits. The running max starts at the most negative finite value
+(not at ``r``), so a row whose first class is -inf and whose others are all below about -88
+still gets a finite loss; padding lanes never enter the sum of exponentials.
 
 The launcher validates nothing (the public op did, once) and reads no host value, so it can run
 inside ``torch.library.triton_op``. Class indices outside [0, C) never address memory: their
@@ -27,11 +29,17 @@ import triton
 import triton.language as tl
 
 from mplfast.kernels._launch import launch
-from mplfast.kernels._rowwise import load_chunk, row_config, row_shift
+from mplfast.kernels._rowwise import NEG, load_chunk, row_config, row_shift
 
 __all__ = ["soft_ce_forward"]
 
 _MAX_SINGLE = 8192  # widest row kept entirely in registers (one read of the logits)
+
+
+@triton.jit
+def _smoothed(t, eps, eps_c, msk):
+    """t' = (1 - eps) t + eps / C on the valid lanes, 0 on padding."""
+    return tl.where(msk, (1.0 - eps) * t + eps_c, 0.0)
 
 
 @triton.jit
@@ -65,7 +73,8 @@ def _soft_ce_kernel(
         msk = rmask[:, None] & (cols < C)[None, :]
         x = load_chunk(z_row, cols, msk)
         m = tl.max(x, axis=1)
-        e = tl.exp(x - m[:, None])
+        # where: a padding lane (NEG) must add nothing even when the row's max is NEG (all -inf)
+        e = tl.where(msk, tl.exp(x - m[:, None]), 0.0)
         s = tl.sum(e, axis=1)
         s = tl.where(rmask, s, 1.0)  # padding rows: avoid log(0)
         d = tl.where(msk, x - r[:, None], 0.0)
@@ -73,9 +82,11 @@ def _soft_ce_kernel(
         if SOFT:
             t = tl.load(t_ptr + rows64[:, None] * t_stride + cols[None, :], mask=msk, other=0.0).to(tl.float32)
             T = tl.sum(t, axis=1)
-            A = tl.sum(t * d, axis=1)
+            A = tl.sum(_smoothed(t, eps, eps_c, msk) * d, axis=1)
     else:
-        m = r
+        # Start at the most negative finite value, not at r: r is 0 when class 0 is -inf, and a
+        # max that never drops below 0 underflows every exp of a row below about -88.
+        m = tl.full([ROWS], NEG, dtype=tl.float32)
         s = tl.zeros([ROWS], dtype=tl.float32)
         B = tl.zeros([ROWS], dtype=tl.float32)
         T = tl.zeros([ROWS], dtype=tl.float32)
@@ -85,23 +96,24 @@ def _soft_ce_kernel(
             msk = rmask[:, None] & (c < C)[None, :]
             x = load_chunk(z_row, c, msk)
             m_new = tl.maximum(m, tl.max(x, axis=1))
-            s = s * tl.exp(m - m_new) + tl.sum(tl.exp(x - m_new[:, None]), axis=1)
+            s = s * tl.exp(m - m_new) + tl.sum(tl.where(msk, tl.exp(x - m_new[:, None]), 0.0), axis=1)
             m = m_new
             d = tl.where(msk, x - r[:, None], 0.0)
             B += tl.sum(d, axis=1)
             if SOFT:
                 t = tl.load(t_ptr + rows64[:, None] * t_stride + c[None, :], mask=msk, other=0.0).to(tl.float32)
                 T += tl.sum(t, axis=1)
-                A += tl.sum(t * d, axis=1)
+                A += tl.sum(_smoothed(t, eps, eps_c, msk) * d, axis=1)
         s = tl.where(rmask, s, 1.0)
 
     log_s = tl.log(s)
     lse_r = (m - r) + log_s  # logsumexp(z) - r
     if SOFT:
-        # t' = (1 - eps) t + eps / C:  sum t' = (1-eps) T + eps,  sum t'(z - r) = (1-eps) A + eps/C B
+        # t' = (1 - eps) t + eps / C:  sum t' = (1-eps) T + eps;  A = sum t'(z - r), summed per
+        # class as the reference does, so a class with t = 0 at a -inf logit gives NaN without
+        # smoothing (0 * -inf) and +inf with it, exactly like F.cross_entropy
         Tp = (1.0 - eps) * T + eps
-        # eps == 0 must not touch B: 0 * (-inf) would turn -inf logits into a NaN loss.
-        loss = Tp * lse_r - ((1.0 - eps) * A + tl.where(eps_c != 0.0, eps_c * B, 0.0))
+        loss = Tp * lse_r - A
     else:
         loss = lse_r - (1.0 - eps) * (zy - r) - tl.where(eps_c != 0.0, eps_c * B, 0.0)
         loss = tl.where(valid, loss, float("nan"))

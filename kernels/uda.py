@@ -13,6 +13,10 @@ program, classes in chunks of ``BLOCK_C``):
 
 When a row fits in one chunk (``SINGLE``) both rows stay in registers and are read once.
 
+Edge rows: both running maxima start at the most negative finite value, and padding lanes never
+enter a sum of exponentials; a weak row that is all -inf has no sharpened distribution and is
+dropped, as the reference drops its NaN row.
+
 The launcher validates nothing (the public op did, once) and reads no host value, so it can run
 inside ``torch.library.triton_op``.
 """
@@ -54,16 +58,17 @@ def _uda_kernel(
         w = tl.where(msk, w, NEG)
         x = load_chunk(s_row, cols, msk)
         mw = tl.max(w, axis=1)
-        ew = tl.exp(w - mw[:, None])
+        ew = tl.where(msk, tl.exp(w - mw[:, None]), 0.0)
         sw = tl.sum(ew, axis=1)
         ms = tl.max(x, axis=1)
-        es = tl.exp(x - ms[:, None])
+        es = tl.where(msk, tl.exp(x - ms[:, None]), 0.0)
         ss = tl.sum(es, axis=1)
         A = tl.sum(ew * tl.where(msk, x - r[:, None], 0.0), axis=1)
     else:
         mw = tl.full([ROWS], NEG, dtype=tl.float32)
         sw = tl.zeros([ROWS], dtype=tl.float32)
-        ms = r
+        # not r: r is 0 when class 0 is -inf, and a max stuck at 0 underflows rows below -88
+        ms = tl.full([ROWS], NEG, dtype=tl.float32)
         ss = tl.zeros([ROWS], dtype=tl.float32)
         A = tl.zeros([ROWS], dtype=tl.float32)
         for start in range(0, C, BLOCK_C):
@@ -74,17 +79,19 @@ def _uda_kernel(
             x = load_chunk(s_row, c, msk)
             mw_new = tl.maximum(mw, tl.max(w, axis=1))
             alpha = tl.exp(mw - mw_new)
-            ew = tl.exp(w - mw_new[:, None])
+            ew = tl.where(msk, tl.exp(w - mw_new[:, None]), 0.0)
             sw = sw * alpha + tl.sum(ew, axis=1)
             A = A * alpha + tl.sum(ew * tl.where(msk, x - r[:, None], 0.0), axis=1)
             mw = mw_new
             ms_new = tl.maximum(ms, tl.max(x, axis=1))
-            ss = ss * tl.exp(ms - ms_new) + tl.sum(tl.exp(x - ms_new[:, None]), axis=1)
+            ss = ss * tl.exp(ms - ms_new) + tl.sum(tl.where(msk, tl.exp(x - ms_new[:, None]), 0.0), axis=1)
             ms = ms_new
     sw = tl.where(rmask, sw, 1.0)  # padding rows: no division by zero / log(0)
     ss = tl.where(rmask, ss, 1.0)
 
-    keep = (1.0 / sw) >= threshold  # max_c q = exp(0) / sum_w
+    # max_c q = exp(0) / sum_w. sw == 0: an all -inf weak row (no distribution), dropped like the
+    # reference's NaN row; a NaN sw fails the comparison and is dropped too.
+    keep = (sw > 0.0) & ((1.0 / sw) >= threshold)
     log_ss = tl.log(ss)
     ce = (ms - r) + log_ss - A / sw
     tl.store(loss_ptr + rows64, tl.where(keep, ce, 0.0), mask=rmask)
