@@ -14,8 +14,9 @@ program, classes in chunks of ``BLOCK_C``):
 When a row fits in one chunk (``SINGLE``) both rows stay in registers and are read once.
 
 Edge rows: both running maxima start at the most negative finite value, and padding lanes never
-enter a sum of exponentials; a weak row that is all -inf has no sharpened distribution and is
-dropped, as the reference drops its NaN row.
+enter a sum of exponentials. A row the mask drops gets a gradient of exactly 0 (``where``, not a
+multiply by 0, which would keep an inf or NaN of that row); a weak row that is all -inf has no
+sharpened distribution and is dropped, as the reference drops its NaN row.
 
 The launcher validates nothing (the public op did, once) and reads no host value, so it can run
 inside ``torch.library.triton_op``.
@@ -99,9 +100,8 @@ def _uda_kernel(
 
     if GRAD:
         g_row = g_ptr + rows64 * g_stride
-        scale = tl.where(keep, grad_scale, 0.0)
         if SINGLE:
-            g = (es / ss[:, None] - ew / sw[:, None]) * scale[:, None]
+            g = tl.where(keep[:, None], (es / ss[:, None] - ew / sw[:, None]) * grad_scale, 0.0)
             tl.store(g_row[:, None] + cols[None, :], g.to(g_ptr.dtype.element_ty), mask=msk)
         else:
             log_sw = tl.log(sw)
@@ -113,7 +113,8 @@ def _uda_kernel(
                 x = tl.load(s_row[:, None] + c[None, :], mask=lmsk, other=0.0).to(tl.float32)
                 p = tl.exp((x - ms[:, None]) - log_ss[:, None])
                 q = tl.exp((w - mw[:, None]) - log_sw[:, None])
-                g = (p - q) * scale[:, None]
+                # where, not (p - q) * 0: the zeros loaded for a dropped row can make p inf
+                g = tl.where(keep[:, None], (p - q) * grad_scale, 0.0)
                 tl.store(g_row[:, None] + c[None, :], g.to(g_ptr.dtype.element_ty), mask=msk)
 
 
