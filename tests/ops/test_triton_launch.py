@@ -1,5 +1,6 @@
-"""How the Triton kernels are launched (issue 9, item 1): every launch of every launcher runs
-inside the device guard of its tensors, with ``enable_fp_fusion`` passed explicitly.
+"""How the Triton kernels are launched (issue 9, item 1; item 5's explicit flag): every launch of
+every launcher runs inside the device guard of its tensors, with ``enable_fp_fusion`` passed
+explicitly (False for the bit-exact augmentation, True for the loss and dot kernels).
 
 No GPU is needed: ``mplfast.kernels._launch.device_guard`` is replaced by a fake guard that
 records which device is current, and the interpreter's launch entry point records, at each
@@ -85,7 +86,7 @@ def test_augment_and_sampling_launch_inside_their_device_guard(launches):
     augment(imgs, torch.tensor([2, 0]), out, P.Policy(8, 8, True, n_ops=1), 7, 0, (0.5,) * 3, (0.2,) * 3)
     sample_rows(7, 0, 10, 3, None, torch.device("cpu"))
     assert len(launches) == 2
-    _check(launches, torch.device("cpu"), {"_augment_kernel", "_sample_kernel"}, True)
+    _check(launches, torch.device("cpu"), {"_augment_kernel", "_sample_kernel"}, False)
 
 
 def test_batcher_sampling_launches_inside_the_device_guard(launches):
@@ -96,7 +97,7 @@ def test_batcher_sampling_launches_inside_the_device_guard(launches):
     b._triton_sampling = True  # the CUDA code path, run by the interpreter
     b.indices(3)
     assert [name for name, _, _ in launches] == ["_sample_kernel"] * 2
-    _check(launches, torch.device("cpu"), {"_sample_kernel"}, True)
+    _check(launches, torch.device("cpu"), {"_sample_kernel"}, False)
 
 
 def test_device_guard_makes_the_tensors_cuda_device_current(monkeypatch):
