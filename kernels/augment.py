@@ -21,8 +21,9 @@ the kernel is compiled with ``enable_fp_fusion=False``, so no a*b+c is contracte
 (which could move a pixel on a rounding boundary by one level). The tests check exact equality
 under the interpreter, and that the sm_90 PTX holds no fma.rn.f32.
 
-Images with more than ``MAX_PIXELS`` pixels per image do not fit one program's registers; the
-dispatcher uses the torch path for them.
+Images with more than ``MAX_PIXELS`` pixels per image do not fit one program's registers (at
+96x96 a program would need ~10 KB of stack per thread); the dispatcher uses the torch path for
+them.
 """
 from __future__ import annotations
 
@@ -37,7 +38,7 @@ from mplfast.augment import params as P
 from mplfast.augment.reference import normalize_constants
 from mplfast.kernels._launch import launch
 
-MAX_PIXELS = 16384  # 128 x 128
+MAX_PIXELS = 4096  # 64 x 64: the largest image one program holds in registers without spilling
 
 # Small constant tensors per (device, ...): created once, so a step issues no host-to-device
 # copy (which would also be illegal inside CUDA-graph capture).
@@ -290,6 +291,7 @@ def augment(images: Tensor, index: Tensor, out: Tensor, policy: P.Policy, key: i
         float(policy.solarize_threshold), float(2 ** policy.posterize_shift), policy.cutout_px,
         policy.pad_x, policy.pad_y,
         H=H, W=W, C=C, BLOCK=BLOCK, CP=CP, N_OPS=n, HFLIP=policy.hflip, SCR=scr,
+        # 8 warps hold a 64x64 RGB tile in 255 registers a thread; 16 would cap ptxas at 128 and spill
         num_warps=4 if BLOCK * CP <= 2048 else 8,
         fp_fusion=False,  # bit-exact: no FMA contraction (Triton's default is on)
     )
