@@ -73,8 +73,8 @@ def test_grad_dot_launches_inside_their_device_guard(launches, seeded):
     xs = [torch.randn(n, generator=seeded) for n in (3, 40000)] + [torch.randn(5, generator=seeded).half()]
     grad_dot(xs, xs)
     grad_dot_delta(xs, xs, xs)
-    assert len(launches) == 2 * 2  # two dtype groups, twice
-    _check(launches, torch.device("cpu"), {"_multi_dot_kernel"}, True)
+    assert len(launches) == 2 * 3  # two dtype groups and the finishing kernel, twice
+    _check(launches, torch.device("cpu"), {"_multi_dot_kernel", "_finish_kernel"}, True)
 
 
 def test_augment_and_sampling_launch_inside_their_device_guard(launches):
