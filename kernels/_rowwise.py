@@ -1,6 +1,8 @@
 """Pieces shared by the row-wise Triton kernels (``soft_ce``, ``uda``): the padding value, the
-masked row loads and the launch shape (rows per program, chunk width, warps)."""
+masked row loads, the alignment hint and the launch shape (rows per program, chunk width, warps)."""
 from __future__ import annotations
+
+import math
 
 import triton
 import triton.language as tl
@@ -26,6 +28,29 @@ def load_chunk(row_ptr, c, msk):
     """[ROWS, BLOCK_C] tile of columns ``c`` in fp32, NEG where ``msk`` is off."""
     x = tl.load(row_ptr[:, None] + c[None, :], mask=msk, other=0.0).to(tl.float32)
     return tl.where(msk, x, NEG)
+
+
+@triton.jit
+def aligned(x, VEC: tl.constexpr):
+    """``x`` (an integer the host checked is a multiple of VEC), told to the compiler as such.
+    Triton only knows integer arguments divisible by 16; a column count or row stride of 1000
+    would otherwise turn every masked row load into scalar loads."""
+    if VEC > 1:
+        x = (x // VEC) * VEC
+    return x
+
+
+def vec_width(*sizes: int) -> int:
+    """Largest power of two <= 16 dividing every size (column count, row strides in elements):
+    the VEC the kernels may assume. Strides and shapes only, no data pointers: Triton's JIT
+    checks pointer alignment itself, and this stays traceable under torch.compile."""
+    g = 0
+    for s in sizes:
+        g = math.gcd(g, int(s))
+    v = 16
+    while v > 1 and g % v:
+        v //= 2
+    return v
 
 
 def row_config(n: int, c: int, max_single: int) -> tuple[bool, int, int, int]:

@@ -29,7 +29,7 @@ import triton
 import triton.language as tl
 
 from mplfast.kernels._launch import launch
-from mplfast.kernels._rowwise import NEG, load_chunk, row_config, row_shift
+from mplfast.kernels._rowwise import NEG, aligned, load_chunk, row_config, row_shift, vec_width
 
 __all__ = ["soft_ce_forward"]
 
@@ -50,8 +50,14 @@ def _soft_ce_kernel(
     g_ptr, g_stride,  # gradient [N, C] in the logits' dtype
     N, C, eps, grad_scale,
     SOFT: tl.constexpr, GRAD: tl.constexpr, SINGLE: tl.constexpr,
-    ROWS: tl.constexpr, BLOCK_C: tl.constexpr,
+    ROWS: tl.constexpr, BLOCK_C: tl.constexpr, VEC: tl.constexpr,
 ):
+    # VEC divides C and every row stride (checked on the host): lets masked loads vectorize.
+    C = aligned(C, VEC)
+    z_stride = aligned(z_stride, VEC)
+    g_stride = aligned(g_stride, VEC)
+    if SOFT:
+        t_stride = aligned(t_stride, VEC)
     pid = tl.program_id(0)
     rows = pid * ROWS + tl.arange(0, ROWS)
     rmask = rows < N
@@ -183,11 +189,12 @@ def soft_ce_forward(
     single, rows, block_c, num_warps = row_config(n, c, _MAX_SINGLE // 2 if soft else _MAX_SINGLE)
     g_arg = grad if grad is not None else loss  # dummy pointer when no gradient is written
     g_stride = grad.stride(0) if grad is not None else 0
+    vec = vec_width(c, logits.stride(0), t_stride if soft else 0, g_stride)
     launch(
         _soft_ce_kernel, (triton.cdiv(n, rows),), logits.device,
         logits, logits.stride(0), target, t_stride, loss, g_arg, g_stride,
         n, c, float(label_smoothing), float(grad_scale if grad_scale is not None else 1.0),
-        SOFT=soft, GRAD=grad is not None, SINGLE=single, ROWS=rows, BLOCK_C=block_c,
+        SOFT=soft, GRAD=grad is not None, SINGLE=single, ROWS=rows, BLOCK_C=block_c, VEC=vec,
         num_warps=num_warps, fp_fusion=True,
     )
     return loss, grad

@@ -28,7 +28,7 @@ import triton
 import triton.language as tl
 
 from mplfast.kernels._launch import launch
-from mplfast.kernels._rowwise import NEG, load_chunk, row_config, row_shift
+from mplfast.kernels._rowwise import NEG, aligned, load_chunk, row_config, row_shift, vec_width
 
 __all__ = ["uda_forward"]
 
@@ -43,7 +43,13 @@ def _uda_kernel(
     g_ptr, g_stride,  # gradient [N, C], strong dtype
     N, C, inv_tau, threshold, grad_scale,
     GRAD: tl.constexpr, SINGLE: tl.constexpr, ROWS: tl.constexpr, BLOCK_C: tl.constexpr,
+    VEC: tl.constexpr,
 ):
+    # VEC divides C and every row stride (checked on the host): lets masked loads vectorize.
+    C = aligned(C, VEC)
+    w_stride = aligned(w_stride, VEC)
+    s_stride = aligned(s_stride, VEC)
+    g_stride = aligned(g_stride, VEC)
     pid = tl.program_id(0)
     rows = pid * ROWS + tl.arange(0, ROWS)
     rmask = rows < N
@@ -143,12 +149,13 @@ def uda_forward(
     single, rows, block_c, num_warps = row_config(n, c, _MAX_SINGLE)
     g_arg = grad if grad is not None else loss  # dummy pointer when no gradient is written
     g_stride = grad.stride(0) if grad is not None else 0
+    vec = vec_width(c, weak.stride(0), strong.stride(0), g_stride)
     launch(
         _uda_kernel, (triton.cdiv(n, rows),), dev,
         weak, weak.stride(0), strong, strong.stride(0), loss, mask, g_arg, g_stride,
         n, c, 1.0 / float(temperature), float(threshold),
         float(grad_scale if grad_scale is not None else 1.0),
-        GRAD=grad is not None, SINGLE=single, ROWS=rows, BLOCK_C=block_c,
+        GRAD=grad is not None, SINGLE=single, ROWS=rows, BLOCK_C=block_c, VEC=vec,
         num_warps=num_warps, fp_fusion=True,
     )
     return loss, mask, grad
