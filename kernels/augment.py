@@ -16,12 +16,14 @@ is ``mplfast.augment.reference``):
    output dtype and stored through the output's strides (channels-last slice of the step buffer).
 
 Bit-exactness with the reference: all random draws, op choices, integer statistics and the
-composed matrix (same float32 operation order; cos/sin come from the host) are identical. On a
-GPU the compiler may contract a*b+c into an FMA, which can move a pixel that sits exactly on a
-rounding boundary by one level; the tests under the interpreter check exact equality.
+composed matrix (same float32 operation order; cos/sin come from the host) are identical, and
+the kernel is compiled with ``enable_fp_fusion=False``, so no a*b+c is contracted into an FMA
+(which could move a pixel on a rounding boundary by one level). The tests check exact equality
+under the interpreter, and that the sm_90 PTX holds no fma.rn.f32.
 
-Images with more than ``MAX_PIXELS`` pixels per image do not fit one program's registers; the
-dispatcher uses the torch path for them.
+Images with more than ``MAX_PIXELS`` pixels per image do not fit one program's registers (at
+96x96 a program would need ~10 KB of stack per thread); the dispatcher uses the torch path for
+them.
 """
 from __future__ import annotations
 
@@ -34,8 +36,9 @@ from torch import Tensor
 
 from mplfast.augment import params as P
 from mplfast.augment.reference import normalize_constants
+from mplfast.kernels._launch import launch
 
-MAX_PIXELS = 16384  # 128 x 128
+MAX_PIXELS = 4096  # 64 x 64: the largest image one program holds in registers without spilling
 
 # Small constant tensors per (device, ...): created once, so a step issues no host-to-device
 # copy (which would also be illegal inside CUDA-graph capture).
@@ -280,14 +283,17 @@ def augment(images: Tensor, index: Tensor, out: Tensor, policy: P.Policy, key: i
     shift = _const(("shift", dev, mean, std), lambda: normalize_constants(mean, std)[1].to(dev))
     cos_v, sin_v = policy.cos_sin
     tpx, tpy = policy.translate_px
-    _augment_kernel[(N,)](
+    launch(
+        _augment_kernel, (N,), dev,
         images, index.to(device=dev, dtype=torch.int64).contiguous(), out, scratch, table,
         scale, shift, key, id_offset, len(policy.op_set), *out.stride(),
         cos_v, sin_v, policy.shear, tpx, tpy, policy.enhance,
         float(policy.solarize_threshold), float(2 ** policy.posterize_shift), policy.cutout_px,
         policy.pad_x, policy.pad_y,
         H=H, W=W, C=C, BLOCK=BLOCK, CP=CP, N_OPS=n, HFLIP=policy.hflip, SCR=scr,
+        # 8 warps hold a 64x64 RGB tile in 255 registers a thread; 16 would cap ptxas at 128 and spill
         num_warps=4 if BLOCK * CP <= 2048 else 8,
+        fp_fusion=False,  # bit-exact: no FMA contraction (Triton's default is on)
     )
 
 
@@ -313,7 +319,7 @@ def sample_rows(key: int, id_offset: int, count: int, n: int, table: Tensor | No
     if count == 0:
         return rows
     BLOCK = 256
-    _sample_kernel[(triton.cdiv(count, BLOCK),)](
-        rows, table if table is not None else rows, key, id_offset, n, count,
-        HAS_TABLE=table is not None, BLOCK=BLOCK)
+    launch(_sample_kernel, (triton.cdiv(count, BLOCK),), device,
+           rows, table if table is not None else rows, key, id_offset, n, count,
+           HAS_TABLE=table is not None, BLOCK=BLOCK, num_warps=4, fp_fusion=False)
     return rows

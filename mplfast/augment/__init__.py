@@ -62,13 +62,17 @@ def augment_view(out: Tensor, images: Tensor, index: Tensor, policy: Policy, *, 
     key = rng.stream_key(seed, step, view)
     ids = torch.arange(id_offset, id_offset + N, device=images.device, dtype=torch.int64)
     name = resolve_backend(backend, out.device)
-    if name == "triton" and backend is None and (H * W > 16384 or C not in (1, 3)):
-        # one program per image holds the image in registers: large images use torch instead
-        why = f"triton augment handles <= 128x128 images with 1 or 3 channels, got {H}x{W}x{C}"
-        if why not in _warned:
-            _warned.add(why)
-            warnings.warn(f"augment: using the torch path: {why}", stacklevel=2)
-        name = "torch"
+    if name == "triton" and backend is None:
+        # one program per image holds the image in registers (no spills up to MAX_PIXELS, checked
+        # by tests/test_ops_triton_compile.py): larger images use torch instead
+        from mplfast.kernels.augment import MAX_PIXELS
+
+        if H * W > MAX_PIXELS or C not in (1, 3):
+            why = f"triton augment handles <= {MAX_PIXELS} pixels with 1 or 3 channels, got {H}x{W}x{C}"
+            if why not in _warned:
+                _warned.add(why)
+                warnings.warn(f"augment: using the torch path: {why}", stacklevel=2)
+            name = "torch"
     if name == "triton":
         from mplfast.kernels.augment import augment as triton_augment
         triton_augment(images, index, out, policy, key, id_offset, mean, std)

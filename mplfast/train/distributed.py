@@ -50,16 +50,19 @@ def _pick_device(requested: str, local_rank: int) -> torch.device:
 
 def setup(requested_device: str) -> DistInfo:
     """Initialise the process group when launched by torchrun (WORLD_SIZE > 1): NCCL for CUDA
-    devices, gloo on CPU. A plain `mplfast train` is a single process and touches nothing."""
+    devices, gloo on CPU. A plain `mplfast train` is a single process and creates no group. On
+    CUDA the chosen device is made current in every case."""
     world_size = int(os.environ.get("WORLD_SIZE", "1"))
     rank = int(os.environ.get("RANK", "0"))
     local_rank = int(os.environ.get("LOCAL_RANK", "0"))
     device = _pick_device(requested_device, local_rank)
+    if device.type == "cuda":
+        # every CUDA run, one process too: Triton launches on the *current* device and stream,
+        # so `--device cuda:1` must make cuda:1 current (the kernels also guard each launch)
+        torch.cuda.set_device(device)
     if world_size > 1 and not (dist.is_available() and dist.is_initialized()):
         if not dist.is_available():
             raise UserError("WORLD_SIZE > 1 but this torch build has no torch.distributed")
-        if device.type == "cuda":
-            torch.cuda.set_device(device)
         dist.init_process_group(backend="nccl" if device.type == "cuda" else "gloo")
     return DistInfo(rank=rank, world_size=world_size, local_rank=local_rank, device=device)
 
