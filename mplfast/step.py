@@ -152,8 +152,12 @@ class MPLStep:
         self.student_scaler = torch.amp.GradScaler(self.device.type) if fp16 else None
         self.generator = torch.Generator(device=self.device)
         self.generator.manual_seed(int(seed))
-        self.baseline = torch.zeros((), dtype=torch.float32, device=self.device)
         self._student_params = [p for p in student.parameters() if p.requires_grad]
+        # h, its baseline and the reported losses: at least float32, float64 for a float64 student
+        # (never rounded to float32: that left h with relative errors ~3e-5).
+        self._hdtype = torch.promote_types(self._student_params[0].dtype if self._student_params
+                                           else torch.float32, torch.float32)
+        self.baseline = torch.zeros((), dtype=self._hdtype, device=self.device)
         self._teacher_params = [p for p in teacher.parameters() if p.requires_grad]
         if cfg.pseudo_label == "soft" and cfg.meta_signal != "none":
             if not isinstance(student_optimizer, torch.optim.SGD):
@@ -193,10 +197,22 @@ class MPLStep:
             torch._foreach_copy_(self._snapshot, params)
         return self._snapshot  # type: ignore[return-value]
 
+    def _grad_dot_delta(self, v: list[Tensor], new: list[Tensor], old: list[Tensor] | None) -> Tensor:
+        """sum_i <v_i, new_i - old_i>, 0-dim, at least float32.
+
+        The fused op returns float32 by contract; a float64 student gets the same sum from
+        plain float64 torch ops instead, so h keeps float64 precision.
+        """
+        assert old is not None
+        if self._hdtype != torch.float64:
+            return grad_dot_delta(v, new, old)
+        delta = torch._foreach_sub(new, old)
+        return torch.stack([(d * g.to(d.dtype)).sum() for d, g in zip(delta, v)]).sum()
+
     def _pseudo_labels(self, z: Tensor) -> Tensor:
         """Hard labels [N] int64 from logits z [N, C]: argmax, or a draw from softmax(z)."""
         if self.cfg.pseudo_label == "sample":
-            probs = torch.softmax(z.detach().float(), dim=-1)
+            probs = torch.softmax(_hi(z.detach()), dim=-1)
             return torch.multinomial(probs, 1, generator=self.generator).squeeze(1)
         return z.detach().argmax(dim=-1)
 
@@ -208,7 +224,7 @@ class MPLStep:
             x_l: labeled images [B, C, H, W]; y_l: int64 labels [B].
             x_uw, x_us: weak and strong views of the same unlabeled images [muB, C, H, W].
         Returns:
-            dict of detached 0-dim float32 tensors: teacher_loss (L_T), teacher_loss_l (L_sup),
+            dict of detached 0-dim tensors, float32 (float64 for float64 models): teacher_loss (L_T), teacher_loss_l (L_sup),
             uda_loss (unweighted L_uda), uda_weight (w_t), mpl_loss (L_mpl), student_loss (L_S),
             student_loss_l_old, student_loss_l_new, h (as applied to the teacher, after sign,
             baseline and distributed mean), mask_rate, student_moved (1, or 0 for a skipped step).
@@ -233,16 +249,16 @@ class MPLStep:
         z_l, z_uw, z_us = z[:B], z[B:B + M], z[B + M:]
 
         # 2. Teacher supervised loss with label smoothing.
-        l_sup = soft_cross_entropy(z_l, y_l, label_smoothing=cfg.label_smoothing).float()
+        l_sup = _hi(soft_cross_entropy(z_l, y_l, label_smoothing=cfg.label_smoothing))
         # 3. UDA consistency loss (fused op; divisor is the full muB), ramped weight.
         l_uda, mask_rate = uda_loss(z_uw, z_us, temperature=cfg.temperature, threshold=cfg.threshold)
-        l_uda = l_uda.float()
+        l_uda = _hi(l_uda)
         w_uda = cfg.lambda_u * min(1.0, (self.t + 1) / cfg.uda_steps)
 
         # 4. Pseudo labels from the teacher.
         soft = cfg.pseudo_label == "soft"
         if soft:
-            target: Tensor = torch.softmax(z_us.detach().float(), dim=-1)
+            target: Tensor = torch.softmax(_hi(z_us.detach()), dim=-1)
             y_teacher = None
         else:
             if cfg.pseudo_label_view == "weak":
@@ -267,7 +283,7 @@ class MPLStep:
             # the update: a student that did not move gives h = 0 exactly.
             rng_old = _RngReplay(self.device)
             with torch.no_grad(), _batch_stats_only(student), self._autocast():
-                l_old = soft_cross_entropy(student(x_l).float(), y_l)
+                l_old = soft_cross_entropy(_hi(student(x_l)), y_l)
         rng = _RngReplay(self.device) if soft_meta else None
         x_s = torch.cat([x_l, x_us])
         with self._autocast():
@@ -275,7 +291,7 @@ class MPLStep:
         s_l, s_us = s[:B], s[B:]
         if not labeled_l_old:  # "concat": read from the update's forward (official code, port)
             with torch.no_grad():
-                l_old = soft_cross_entropy(s_l.detach().float(), y_l)
+                l_old = soft_cross_entropy(_hi(s_l.detach()), y_l)
         l_s = soft_cross_entropy(s_us, target, label_smoothing=cfg.label_smoothing)
 
         # 6. Student update: backward, (unscale), clip, step, scheduler, EMA.
@@ -322,8 +338,8 @@ class MPLStep:
                 same_as_l_old.enter_context(_batch_stats_only(student))
             with torch.set_grad_enabled(need_v), self._autocast():
                 s_new = student(x_l)
-        l_new_t = soft_cross_entropy(s_new.float(), y_l)  # fp32, as L_old
-        l_new = l_new_t.detach().float()
+        l_new_t = soft_cross_entropy(_hi(s_new), y_l)  # at least fp32, as L_old
+        l_new = l_new_t.detach()
         v: list[Tensor] | None = None
         inv_scale = None
         if need_v:
@@ -342,12 +358,12 @@ class MPLStep:
             if cfg.meta_signal == "loss_diff":
                 h = l_old - l_new
             elif cfg.meta_signal == "grad_dot":
-                h = -grad_dot_delta(v, params, old)
+                h = -self._grad_dot_delta(v, params, old)
                 if inv_scale is not None:
                     h = h * inv_scale
             else:
-                h = torch.zeros((), dtype=torch.float32, device=self.device)
-            h = h.float().reshape(())
+                h = torch.zeros((), dtype=self._hdtype, device=self.device)
+            h = h.to(self._hdtype).reshape(())
             # A skipped student step (or non-finite fp16 gradients of L_new) gives h = 0.
             ok = moved.bool() & torch.isfinite(h)
             h = torch.where(ok, h, torch.zeros_like(h))
@@ -365,15 +381,15 @@ class MPLStep:
 
         # 9. Teacher MPL loss.
         if not want_meta:
-            l_mpl = torch.zeros((), dtype=torch.float32, device=self.device)
+            l_mpl = torch.zeros((), dtype=self._hdtype, device=self.device)
         elif soft:
             G = self._soft_meta_grad(x_s, B, old, v, g_u, grad_norm, soft_info, rng, inv_scale)
             G = G * (moved * (cfg.meta_sign * cfg.meta_scale))
             G = torch.where(torch.isfinite(G).all(), G, torch.zeros_like(G))
             # d L_mpl / d z_us = softmax-Jacobian^T G, i.e. the chain rule through p = softmax(z_us).
-            l_mpl = (G * torch.softmax(z_us.to(G.dtype), dim=-1)).sum().float()
+            l_mpl = (G * torch.softmax(z_us.to(G.dtype), dim=-1)).sum()
         else:
-            l_mpl = (cfg.meta_scale * h) * soft_cross_entropy(z_us, y_teacher).float()
+            l_mpl = (cfg.meta_scale * h) * _hi(soft_cross_entropy(z_us, y_teacher))
 
         # 10. Teacher update.
         l_t = l_sup + w_uda * l_uda + l_mpl
@@ -396,12 +412,12 @@ class MPLStep:
 
         f32 = torch.float32
         return {
-            "teacher_loss": l_t.detach().to(f32),
+            "teacher_loss": _hi(l_t.detach()),
             "teacher_loss_l": l_sup.detach(),
             "uda_loss": l_uda.detach(),
             "uda_weight": torch.full((), w_uda, dtype=f32, device=self.device),
-            "mpl_loss": l_mpl.detach().to(f32),
-            "student_loss": l_s.detach().to(f32),
+            "mpl_loss": _hi(l_mpl.detach()),
+            "student_loss": _hi(l_s.detach()),
             "student_loss_l_old": l_old,
             "student_loss_l_new": l_new,
             "h": h.detach(),
@@ -503,7 +519,7 @@ class MPLStep:
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
         self.t = int(state["t"])
-        self.baseline = state["baseline"].to(device=self.device, dtype=torch.float32).reshape(())
+        self.baseline = state["baseline"].to(device=self.device, dtype=self._hdtype).reshape(())
         for name in ("teacher_scaler", "student_scaler"):
             scaler, s = getattr(self, name), state.get(name)
             if scaler is not None and s is not None:

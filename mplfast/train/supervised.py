@@ -37,7 +37,9 @@ class SupervisedStep:
         self.model.train()
         with autocast(self.precision, self.device):
             logits = self.model(x)
-        loss = self._ce(logits.float(), y, label_smoothing=self.label_smoothing)
+        # At least float32 (a float64 model keeps float64; half-precision logits are widened).
+        loss = self._ce(logits.to(torch.promote_types(logits.dtype, torch.float32)), y,
+                        label_smoothing=self.label_smoothing)
         self.optimizer.zero_grad(set_to_none=True)
         self.scaler.scale(loss).backward()
         if self.grad_clip is not None:
