@@ -233,7 +233,9 @@ def smooth_cross_entropy(logits: torch.Tensor, targets: torch.Tensor, eps: float
 
 
 def _param_groups(model: nn.Module, weight_decay: float) -> list[dict[str, Any]]:
-    no_decay = ("bn", "bias")
+    # The port's grouping: only names containing "bn" escape weight decay, so biases decay
+    # (mplfast.param_groups(..., decay_biases=True) gives the same groups on mplfast's models).
+    no_decay = ("bn",)
     return [{"params": [p for n, p in model.named_parameters() if not any(k in n for k in no_decay)],
              "weight_decay": weight_decay},
             {"params": [p for n, p in model.named_parameters() if any(k in n for k in no_decay)],
