@@ -10,7 +10,7 @@ port's costs instead of optimising them:
 - fp16 autocast with one ``GradScaler`` per model (``amp=True``, the port's ``--amp``);
 - one teacher forward on ``cat(x_l, x_uw, x_us)``, one student forward on ``cat(x_l, x_us)``,
   a student update, then a second student forward on ``x_l`` for L_new;
-- the port's meta signal ``h = L_new - L_old`` (its sign; see shared/docs/mpl-algorithm.md);
+- the port's meta signal ``h = L_new - L_old`` (its sign; see docs/algorithm.md);
 - label smoothing as an explicit one-hot mix, UDA loss as composite torch ops;
 - ``torch.optim.SGD`` (the default implementation torch picks), ``LambdaLR`` warmup + cosine,
   an EMA of the student updated tensor by tensor;

@@ -1,6 +1,6 @@
 """``MPLConfig``: every setting of one MPL step, validated on construction.
 
-The semantics of each field are fixed by ``shared/docs/mpl-algorithm.md``; the defaults are
+The semantics of each field are fixed by the algorithm page, ``docs/algorithm.md``; the defaults are
 the CIFAR-10-4K recipe's step settings with the paper-correct choices (hard labels from the
 strong view, h = L_old - L_new, no baseline).
 """

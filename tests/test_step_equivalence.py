@@ -1,4 +1,4 @@
-"""MPLStep against a plainly written eager implementation of the spec (mpl-algorithm.md).
+"""MPLStep against a plainly written eager implementation of the spec (docs/algorithm.md).
 
 The reference below uses only torch.nn.functional and autograd, one line per spec step, so a
 reader can check it against the spec by eye. Both run on identical copies of tiny models
