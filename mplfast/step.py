@@ -128,6 +128,11 @@ class MPLStep:
         student_ema: optional ``ModelEMA`` (anything with ``.update(model, step)``), updated
             after the student's step.
         seed: seed of the step's own generator for ``pseudo_label="sample"``.
+        cuda_graph: capture the whole step in one CUDA graph after ``cuda_graph_warmup`` eager
+            steps (``mplfast.cuda_graph``: static inputs, capturable optimizers with tensor lrs,
+            bf16 only; fp16 and other unsupported settings raise ValueError; without a CUDA
+            device it warns once and runs eagerly). The returned metrics are then the graph's
+            static outputs, overwritten by the next call: clone what you keep.
 
     Semantics beyond the spec's text (all documented choices):
       - ``pseudo_label="soft"``: the teacher's MPL term is the exact first-order meta-gradient
@@ -157,6 +162,8 @@ class MPLStep:
         student_ema: Any = None,
         *,
         seed: int = 0,
+        cuda_graph: bool = False,
+        cuda_graph_warmup: int = 3,
     ) -> None:
         if not isinstance(cfg, MPLConfig):
             raise TypeError(f"MPLStep: cfg must be an MPLConfig, got {type(cfg).__name__}")
@@ -195,6 +202,14 @@ class MPLStep:
         self._snapshot: list[Tensor] | None = None  # per-parameter views of one flat buffer
         self._flat: list[Tensor] = []
         self._ema_in_step = True  # the EMA update runs in step 6, right after the student's step
+        self._t_dev: Tensor | None = None  # device step counter (CUDA graphs: the UDA ramp reads it)
+        if not isinstance(cuda_graph, bool):
+            raise TypeError(f"MPLStep: cuda_graph must be a bool, got {cuda_graph!r}")
+        self._graphed = None
+        if cuda_graph:
+            from mplfast.cuda_graph import GraphedStep
+
+            self._graphed = GraphedStep(self, cuda_graph_warmup)
 
     # ------------------------------------------------------------------ helpers
     def _autocast(self) -> contextlib.AbstractContextManager:
@@ -257,6 +272,8 @@ class MPLStep:
             raise ValueError(f"MPLStep: x_uw has {M} rows but x_us has {x_us.shape[0]}")
         if y_l.shape != (B,):
             raise ValueError(f"MPLStep: y_l must have shape [{B}], got {tuple(y_l.shape)}")
+        if self._graphed is not None:
+            return self._graphed(x_l, y_l, x_uw, x_us)
         out = self._step(x_l, y_l, x_uw, x_us)
         self._after_step()
         return out
@@ -302,11 +319,16 @@ class MPLStep:
         }
 
     def _after_step(self) -> None:
-        """Host-side bookkeeping once the step's work is queued: schedulers and the counter.
+        """Host-side bookkeeping once the step's work is queued: schedulers and the counter
+        (and, under a CUDA graph, the student's EMA).
 
         Stepping the schedulers here rather than right after each optimizer step changes
         nothing: nothing later in the step reads either learning rate.
         """
+        if self.student_ema is not None and not self._ema_in_step:
+            self.student_ema.update(self.student, self.t)
+        if self._t_dev is not None:
+            self._t_dev.add_(1)
         if self.student_scheduler is not None:
             self.student_scheduler.step()
         if self.teacher_scheduler is not None:
@@ -328,6 +350,8 @@ class MPLStep:
     def _uda_weight(self) -> float | Tensor:
         """Step 3: w_t = lambda_u * min(1, (t + 1) / uda_steps)."""
         cfg = self.cfg
+        if self._t_dev is not None:  # a device tensor, so that a captured graph follows t
+            return ((self._t_dev + 1) / cfg.uda_steps).clamp(max=1.0) * cfg.lambda_u
         return cfg.lambda_u * min(1.0, (self.t + 1) / cfg.uda_steps)
 
     def _pseudo_labels(self, z_uw: Tensor, z_us: Tensor) -> tuple[Tensor, Tensor | None]:
@@ -613,7 +637,10 @@ class MPLStep:
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
         self.t = int(state["t"])
-        self.baseline = state["baseline"].to(device=self.device, dtype=self._hdtype).reshape(())
+        if self._t_dev is not None:
+            self._t_dev.fill_(self.t)
+        # In place: a captured CUDA graph holds this tensor.
+        self.baseline.copy_(state["baseline"].to(device=self.device, dtype=self._hdtype).reshape(()))
         for name in ("teacher_scaler", "student_scaler"):
             scaler, s = getattr(self, name), state.get(name)
             if scaler is not None and s is not None:
