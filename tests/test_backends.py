@@ -11,7 +11,7 @@ import torch
 import torch.nn.functional as F
 
 import mplfast
-import mplfast.dispatch as B
+import mplfast._backends as B
 
 
 @pytest.fixture
