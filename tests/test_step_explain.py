@@ -1,12 +1,16 @@
-"""torch._dynamo.explain of one MPLStep call: no graph break caused by mplfast/step.py itself
+"""torch._dynamo.explain of one MPLStep call: no graph break caused by mplfast's own code
 except the backward() calls (issue 14 item 4).
 
-Counted are the breaks whose innermost mplfast frame is in mplfast/step.py; breaks inside the
-fused ops (their input checks, native wrappers) belong to the ops' own custom-op work and are
-not counted here. One break in step.py is expected and allowed by name: the RNG state read
-that lets L_new replay L_old's dropout masks (``_RngReplay``; Dynamo does not trace
-``torch.get_rng_state``). Everything else (host syncs, ``.item()``, Python branching on
-tensor values) must not break the graph.
+Counted are the breaks with an mplfast frame on their stack, attributed to the innermost one
+(the fused ops are registered custom ops, so their input checks and native wrappers no longer
+break the graph). One break is expected and allowed by name: the RNG state read that lets
+L_new replay L_old's dropout masks (``_RngReplay`` in step.py; Dynamo skips
+``torch.get_rng_state``, torch 2.13). Everything else (host syncs, ``.item()``, Python
+branching on tensor values, non-tensor returns) must not break the graph.
+
+Not covered, and known to break: ``pseudo_label="sample"`` (Dynamo cannot pass the step's own
+torch.Generator to torch.multinomial) and ``pseudo_label="soft"`` (the JVP runs inside
+torch.random.fork_rng, which Dynamo does not support).
 """
 from __future__ import annotations
 
@@ -36,10 +40,10 @@ def _step_breaks(cfg: MPLConfig) -> list[str]:
     found = []
     for r in ex.break_reasons:
         ours = [f for f in r.user_stack if "/mplfast/" in f.filename.replace("\\", "/")]
-        if not ours or not ours[-1].filename.replace("\\", "/").endswith("mplfast/step.py"):
-            continue  # caused inside the ops (or torch), not by step.py's own code
+        if not ours:
+            continue  # not reached through mplfast code
         reason = r.reason.splitlines()[0]
-        where = f"step.py:{ours[-1].lineno} ({ours[-1].name})"
+        where = f"{ours[-1].filename.split('mplfast')[-1]}:{ours[-1].lineno} ({ours[-1].name})"
         if any(a in reason for a in ALLOWED):
             continue
         if "get_rng_state" in (ours[-1].line or "") and "skipped" in reason:
@@ -50,6 +54,6 @@ def _step_breaks(cfg: MPLConfig) -> list[str]:
 
 @pytest.mark.slow
 @pytest.mark.parametrize("kw", [dict(), dict(meta_signal="grad_dot")], ids=["default", "grad_dot"])
-def test_explain_shows_no_break_caused_by_step_py(kw):
+def test_explain_shows_no_break_caused_by_mplfast(kw):
     breaks = _step_breaks(MPLConfig(precision="fp32", threshold=0.3, **kw))
     assert breaks == [], breaks
