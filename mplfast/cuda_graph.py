@@ -80,7 +80,11 @@ def check_capturable(step: "MPLStep") -> None:
                 raise ValueError(f"MPLStep: cuda_graph=True: the {name} optimizer "
                                  f"{type(opt).__name__} is not known to be capturable; use "
                                  "torch.optim.SGD(fused=True) or one with capturable=True")
-            if sched is not None and not isinstance(group["lr"], Tensor):
+            lr = group["lr"]
+            if isinstance(lr, Tensor) and step.device.type == "cuda" and lr.device != step.device:
+                raise ValueError(f"MPLStep: cuda_graph=True needs the {name} optimizer's tensor lr "
+                                 f"on {step.device}, got {lr.device}")
+            if sched is not None and not isinstance(lr, Tensor):
                 raise ValueError(f"MPLStep: cuda_graph=True with a {name} scheduler needs a "
                                  "tensor lr (lr=torch.tensor(0.05, device=...)): a float lr is "
                                  "frozen into the graph at capture")
