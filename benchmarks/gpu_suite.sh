@@ -17,7 +17,7 @@
 #             mplfast step at B=64
 #   plot      benchmarks/plot_throughput.py -> benchmarks/plots/step_throughput.png
 #   tests     pytest -m "not slow" tests/   (the GPU paths of every module)
-#   opsbench  every other benchmarks/test_bench_*.py (ops, augmentation) with --benchmark-json
+#   opsbench  benchmarks/ops/bench_*.py and every other benchmarks/test_bench_*.py (augmentation) with --benchmark-json
 #   stepbench benchmarks/test_bench_step.py --benchmark-json (pytest-benchmark view of the step)
 #   summary   summary.md: versions, stage status, step table, ceilings, top kernels
 #
@@ -155,7 +155,7 @@ stage_tests() {
 
 stage_opsbench() {
   local files=()
-  for f in benchmarks/test_bench_*.py; do
+  for f in benchmarks/ops/bench_*.py benchmarks/test_bench_*.py; do
     [[ "$f" == benchmarks/test_bench_step.py ]] || files+=("$f")
   done
   if (( ${#files[@]} == 0 )); then echo "no ops/augmentation benchmark files found"; return 0; fi

@@ -254,3 +254,23 @@ def test_pytest_benchmark_step_suite_runs_disabled(tmp_path):
                           cwd=tmp_path, env=env, capture_output=True, text=True, timeout=600)
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
     assert "2 passed" in proc.stdout
+
+
+@pytest.mark.slow
+def test_ops_benchmarks_run_disabled(tmp_path):
+    """benchmarks/ops/bench_*.py (collected only when named): each benchmark body runs once with
+    --benchmark-disable (correctness asserts included), in a subprocess; the ratios summary of
+    benchmarks/conftest.py must not need any test order. torch.compile's variant is skipped here
+    (compile time, not the benchmark, would dominate)."""
+    import os
+    import subprocess
+
+    files = sorted(str(p) for p in (BENCH / "ops").glob("bench_*.py"))
+    assert [Path(f).name for f in files] == ["bench_grad_dot.py", "bench_soft_ce.py", "bench_uda.py"]
+    env = dict(os.environ, OMP_NUM_THREADS="1")
+    proc = subprocess.run([sys.executable, "-m", "pytest", "-q", *files, "--benchmark-disable",
+                           "-k", "not torch_compile and not busy", "-p", "no:cacheprovider",
+                           "--rootdir", str(BENCH.parent)],
+                          cwd=tmp_path, env=env, capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    assert " passed" in proc.stdout and "failed" not in proc.stdout

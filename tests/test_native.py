@@ -19,7 +19,7 @@ import torch.nn.functional as F
 from types import SimpleNamespace
 
 from mplfast import _native as nat  # the one loader of _C: status(), _C
-from mplfast.ops.contract import checked
+from mplfast.ops.primitives import checked
 from mplfast.ops.grad_dot import reference as _ref_dot
 from mplfast.ops.soft_ce import reference as _ref_ce
 from mplfast.ops.uda import reference as _ref_uda

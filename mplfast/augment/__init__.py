@@ -75,7 +75,7 @@ def augment_view(out: Tensor, images: Tensor, index: Tensor, policy: Policy, *, 
     elif name == "native":
         from . import native
         native.augment(images, index, out, policy, key, ids, mean, std)
-    elif name == "torch":
+    elif name in ("torch", "cpu"):  # "cpu": the torch path's former name
         from . import cpu
         cpu.augment(images, index, out, policy, key, ids, mean, std)
     else:

@@ -11,28 +11,30 @@ Every backend implements these four primitives with exactly these signatures (do
 
 The checks below run once per public call (``mplfast.soft_cross_entropy`` etc.), before a backend
 is chosen; the backends (``mplfast/ops/<op>/reference.py``, ``native.py``,
-``mplfast/kernels/<op>.py``) trust their inputs and do not check them again. ``checked()`` wraps
-a backend's primitive in the same checks for callers that use a primitive directly (tests,
-benchmarks).
+``mplfast/kernels/<op>.py``) trust their inputs and do not check them again.
+``mplfast.ops.primitives.checked()`` wraps a backend's primitive in the same checks for callers
+that use a primitive directly (tests, benchmarks).
 
 Checks that need values on the host (the class-index range) are in ``check_labels``: eager mode
 only (see its docstring for the rule under ``torch.compile``).
 
-This module imports nothing from mplfast: every other module may import it.
+This module imports only ``mplfast._backends`` (for the dtype capabilities), which imports
+nothing of ``mplfast.ops``: every op module may import it.
 """
 from __future__ import annotations
 
-import importlib
 import math
 import os
-from typing import Any, Callable, Iterable, Sequence
+from typing import Any, Iterable, Sequence
 
 import torch
 from torch import Tensor
 
+from mplfast import _backends
+
 __all__ = [
     "FLOAT_DTYPES", "PRIMITIVES", "debug_checks_enabled", "check_soft_ce", "check_uda",
-    "check_lists", "check_labels", "check_backend_dtype", "checked",
+    "check_lists", "check_labels", "check_backend_dtype", "grad_scale",
 ]
 
 FLOAT_DTYPES = (torch.float32, torch.float16, torch.bfloat16, torch.float64)
@@ -104,7 +106,8 @@ def _positive(op: str, name: str, value: Any) -> float:
     return v
 
 
-def _grad_scale(op: str, value: Any) -> float | None:
+def grad_scale(op: str, value: Any) -> float | None:
+    """``grad_scale`` of a primitive: None or a number."""
     return None if value is None else _number(op, "grad_scale", value)
 
 
@@ -294,63 +297,8 @@ def check_labels(op: str, target: Tensor, num_classes: int) -> None:
 
 
 def check_backend_dtype(op: str, backend: str, device: torch.device, dtype: torch.dtype) -> None:
-    """TypeError unless ``backend`` computes ``dtype`` on ``device``: float64 runs only on the
-    reference backend and the native backend on CPU."""
-    if dtype == torch.float64 and not (backend == "reference" or (backend == "native" and device.type == "cpu")):
+    """TypeError unless ``backend`` computes ``dtype`` on ``device`` (``mplfast._backends.supports_dtype``:
+    float64 runs only on the reference backend and the native backend on CPU)."""
+    if not _backends.supports_dtype(backend, device.type, dtype):
         raise TypeError(f"{op}: unsupported dtype torch.float64 on backend {backend!r} ({device.type}): "
                         "float64 is supported only by the reference backend and the native backend on CPU")
-
-
-_BACKEND_MODULES = {
-    "reference": "mplfast.ops.{op}.reference",
-    "native": "mplfast.ops.{op}.native",
-    "triton": "mplfast.kernels.{op}",
-}
-
-
-def implementation(backend: str, primitive: str) -> Callable[..., Any]:
-    """The unchecked implementation of ``primitive`` in ``backend`` (imported on first use, so
-    the optional pieces, triton and ``_C``, are only needed when chosen)."""
-    pkg = PRIMITIVES[primitive][0]
-    try:
-        path = _BACKEND_MODULES[backend].format(op=pkg)
-    except KeyError:
-        raise ValueError(f"unknown backend {backend!r}") from None
-    return getattr(importlib.import_module(path), primitive)
-
-
-def checked(backend: str, primitive: str) -> Callable[..., Any]:
-    """``primitive`` of ``backend`` behind this contract's checks (what the public ops run, for
-    callers that use a primitive directly: tests, benchmarks). Availability is the caller's
-    business (``mplfast.backends()``); the native wrappers raise RuntimeError with the reason."""
-    impl = implementation(backend, primitive)
-    op = primitive
-
-    if primitive == "soft_ce_forward":
-        def run(logits, target, label_smoothing, grad_scale):
-            logits, target, eps = check_soft_ce(op, logits, target, label_smoothing)
-            check_backend_dtype(op, backend, logits.device, logits.dtype)
-            check_labels(op, target, logits.shape[1])
-            return impl(logits, target, eps, _grad_scale(op, grad_scale))
-    elif primitive == "uda_forward":
-        def run(logits_weak, logits_strong, temperature, threshold, grad_scale):
-            weak, strong, tau, thr = check_uda(op, logits_weak, logits_strong, temperature, threshold)
-            check_backend_dtype(op, backend, strong.device, strong.dtype)
-            return impl(weak, strong, tau, thr, _grad_scale(op, grad_scale))
-    else:
-        names = PRIMITIVES[primitive][1]
-
-        def run(*lists):
-            if len(lists) != len(names):
-                raise TypeError(f"{op} takes {len(names)} lists, got {len(lists)}")
-            lists_, device, has64 = check_lists(op, list(zip(names, lists)))
-            if device is None:
-                return torch.zeros((), dtype=torch.float32)
-            if has64:
-                check_backend_dtype(op, backend, device, torch.float64)
-            with torch.no_grad():
-                return impl(*lists_)
-
-    run.__name__ = run.__qualname__ = f"checked_{backend}_{primitive}"
-    run.__doc__ = f"{primitive} of the {backend} backend, inputs checked by mplfast.ops.contract."
-    return run

@@ -7,6 +7,7 @@ copied (the copies live until the call returns). Kernels run on torch's current 
 """
 from __future__ import annotations
 
+import operator
 from typing import Sequence
 
 import torch
@@ -19,14 +20,43 @@ __all__ = ["grad_dot", "grad_dot_delta"]
 _CODES = _native.DTYPE_CODES
 
 
+# Per-list cache of what the kernel needs besides the pointers (element counts, dtype codes,
+# contiguity), keyed by the list object: MPLStep passes the same parameter and snapshot lists
+# every step. A hit needs the same list object holding the same tensor objects with the same
+# data pointers and element counts, so swapped storage (``p.data = ...``, ``.to()``, ``set_``)
+# and in-place resizes miss the cache; what a hit skips is reading each tensor's dtype and
+# contiguity again (a listed tensor re-viewed in place as another dtype or layout at the same
+# address and size is the one change it does not see). Bounded: a handful of lists.
+_CACHE: dict[int, tuple[list, tuple, list[int], list[int], list[int], bool]] = {}
+_CACHE_SIZE = 8
+
+
+def _describe(lst: Sequence[Tensor]) -> tuple[list[int], list[int], list[int], bool]:
+    """(pointers, element counts, dtype codes, all contiguous) of one list."""
+    ptrs = [t.data_ptr() for t in lst]
+    sizes = [t.numel() for t in lst]
+    if not isinstance(lst, list):
+        return ptrs, sizes, [_CODES[t.dtype] for t in lst], all([t.is_contiguous() for t in lst])
+    hit = _CACHE.get(id(lst))
+    if (hit is not None and hit[0] is lst and len(hit[1]) == len(lst) and all(map(operator.is_, lst, hit[1]))
+            and hit[2] == ptrs and hit[3] == sizes):
+        return ptrs, sizes, hit[4], hit[5]
+    codes = [_CODES[t.dtype] for t in lst]
+    contiguous = all([t.is_contiguous() for t in lst])
+    if len(_CACHE) >= _CACHE_SIZE:
+        _CACHE.pop(next(iter(_CACHE)))
+    _CACHE[id(lst)] = (lst, tuple(lst), ptrs, sizes, codes, contiguous)
+    return ptrs, sizes, codes, contiguous
+
+
 def _pointers(lst: Sequence[Tensor], keep: list[Tensor]) -> list[int]:
-    if all([t.is_contiguous() for t in lst]):
-        return [t.data_ptr() for t in lst]
+    """Data pointers, with contiguous copies of the non-contiguous tensors (kept in ``keep``:
+    they must outlive the possibly asynchronous call)."""
     out = []
     for t in lst:
         if not t.is_contiguous():
             t = t.contiguous()
-            keep.append(t)  # contiguous copies must outlive the (possibly asynchronous) call
+            keep.append(t)
         out.append(t.data_ptr())
     return out
 
@@ -39,9 +69,12 @@ def _multi_dot(op: str, lists: tuple[Sequence[Tensor], ...]) -> Tensor:
     device = x0[0].device
     lib = _native.lib(op, device.type)
     keep: list[Tensor] = []
-    ptrs = [_pointers(lst, keep) for lst in lists]
-    sizes = [t.numel() for t in x0]
-    codes = [_CODES[t.dtype] for t in x0]
+    ptrs = []
+    for k, lst in enumerate(lists):
+        p, s, c, contiguous = _describe(lst)
+        if k == 0:
+            sizes, codes = s, c  # the i-th tensors of every list share shape and dtype (contract)
+        ptrs.append(p if contiguous else _pointers(lst, keep))
     zs = ptrs[2] if len(ptrs) == 3 else []
     if device.type == "cpu":
         value = lib.grad_dot_cpu(ptrs[0], ptrs[1], zs, sizes, codes, torch.get_num_threads())

@@ -9,7 +9,7 @@ from typing import List
 import torch
 from torch import Tensor
 
-from mplfast.ops import contract
+from mplfast.ops import primitives
 from mplfast.ops._library import LazyTritonOp
 
 __all__ = ["grad_dot", "grad_dot_delta", "grad_dot_triton", "grad_dot_delta_triton"]
@@ -21,7 +21,7 @@ def _primitive(backend: str, name: str):
     key = (backend, name)
     impl = _IMPLS.get(key)
     if impl is None:
-        impl = _IMPLS[key] = contract.implementation(backend, name)
+        impl = _IMPLS[key] = primitives.implementation(backend, name)
     return impl
 
 

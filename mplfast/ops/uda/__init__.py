@@ -58,6 +58,8 @@ def uda_loss(
     need_grad = torch.is_grad_enabled() and strong.requires_grad
     if name == "triton":
         loss, rate, _ = op.uda_triton.get()(weak.detach(), strong, tau, thr, need_grad)
-    else:
+    elif torch.compiler.is_compiling():
         loss, rate, _ = op.uda(weak.detach(), strong, tau, thr, need_grad, name)
+    else:  # eager: the same forward and backward without the custom op's dispatch cost
+        loss, rate, _ = op.UDAEager.apply(weak.detach(), strong, tau, thr, need_grad, name)
     return loss, rate
