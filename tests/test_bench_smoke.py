@@ -125,12 +125,13 @@ def test_eager_reference_matches_mplstep_port_settings():
     cfg = er.EagerConfig(warmup_steps=2, student_wait_steps=1, total_steps=20, uda_steps=3)
     ref = er.EagerMPL(teacher, student, "cpu", cfg)
     kw = dict(lr=cfg.lr, momentum=cfg.momentum, nesterov=cfg.nesterov)
-    t_opt = torch.optim.SGD(param_groups(t2, cfg.weight_decay), **kw)
-    s_opt = torch.optim.SGD(param_groups(s2, cfg.weight_decay), **kw)
+    t_opt = torch.optim.SGD(param_groups(t2, cfg.weight_decay, decay_biases=True), **kw)
+    s_opt = torch.optim.SGD(param_groups(s2, cfg.weight_decay, decay_biases=True), **kw)
     step = MPLStep(t2, s2, t_opt, s_opt,
                    MPLConfig(temperature=cfg.temperature, threshold=0.3, lambda_u=cfg.lambda_u,
                              uda_steps=cfg.uda_steps, label_smoothing=cfg.label_smoothing,
-                             pseudo_label_view="weak", meta_sign=-1, precision="fp32"),
+                             pseudo_label_view="weak", meta_sign=-1, precision="fp32",
+                             l_old_forward="concat"),
                    teacher_scheduler=warmup_cosine_schedule(t_opt, warmup_steps=2, total_steps=20),
                    student_scheduler=warmup_cosine_schedule(s_opt, warmup_steps=2, total_steps=20, wait_steps=1),
                    student_ema=ModelEMA(s2, cfg.ema))
