@@ -243,16 +243,27 @@ def test_cuda_backward_scales_the_saved_gradient_in_place(monkeypatch, seeded):
     scale = torch.tensor(2.5)
     calls = []
 
+    guard: list = []  # the device whose guard is entered, while inside it
+
     class FakeC:
         def scale_inplace_cuda(self, data, dtype, numel, scale_ptr, scale_dtype, stream):
-            calls.append((data, dtype, numel, scale_ptr, scale_dtype, stream))
+            # the binding has no device argument: it must run inside the saved gradient's guard
+            calls.append((tuple(guard), data, dtype, numel, scale_ptr, scale_dtype, stream))
+
+    @contextlib.contextmanager
+    def fake_device(device):
+        guard.append(torch.device(device))
+        try:
+            yield
+        finally:
+            guard.pop()
 
     monkeypatch.setattr(_native, "_C", FakeC())
     monkeypatch.setattr(_native, "stream", lambda device: (0, 1234))
-    monkeypatch.setattr(torch.cuda, "device", lambda device: contextlib.nullcontext())
+    monkeypatch.setattr(torch.cuda, "device", fake_device)
     out = _backward._scale_inplace_cuda(grad, scale)
     assert out is grad
-    assert calls == [(grad.data_ptr(), 2, grad.numel(), scale.data_ptr(), 0, 1234)]
+    assert calls == [((grad.device,), grad.data_ptr(), 2, grad.numel(), scale.data_ptr(), 0, 1234)]
 
     monkeypatch.setattr(_native, "_C", None)  # an extension without the kernel: mul_ in place
     before = grad.clone()

@@ -36,8 +36,11 @@ void uda_impl(const T* weak, const T* strong, A* loss, A* mask, T* grad, int64_t
         qe[c] = v;
         Sw += v;
       }
-      // The largest q is exp(0) / Sw.
-      const bool keep = A(1) / Sw >= threshold;
+      // The largest q is exp(0) / Sw. A weak row with no logit above the floor (all -inf) has
+      // no distribution: it is dropped (mask, loss and gradient 0), as in the reference (whose
+      // softmax of such a row is NaN, never >= threshold) and the Triton kernel.
+      constexpr A kFloorValue = std::is_same_v<A, double> ? A(-1e300) : A(-1e30f);
+      const bool keep = mw > kFloorValue && A(1) / Sw >= threshold;
       mask[n] = keep ? A(1) : A(0);
       if (!keep) {
         loss[n] = A(0);

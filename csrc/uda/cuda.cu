@@ -49,7 +49,10 @@ __global__ void __launch_bounds__(kRowMaxThreads, kRowMinBlocks)
   group_softmax<false>(ps, block_mode, sm);
 
   const float inv_Sw = 1.f / qw.s;
-  const bool keep = inv_Sw >= threshold;  // the largest q is exp(0) / Sw; uniform per row
+  // The largest q is exp(0) / Sw (uniform per row). A weak row with no logit above the floor
+  // (all -inf) has no distribution: dropped, as in the reference and the Triton kernel. qw.m is
+  // the row max of ld_logit(w) * inv_tau, so the floor is compared in the same rounding.
+  const bool keep = qw.m > -1e30f * inv_tau && inv_Sw >= threshold;
   if (lane == 0) {
     loss[row] = keep ? ((ps.m - r) - qw.w * inv_Sw) + __logf(ps.s) : 0.f;  // log Ss last, as in soft_ce
     mask[row] = keep ? 1.f : 0.f;

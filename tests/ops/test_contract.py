@@ -83,3 +83,31 @@ def test_valid_edge_values_accepted():
     for thr in (0, 1):
         loss, _ = uda(threshold=thr)
         assert torch.isfinite(loss)
+
+
+@pytest.mark.parametrize("backend", ["reference", "native", "triton"])
+def test_contract_guards_every_backend(backend):
+    """The Triton launchers (and the native wrappers) validate nothing: the public op's contract
+    must reject, for every backend alike, what they would otherwise run on: labels out of range
+    on CPU (the Triton kernel alone gives NaN rows), bad dtypes and shapes, and grad_dot lists
+    whose i-th tensors differ in dtype or shape."""
+    from _helpers import require_backend
+
+    require_backend(backend)
+    cases = [
+        (lambda: sce(Z, torch.tensor([0, 1, 5, 2]), backend=backend), ValueError, "class index out of range"),
+        (lambda: sce(Z, torch.tensor([0, -1, 1, 2]), backend=backend), ValueError, "class index out of range"),
+        (lambda: sce(Z, Y[:3], backend=backend), ValueError, r"shape \[N\]"),
+        (lambda: sce(Z, P[:, :4], backend=backend), ValueError, "probability target must have"),
+        (lambda: sce(Z.int(), Y, backend=backend), TypeError, "unsupported dtype"),
+        (lambda: sce(Z, Y.int(), backend=backend), TypeError, "unsupported target dtype"),
+        (lambda: uda(Z, torch.randn(4, 6), backend=backend), ValueError, "shape mismatch"),
+        (lambda: uda(Z.half(), Z, backend=backend), TypeError, "dtype mismatch"),
+        (lambda: mplfast.grad_dot([Z], [Z.half()], backend=backend), TypeError, "dtype mismatch at index 0"),
+        (lambda: mplfast.grad_dot([Z], [Z.t()], backend=backend), ValueError, "shape mismatch at index 0"),
+        (lambda: mplfast.grad_dot([Z, Z], [Z], backend=backend), ValueError, "list-length mismatch"),
+        (lambda: mplfast.grad_dot_delta([Z], [Z], [Z.half()], backend=backend), TypeError, "dtype mismatch"),
+    ]
+    for call, exc, pattern in cases:
+        with pytest.raises(exc, match=pattern):
+            call()

@@ -112,3 +112,46 @@ def test_empty_batch(backend):
     loss, rate = mplfast.uda_loss(torch.randn(0, 10), torch.randn(0, 10), temperature=1.0,
                                   threshold=0.5, backend=backend)
     assert torch.isnan(loss) and torch.isnan(rate)  # 0 / 0, as mean() over no rows
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+@pytest.mark.parametrize("c", [10, 1000, 4097, 9000])
+def test_dropped_and_all_minus_inf_weak_rows_are_exactly_zero(backend, c, seeded):
+    """One semantics on every backend: a row the mask drops has loss 0, mask 0 and a gradient of
+    exactly 0 (never NaN), whatever its strong logits hold (NaN, all below -88); a weak row that
+    is all -inf has no distribution and is dropped too, even at threshold 0 (where every row with
+    a distribution is kept). Kept rows still match the composite. (Triton: also with the GPU's
+    tiles, tests/ops/conftest.py.)"""
+    require_backend(backend)
+    from mplfast.ops.primitives import checked
+
+    n = 6
+    weak = torch.randn(n, c, generator=seeded) * 3
+    strong = torch.randn(n, c, generator=seeded) * 3
+    weak[1] = float("-inf")                 # no distribution: dropped
+    strong[1] = -200.0                      # all below -88: exp(0 - max) of zero-loaded padding overflows
+    weak[2] = float("-inf")
+    strong[2, 3] = float("nan")             # a NaN in a dropped row stays out
+    weak[4] = float("-inf")
+    weak[4, 0] = 5.0                        # one finite class: a valid, confident row (q = e_0)
+    uda = checked(backend, "uda_forward")
+    for thr in (0.0, 0.5):
+        loss, mask, grad = uda(weak, strong, 1.0, thr, 1.0)
+        dropped = torch.tensor([False, True, True, False, False, False])
+        assert torch.equal(mask[dropped], torch.zeros(2)), f"mask {mask}"
+        assert torch.equal(loss[dropped], torch.zeros(2)), f"loss {loss}"
+        assert torch.equal(grad[dropped], torch.zeros(2, c)), "dropped rows' gradient is not exactly 0"
+        keep_ref = torch.softmax(weak[~dropped].double(), 1).amax(1) >= thr
+        assert torch.equal(mask[~dropped].bool(), keep_ref)
+        assert bool(mask[4] == 1)
+        kept = (~dropped).nonzero().flatten()[keep_ref]
+        q = torch.softmax(weak[kept].double(), 1)
+        ce = -(q * torch.log_softmax(strong[kept].double(), 1)).sum(1)
+        assert_close(loss[kept], ce, 1e-5, f"kept rows thr={thr}")
+        assert torch.isfinite(grad[kept]).all()
+    # the public op: the dropped rows' gradient through autograd is exactly 0 too
+    s = strong.clone().requires_grad_()
+    loss, rate = mplfast.uda_loss(weak, s, temperature=1.0, threshold=0.0, backend=backend)
+    loss.backward()
+    assert torch.isfinite(loss) and abs(float(rate) - 4 / 6) < 1e-7
+    assert torch.equal(s.grad[1:3], torch.zeros(2, c))
