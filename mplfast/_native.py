@@ -37,7 +37,7 @@ except ImportError as exc:  # not built, or built for another Python / missing s
                           "which has no compiled _C: run from another directory, or install with "
                           "`pip install -e .`")
 
-# Must match csrc/common.h (enum DType).
+# Must match csrc/common/dtype.h (enum DType).
 DTYPE_CODES: dict[torch.dtype, int] = {
     torch.float32: 0,
     torch.float16: 1,

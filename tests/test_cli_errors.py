@@ -27,6 +27,14 @@ def _assert_one_line(rc: int, err: str, expect: str) -> None:
     assert expect.lower() in lines[0].lower(), err
 
 
+@pytest.fixture(autouse=True)
+def _cwd_outside_the_tree(tmp_path, monkeypatch):
+    """The CLI's default output directory is runs/ under the current directory, and a failing
+    `train` may already have written its config.yaml there: run from a temporary directory so
+    the suite never writes inside the work tree."""
+    monkeypatch.chdir(tmp_path)
+
+
 @pytest.fixture
 def empty_dir(tmp_path):
     d = tmp_path / "empty"

@@ -5,7 +5,7 @@ choice is made by the backend registry ``mplfast._backends`` (op ``"augment"``),
 that serves the fused ops:
 
 - ``reference``: ``mplfast.augment.reference``, image by image, op by op (always available);
-- ``native``:    ``csrc/augment/augment.cpp`` in ``mplfast._C``, C++/OpenMP (CPU default);
+- ``native``:    ``csrc/augment/cpu.cpp`` in ``mplfast._C``, C++/OpenMP (CPU default);
 - ``torch``:     ``mplfast.augment.cpu``, batched vectorized torch (any device; the fallback;
                  ``"cpu"``, its former name, is still accepted);
 - ``triton``:    ``mplfast.kernels.augment``, one fused kernel per view (CUDA default; on CPU

@@ -1,4 +1,4 @@
-"""The C++ CPU augmentation backend (``csrc/augment/augment.cpp``, in ``mplfast._C``).
+"""The C++ CPU augmentation backend (``csrc/augment/cpu.cpp``, in ``mplfast._C``).
 
 Parameters are drawn here in torch (``params.draw_params``, the same numbers every backend
 uses); the C++ kernel does the per-pixel work, one image per OpenMP iteration, and is bit-exact

@@ -1,6 +1,6 @@
 """Named presets: dicts of ``TrainConfig`` overrides.
 
-``cifar10-4k`` is the paper recipe as fixed by ``mpl-algorithm.md`` (official flags). The other
+``cifar10-4k`` is the paper recipe as fixed by ``docs/algorithm.md`` (official flags). The other
 image presets follow the same recipe with the model and label budget of the paper's tables;
 each reads files the user already has (``--data``), nothing is downloaded.
 """
@@ -15,7 +15,7 @@ from mplfast.errors import UserError
 # TrainConfig defaults are this preset.
 DIGITS: dict[str, Any] = {}
 
-# The paper's CIFAR-10-4K recipe (mpl-algorithm.md, "Training recipe around the step").
+# The paper's CIFAR-10-4K recipe (docs/algorithm.md, its training recipe around the step).
 CIFAR10_4K: dict[str, Any] = dict(
     dataset="cifar10", labels=4000, model="wrn28_2",
     model_kwargs={"dropout": 0.2, "leaky_slope": 0.2},

@@ -13,7 +13,7 @@ import os
 import pytest
 import torch
 
-from mplfast.ops import reference
+from mplfast.ops.soft_ce import reference
 
 pytestmark = pytest.mark.skipif(os.environ.get("TRITON_INTERPRET") != "1",
                                 reason="runs the kernels under TRITON_INTERPRET=1")

@@ -14,7 +14,7 @@ import os
 import pytest
 import torch
 
-from mplfast.ops import reference
+from mplfast.ops.uda import reference
 
 from test_soft_ce_triton import CLASSES, NINF, assert_rows_match  # noqa: E402 (tests/ops on sys.path)
 
