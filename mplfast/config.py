@@ -63,7 +63,7 @@ class MPLConfig:
                         thread CPU time, medians of interleaved pairs), labeled/concat = 0.92
                         (interquartile range 0.91-0.92) for the digits preset net (small_cnn
                         width 16, B = 16, mu = 3) and 0.96 (0.95-0.97) for WRN-28-2 at B = 4,
-                        mu = 2; the FLOP count predicts 1 - B / (8B + 9 mu B) = 0.96.
+                        mu = 2; FLOPs predict 1 - B / (8B + 9 mu B) = 0.97 and 0.96.
                         "concat": read from the update's [x_l; x_us] forward, as the official code
                         and the most used PyTorch port do; its batch-norm statistics include the
                         unlabeled images, which put an offset of about -0.08 into h on digits
