@@ -37,7 +37,7 @@ def test_soft_ce_matches_reference(seeded, dtype, shape, kind):
 
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16], ids=str)
 def test_soft_ce_and_uda_large_batch(seeded, dtype):
-    """4099 x 1000: many rows per OpenMP thread, multi-threaded path."""
+    """4099 x 1000: many row blocks per pool thread, multi-threaded path."""
     n, c = 4099, 1000
     z = _logits(seeded, n, c, dtype)
     y = torch.randint(0, c, (n,), generator=seeded)
