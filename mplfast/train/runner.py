@@ -49,6 +49,7 @@ class RunResult:
     step: int = 0
     where: str = ""          # "step N" or "finetune step N" where an interrupted run stopped
     out_dir: str | None = None
+    config: TrainConfig | None = None  # the run's config with the fields derived from the data
 
 
 def _seed_all(seed: int) -> None:
@@ -175,6 +176,8 @@ class _Run:
             student=unwrap(self.student), image_shape=(c, h, w), batch=b,
             mu=self.cfg.mu if self.cfg.method != "supervised" else 0, device=self.device,
             channels_last=self.cfg.channels_last, data_bytes=data_bytes)
+        if self.device.type == "cpu":  # the ranks of one machine share its memory
+            est *= int(os.environ.get("LOCAL_WORLD_SIZE", "1"))
         avail = startup.available_bytes(self.device)
         if self.cfg.check_memory:
             startup.check_memory(est, avail, batch=b, mu=self.cfg.mu, image_size=h,
@@ -549,7 +552,7 @@ def _run(cfg: TrainConfig, info: DistInfo, stop: StopRequest, resume_state: dict
     writer = MetricsWriter(out, tensorboard=cfg.tensorboard,
                            resume_step=(r.step + (int(r.ft_state["step"]) if r.ft_state else 0))
                            if resume_state is not None else None)
-    result = RunResult(summary={}, out_dir=out)
+    result = RunResult(summary={}, out_dir=out, config=cfg)
     discard = False
     try:
         try:

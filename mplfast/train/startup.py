@@ -188,6 +188,8 @@ def summary_lines(*, cfg: Any, ds: Any, teacher: nn.Module | None, student: nn.M
     models.append(f"student {cfg.model} ({_fmt_count(param_count(student))} params)")
     batch = (f"batch {cfg.batch_size} labeled" if cfg.method == "supervised"
              else f"batch {cfg.batch_size} labeled + {cfg.mu * cfg.batch_size} unlabeled")
+    if world_size > 1:
+        batch += f" over {world_size} ranks"
     ft = f"finetune {finetune_steps} steps" if finetune_steps else "no finetune"
     threads = f", {torch.get_num_threads()} CPU thread(s)" if device.type == "cpu" else ""
     lines = [
