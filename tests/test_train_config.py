@@ -129,7 +129,7 @@ def _example_value(name: str):
                 return next(v for v in tup if v != d)
     if isinstance(d, int):
         return d + 1
-    pytest.skip(f"no example value for MPLConfig.{name}")
+    return None  # a field this helper cannot invent a value for (checked by name below)
 
 
 def test_every_mplconfig_field_is_configurable_three_ways(tmp_path):
@@ -137,8 +137,12 @@ def test_every_mplconfig_field_is_configurable_three_ways(tmp_path):
 
     from mplfast.config import MPLConfig
 
+    tried = []
     for f in dataclasses.fields(MPLConfig):
         v = _example_value(f.name)
+        if v is None:
+            continue
+        tried.append(f.name)
         if f.name == "pseudo_label" and v == "soft":
             v = "sample"
         flat = resolve(sets=[f"{f.name}={v}"])
@@ -150,6 +154,7 @@ def test_every_mplconfig_field_is_configurable_three_ways(tmp_path):
             assert getattr(cfg.mpl, f.name) == v, f.name
             assert getattr(cfg, f.name) == v  # the flat read alias
             assert cfg.mpl_kwargs()[f.name] == v
+    assert len(tried) >= len(dataclasses.fields(MPLConfig)) - 1, tried
 
 
 def test_nested_yaml_and_flat_yaml_agree(tmp_path):

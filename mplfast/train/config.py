@@ -547,19 +547,31 @@ def mpl_field_docs() -> dict[str, str]:
 
 
 def _split_doc(text: str) -> tuple[str, str]:
-    """``'[0, 1]: UDA mask threshold'`` -> (allowed, meaning); the split is the first ': ' or
-    ' (' outside brackets (MPLConfig's docstring writes "ALLOWED: meaning" or "ALLOWED (...)")."""
-    depth = 0
+    """``'[0, 1]: UDA mask threshold. More.'`` -> (allowed, first sentence of the meaning).
+
+    MPLConfig's docstring writes "ALLOWED: meaning" or "ALLOWED (meaning)"; the split is the
+    first ': ' outside brackets, else the first ' (' outside brackets."""
+    depth, paren = 0, None
     for i, ch in enumerate(text):
         if ch in "([":
-            if ch == "(" and depth == 0 and i > 0 and text[i - 1] == " ":
-                return text[:i].strip(), text[i + 1:].rstrip(".").rstrip(")").strip()
+            if ch == "(" and depth == 0 and paren is None and i > 0 and text[i - 1] == " ":
+                paren = i
             depth += 1
         elif ch in ")]":
             depth -= 1
         elif ch == ":" and depth == 0 and text[i + 1:i + 2] == " ":
-            return text[:i].strip(), text[i + 2:].strip()
-    return "", text
+            allowed, meaning = text[:i].strip(), text[i + 2:].strip()
+            break
+    else:
+        if paren is None:
+            return "", _first_sentence(text)
+        allowed, meaning = text[:paren].strip(), text[paren + 1:].strip().rstrip(".").rstrip(")")
+    return allowed, _first_sentence(meaning)
+
+
+def _first_sentence(text: str) -> str:
+    m = re.search(r"\.\s", text)
+    return (text[:m.start()] if m else text).rstrip(".").strip()
 
 
 def field_rows(cfg: TrainConfig | None = None) -> list[tuple[str, str, str, str, str, str]]:
