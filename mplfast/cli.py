@@ -87,9 +87,9 @@ def build_parser() -> argparse.ArgumentParser:
 
     parser = _Parser(prog="mplfast", description="Fast, trustworthy Meta Pseudo Labels.")
     parser.add_argument("--version", action="version", version=f"mplfast {mplfast.__version__}")
-    sub = parser.add_subparsers(dest="command", parser_class=_Parser,
-                                metavar="{train,eval,ablate,models}")
+    sub = parser.add_subparsers(dest="command", parser_class=_Parser, metavar="{train,eval,ablate}")
 
+    sub.add_parser("models", help="list the model names (for --set model=NAME)")
     t = sub.add_parser("train", help="train teacher and student (MPL), UDA or supervised")
     _add_data_options(t)
     t.add_argument("--method", choices=METHODS, help="mpl (default), uda or supervised")
@@ -119,13 +119,18 @@ def build_parser() -> argparse.ArgumentParser:
     a.add_argument("--out", metavar="DIR", help="directory for the runs and the table "
                    "(default runs/ablate-<dataset>)")
     _add_config_options(a)
-
-    sub.add_parser("models", help="list the model names (for --set model=NAME)")
     return parser
 
 
 def _flags(args: argparse.Namespace, names: Sequence[str]) -> dict[str, Any]:
     return {n: getattr(args, n, None) for n in names if getattr(args, n, None) is not None}
+
+
+def _config_flags(args: argparse.Namespace) -> dict[str, Any]:
+    """Every given flag that names a config field (for --help-config's "this run" column)."""
+    from mplfast.train.config import FIELD_NAMES
+
+    return {k: v for k, v in vars(args).items() if k in FIELD_NAMES and v is not None}
 
 
 def _print_help_config(cfg: Any) -> None:
@@ -207,12 +212,12 @@ def cmd_train(args: argparse.Namespace) -> int:
     from mplfast.train import config as C
     from mplfast.train.runner import default_out_dir, prepare_out_dir, run
 
+    if args.help_config:
+        _print_help_config(C.resolve(preset=args.preset, config_file=args.config,
+                                     flags=_config_flags(args), sets=args.sets, check=False))
+        return 0
     flags = _flags(args, ("dataset", "data", "unlabeled", "labels", "strict_data", "method", "steps", "seed",
                           "out", "device"))
-    if args.help_config:
-        _print_help_config(C.resolve(preset=args.preset, config_file=args.config, flags=flags,
-                                     sets=args.sets, check=False))
-        return 0
     ckpt = None
     if args.resume:
         cfg, ckpt = _resume_config(args, flags)
@@ -299,11 +304,16 @@ def main(argv: Sequence[str] | None = None) -> int:
     if args.command is None:
         parser.print_help()
         return 0
-    commands = {"train": cmd_train, "eval": cmd_eval, "ablate": cmd_ablate, "models": cmd_models}
     previous_formatwarning = warnings.formatwarning
     warnings.formatwarning = _format_warning
     try:
-        return commands[args.command](args)
+        if args.command == "models":
+            return cmd_models(args)
+        if args.command == "train":
+            return cmd_train(args)
+        if args.command == "eval":
+            return cmd_eval(args)
+        return cmd_ablate(args)
     except UserError as e:
         print(f"mplfast: error: {e}", file=sys.stderr, flush=True)
         return EXIT_USAGE

@@ -95,9 +95,9 @@ def build_data(cfg: TrainConfig, info: DistInfo, *, dataset: Any = None) -> Data
     from mplfast.data import MPLBatcher, labeled_split
 
     ds = dataset if dataset is not None else load_data(cfg)
-    cfg = fit_to_data(cfg, ds)
-    assert cfg.labels is not None
     n_train = int(ds.train_labels.numel())
+    cfg = fit_to_data(cfg, ds)  # labels=None: from the images the labeled split is drawn from
+    assert cfg.labels is not None
     if cfg.labels > n_train:
         raise UserError(f"labels={cfg.labels} is more than the {n_train} training images of "
                         f"{cfg.dataset}{_labels_origin(cfg)}")

@@ -16,7 +16,7 @@ import json
 import os
 import random
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any, Callable
 
 import numpy as np
@@ -63,8 +63,6 @@ class _Run:
 
     def __init__(self, cfg: TrainConfig, info: DistInfo, stop: StopRequest,
                  resume_state: dict[str, Any] | None, dataset: Any = None) -> None:
-        ds = dataset if dataset is not None else builders.load_data(cfg)
-        cfg = builders.fit_to_data(cfg, ds)  # labels=None: derived from the data, now concrete
         self.cfg, self.info, self.stop = cfg, info, stop
         self.out = cfg.out if info.is_main else None
         self.device = info.device
@@ -79,9 +77,12 @@ class _Run:
         self.ft_state: dict[str, Any] | None = None
         self.finetuned_sd: dict[str, Any] | None = None  # final finetuned weights (phase "done")
         self.running = RunningMean()  # metrics since the last log line (checkpointed too)
+        self.provenance: dict[str, Any] = {}  # set by _run on rank 0 (see provenance.record)
 
         _seed_all(cfg.seed)  # identical init on every rank (DDP also broadcasts rank 0's)
-        self.data = builders.build_data(cfg, info, dataset=ds)
+        self.data = builders.build_data(cfg, info, dataset=dataset)
+        if cfg.labels is None:  # derived from the data: the run and its saved config are concrete
+            self.cfg = cfg = replace(cfg, labels=int(self.data.labeled_idx.numel()))
         self.teacher: nn.Module | None = None
         self.t_opt = self.t_sched = None
         if cfg.method != "supervised":
@@ -437,6 +438,7 @@ class _Run:
                                if self.train_time > 0 else 0.0)
         out["device"] = str(self.device)
         out["precision"] = self.precision
+        out["provenance"] = self.provenance  # the reproducibility record (rank 0)
         return out
 
 
@@ -546,7 +548,7 @@ def _run(cfg: TrainConfig, info: DistInfo, stop: StopRequest, resume_state: dict
     if info.is_main and progress_mode != "none":
         print(r.summary_block(estimate, available, resume_state is not None), flush=True)
     out = cfg.out if info.is_main else None
-    prov = record(cfg.dataset, argv) if info.is_main else {}
+    prov = r.provenance = record(cfg.dataset, argv) if info.is_main else {}
     created = _open_out_dir(cfg, out, resume_state is not None, prov) if out else False
     start_step = r.step
     writer = MetricsWriter(out, tensorboard=cfg.tensorboard,
@@ -572,8 +574,6 @@ def _run(cfg: TrainConfig, info: DistInfo, stop: StopRequest, resume_state: dict
             return result
         r.phase = "done"
         summary = r.summary(time.perf_counter() - t_start)
-        if info.is_main:
-            summary["provenance"] = prov
         result.summary, result.step = summary, r.step
         r.save()
         if out:
