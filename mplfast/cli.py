@@ -53,6 +53,19 @@ def _unknown_args_message(parser: argparse.ArgumentParser, command: str | None,
     return "unrecognized arguments: " + " ".join(parts)
 
 
+def _format_warning(message: Any, category: type[Warning], filename: str, lineno: int,
+                    line: str | None = None) -> str:
+    # mplfast's own warnings (a corrupt image skipped, ...) are messages to the user: one
+    # clean line, not the source location plus the warnings.warn() call. Only the format is
+    # changed, so warning filters and capture (pytest.warns, logging) still see them.
+    if category.__module__.startswith("mplfast"):
+        return "mplfast: warning: " + " ".join(str(message).split()) + "\n"
+    return _default_formatwarning(message, category, filename, lineno, line)
+
+
+_default_formatwarning = warnings.formatwarning
+
+
 def _add_config_options(p: argparse.ArgumentParser) -> None:
     p.add_argument("--config", metavar="FILE.yaml", help="YAML mapping of config fields (applied after the preset)")
     p.add_argument("--preset", metavar="NAME",
@@ -86,7 +99,6 @@ def build_parser() -> argparse.ArgumentParser:
     import mplfast
 
     parser = _Parser(prog="mplfast", description="Fast, trustworthy Meta Pseudo Labels.")
-    parser.add_argument("--version", action="version", version=f"mplfast {mplfast.__version__}")
     sub = parser.add_subparsers(dest="command", parser_class=_Parser, metavar="{train,eval,ablate}")
 
     sub.add_parser("models", help="list the model names (for --set model=NAME)")
@@ -103,6 +115,7 @@ def build_parser() -> argparse.ArgumentParser:
                    "the value this command's --preset/--config/--set would use) and exit")
     t.add_argument("--print-config", action="store_true",
                    help="print the final merged config (YAML, usable with --config) and exit")
+    parser.add_argument("--version", action="version", version=f"mplfast {mplfast.__version__}")
 
     e = sub.add_parser("eval", help="evaluate a checkpoint's models on the test split")
     e.add_argument("--checkpoint", required=True, metavar="PATH")
@@ -278,19 +291,6 @@ def cmd_ablate(args: argparse.Namespace) -> int:
     print(table.markdown)
     print(f"table written to {table.md_path} and {table.csv_path}")
     return 0
-
-
-def _format_warning(message: Any, category: type[Warning], filename: str, lineno: int,
-                    line: str | None = None) -> str:
-    # mplfast's own warnings (a corrupt image skipped, ...) are messages to the user: one
-    # clean line, not the source location plus the warnings.warn() call. Only the format is
-    # changed, so warning filters and capture (pytest.warns, logging) still see them.
-    if category.__module__.startswith("mplfast"):
-        return "mplfast: warning: " + " ".join(str(message).split()) + "\n"
-    return _default_formatwarning(message, category, filename, lineno, line)
-
-
-_default_formatwarning = warnings.formatwarning
 
 
 def main(argv: Sequence[str] | None = None) -> int:
