@@ -25,8 +25,8 @@ from typing import Any
 
 import yaml
 
-from mplfast.config import MPLConfig
 from mplfast.errors import UserError
+from mplfast.config import MPLConfig  # noqa: I001 - kept apart from the line above for merges
 
 MPL_FIELD_NAMES: tuple[str, ...] = tuple(f.name for f in fields(MPLConfig))
 
