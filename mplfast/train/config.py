@@ -8,6 +8,11 @@ A run's configuration is built in layers, each applied on top of the previous on
 4. the dedicated CLI flags (``--dataset``, ``--steps``, ...),
 5. ``--set key=value`` pairs, in the order given.
 
+The MPL step's settings are nested (``TrainConfig.mpl`` is a :class:`mplfast.MPLConfig`), so
+every MPLConfig field is configurable without being listed here: ``mpl: {threshold: 0.9}`` in
+YAML, ``--set mpl.threshold=0.9``, or the flat alias ``threshold`` (YAML, ``--set``, presets,
+``TrainConfig(threshold=0.9)``, ``dataclasses.replace``; ``cfg.threshold`` reads it).
+
 Every user mistake (unknown key, wrong type, out-of-range value, incompatible options) raises
 :class:`mplfast.errors.UserError` with one line that says what is wrong and what is allowed.
 """
