@@ -67,7 +67,7 @@ def test_failed_first_step_leaves_no_folder(tmp_path, capsys, monkeypatch):
     monkeypatch.setattr(step_mod.MPLStep, "__call__", boom)
     with pytest.raises(RuntimeError, match="simulated"):
         main(["train", "--steps", "2", *QUICK])
-    assert not (tmp_path / "runs").exists() or not any((tmp_path / "runs").iterdir())
+    assert not (tmp_path / "runs").exists()  # not even the runs/ it created
     # a folder the user made stays, but holds nothing of the failed run
     mine = tmp_path / "mine"
     mine.mkdir()
@@ -197,3 +197,60 @@ def test_mplfast_warning_is_one_clean_line(tmp_path, capsys):
     warn = [ln for ln in err if "broken.png" in ln]
     assert len(warn) == 1 and warn[0].startswith("mplfast: warning: "), err
     assert not any("warnings.warn" in ln or ".py:" in ln for ln in err), err
+
+
+def test_memory_estimate_counts_module_outputs_and_parameters():
+    """The estimate is 2 x (bytes of module outputs per image x images of a step) + 5 fp32
+    copies of the parameters; checked on a net whose outputs are known by hand."""
+    from torch import nn
+
+    from mplfast.train.startup import estimate_step_bytes
+
+    net = nn.Sequential(nn.Conv2d(3, 4, 3, padding=1), nn.Flatten(), nn.Linear(4 * 5 * 6, 7))
+    per_image = (4 * 5 * 6 + 4 * 5 * 6 + 7) * 4  # conv, flatten, linear outputs (fp32)
+    params = sum(p.numel() for p in net.parameters())
+    b, mu = 3, 2
+    act = per_image * ((1 + mu) * b + 2 * b) + per_image * (1 + 2 * mu) * b
+    got = estimate_step_bytes(teacher=net, student=net, image_shape=(3, 5, 6), batch=b, mu=mu,
+                              device=torch.device("cpu"))
+    assert got == 2 * act + 5 * 4 * 2 * params
+    sup = estimate_step_bytes(teacher=None, student=net, image_shape=(3, 5, 6), batch=b, mu=0,
+                              device=torch.device("cpu"))
+    assert sup == 2 * per_image * b + 5 * 4 * params
+    # the probe leaves the model as it was (train mode, no batch-norm statistics touched)
+    bn = nn.Sequential(nn.Conv2d(3, 4, 3), nn.BatchNorm2d(4))
+    before = {k: v.clone() for k, v in bn.state_dict().items()}
+    estimate_step_bytes(teacher=None, student=bn, image_shape=(3, 8, 8), batch=2, mu=0,
+                        device=torch.device("cpu"))
+    assert bn.training and all(torch.equal(before[k], v) for k, v in bn.state_dict().items())
+
+
+def test_memory_check_paths(monkeypatch):
+    from mplfast.errors import UserError
+    from mplfast.train import startup
+
+    monkeypatch.setattr(torch.cuda, "mem_get_info", lambda device=None: (123_000_000, 10**10))
+    assert startup.available_bytes(torch.device("cuda", 0)) == 123_000_000
+    monkeypatch.setenv("MPLFAST_MEMORY_LIMIT_MB", "50")
+    assert startup.available_bytes(torch.device("cpu")) == 50_000_000
+    startup.check_memory(10, None, batch=1, mu=1, image_size=8, model="m",
+                         device=torch.device("cpu"), method="mpl")  # unknown: no refusal
+    with pytest.raises(UserError, match="about 1.0 GB on cpu .* only 50 MB"):
+        startup.check_memory(10**9, 50_000_000, batch=16, mu=3, image_size=32, model="m",
+                             device=torch.device("cpu"), method="mpl")
+
+
+def test_gpu_record_path(monkeypatch):
+    """The GPU part of the record, exercised without a GPU (names, driver, CUDA runtime)."""
+    from mplfast.train import provenance
+
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: 2)
+    monkeypatch.setattr(torch.cuda, "get_device_name", lambda i: f"GPU{i}")
+    monkeypatch.setattr(provenance, "_run", lambda cmd, cwd=None: "999.1\n999.1"
+                        if cmd[0] == "nvidia-smi" else None)
+    g = provenance.gpu_info()
+    assert g["devices"] == ["GPU0", "GPU1"] and g["driver"] == "999.1"
+    line = [ln for ln in provenance.header({**provenance.record("digits", ["mplfast"]), "gpu": g})
+            .splitlines() if ln.startswith("# GPU")]
+    assert line == [f"# GPU: GPU0, GPU1 (driver 999.1, CUDA {torch.version.cuda})"]

@@ -508,11 +508,15 @@ def run(cfg: TrainConfig, *, resume_state: dict[str, Any] | None = None,
         teardown(info)
 
 
-def _open_out_dir(cfg: TrainConfig, out: str, resumed: bool, record: dict[str, Any]) -> bool:
-    """Create the run folder and write config.yaml; True if this call created the folder."""
+def _open_out_dir(cfg: TrainConfig, out: str, resumed: bool, record: dict[str, Any]) -> str | None:
+    """Create the run folder and write config.yaml; the topmost folder this call created
+    (``runs/`` itself on a first run), or None if ``out`` existed."""
     from mplfast.train.provenance import header
 
-    created = not os.path.exists(out)
+    created = None
+    probe = os.path.abspath(out)
+    while not os.path.exists(probe):
+        created, probe = probe, os.path.dirname(probe)
     os.makedirs(out, exist_ok=True)
     save_yaml(cfg, os.path.join(out, "config.yaml"), header=header(record))
     if not resumed:
@@ -522,12 +526,12 @@ def _open_out_dir(cfg: TrainConfig, out: str, resumed: bool, record: dict[str, A
     return created
 
 
-def _discard_out_dir(out: str, created: bool) -> None:
+def _discard_out_dir(out: str, created: str | None) -> None:
     """Undo a run folder in which nothing was trained (no clutter from failed runs)."""
     import shutil
 
     if created:
-        shutil.rmtree(out, ignore_errors=True)
+        shutil.rmtree(created, ignore_errors=True)
         return
     for name in ("config.yaml", "metrics.jsonl", "summary.json", "curves.png", "tb"):
         p = os.path.join(out, name)
@@ -549,7 +553,7 @@ def _run(cfg: TrainConfig, info: DistInfo, stop: StopRequest, resume_state: dict
         print(r.summary_block(estimate, available, resume_state is not None), flush=True)
     out = cfg.out if info.is_main else None
     prov = r.provenance = record(cfg.dataset, argv) if info.is_main else {}
-    created = _open_out_dir(cfg, out, resume_state is not None, prov) if out else False
+    created = _open_out_dir(cfg, out, resume_state is not None, prov) if out else None
     start_step = r.step
     writer = MetricsWriter(out, tensorboard=cfg.tensorboard,
                            resume_step=(r.step + (int(r.ft_state["step"]) if r.ft_state else 0))
