@@ -41,7 +41,8 @@ def load_data(cfg: TrainConfig) -> Any:
     kw: dict[str, Any] = dict(cfg.synthetic_kw) if cfg.dataset == "synthetic" else {}
     try:
         return load_dataset(cfg.dataset, cfg.data, unlabeled=cfg.unlabeled,
-                            image_size=cfg.image_size, strict=cfg.strict_data, **kw)
+                            image_size=cfg.image_size, strict=cfg.strict_data,
+                            test_fraction=cfg.test_fraction, **kw)
     except FileNotFoundError as e:
         raise UserError(_first_line(e)) from None
     except TypeError as e:
@@ -55,8 +56,11 @@ def load_data(cfg: TrainConfig) -> Any:
 def build_data(cfg: TrainConfig, info: DistInfo, *, dataset: Any = None) -> DataBundle:
     """Data set, class-balanced labeled split (keyed by seed) and this rank's batcher."""
     from mplfast.data import MPLBatcher, labeled_split
+    from mplfast.data.splits import carve_validation, check_labels_per_class, class_names
 
     ds = dataset if dataset is not None else load_data(cfg)
+    # the validation split (best.pt) leaves the training pool before the labeled split is drawn
+    ds = carve_validation(ds, cfg.val_fraction, cfg.seed)
     n_train = int(ds.train_labels.numel())
     if cfg.labels > n_train:
         raise UserError(f"labels={cfg.labels} is more than the {n_train} training images of "
@@ -67,6 +71,7 @@ def build_data(cfg: TrainConfig, info: DistInfo, *, dataset: Any = None) -> Data
     if cfg.batch_size % info.world_size != 0:
         raise UserError(f"batch_size={cfg.batch_size} must be divisible by the number of ranks "
                         f"({info.world_size})")
+    check_labels_per_class(ds.train_labels, cfg.labels, class_names(ds))
     try:
         labeled_idx = labeled_split(ds.train_labels, cfg.labels, ds.num_classes, cfg.seed)
     except ValueError as e:  # e.g. a class with fewer images than its share of the labels

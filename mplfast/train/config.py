@@ -54,6 +54,9 @@ class TrainConfig:
     labels: int = 50                  # size of the class-balanced labeled subset
     image_size: int | None = None     # resize for image folders
     strict_data: bool = False         # imagefolder: fail on unreadable files instead of skipping
+    test_fraction: float = 0.2        # imagefolder without val/ or test/: part of each class held out for testing
+    val_fraction: float = 0.1         # part of each class of the training pool held out (never trained on) to pick best.pt; 0: no best.pt
+    stream: bool | None = None        # imagefolder: stream from disk with DALI; None: when it would not fit in RAM
     synthetic_kw: dict[str, Any] = field(default_factory=dict)  # passed to load_dataset
     batch_size: int = 16              # labeled images per step, summed over all ranks
     mu: int = 3                       # unlabeled batch = mu * batch_size
@@ -112,6 +115,7 @@ class TrainConfig:
     log_interval: int = 50
     eval_interval: int = 250          # 0: evaluate only at the end
     ckpt_interval: int = 500          # 0: checkpoint only at the end and on interruption
+    keep: int = 0                     # also keep the N latest step-<N>.pt model files of the checkpoint intervals
     eval_batch_size: int = 512
     tensorboard: bool = True
     plot: bool = True
@@ -306,6 +310,11 @@ def validate(cfg: TrainConfig) -> None:
            f"image_size must be >= 1, got {cfg.image_size}")
     _check(cfg.unlabeled is None or cfg.dataset == "imagefolder",
            "--unlabeled works only with --dataset imagefolder")
+    _check(0 < cfg.test_fraction < 1, f"test_fraction must be in (0, 1), got {cfg.test_fraction}")
+    _check(0 <= cfg.val_fraction < 1, f"val_fraction must be in [0, 1), got {cfg.val_fraction}")
+    _check(cfg.keep >= 0, f"keep must be >= 0, got {cfg.keep}")
+    _check(not cfg.stream or cfg.dataset == "imagefolder",
+           "--stream works only with --dataset imagefolder (the other data sets fit in memory)")
     _check(cfg.dataset in ("digits", "synthetic") or cfg.data is not None,
            f"dataset {cfg.dataset} needs --data PATH (mplfast never downloads)")
     if cfg.method == "uda":
