@@ -28,6 +28,7 @@ from mplfast.errors import UserError
 DATASETS = ("digits", "cifar10", "cifar100", "svhn", "imagefolder", "synthetic")
 METHODS = ("mpl", "uda", "supervised")
 PROGRESS = ("auto", "rich", "plain", "none")
+DATA_ENV = "MPLFAST_DATA"  # default --data root when the option is not given
 COMPILE_MODES = ("none", "default", "reduce-overhead", "max-autotune", "max-autotune-no-cudagraphs")
 
 
@@ -316,7 +317,7 @@ def validate(cfg: TrainConfig) -> None:
     _check(not cfg.stream or cfg.dataset == "imagefolder",
            "--stream works only with --dataset imagefolder (the other data sets fit in memory)")
     _check(cfg.dataset in ("digits", "synthetic") or cfg.data is not None,
-           f"dataset {cfg.dataset} needs --data PATH (mplfast never downloads)")
+           f"dataset {cfg.dataset} needs --data PATH or ${DATA_ENV} (mplfast never downloads)")
     if cfg.method == "uda":
         # uda trains the teacher with h = 0; a meta signal would silently be ignored
         _check(cfg.meta_signal in ("loss_diff", "none"),
@@ -325,7 +326,8 @@ def validate(cfg: TrainConfig) -> None:
     for name in ("data", "unlabeled"):
         path = getattr(cfg, name)
         if path is not None and not os.path.exists(path):
-            raise UserError(f"{name} path does not exist: {path}")
+            env = f" (from ${DATA_ENV})" if name == "data" and path == os.environ.get(DATA_ENV) else ""
+            raise UserError(f"{name} path does not exist: {path}{env}")
     mpl_config(cfg)  # MPL field ranges (threshold 2.5, unknown meta_signal, ...)
 
 
@@ -370,5 +372,8 @@ def resolve(preset: str | None = None, config_file: str | None = None,
                           "config file")
     cfg = apply_overrides(cfg, flags, "option")
     cfg = apply_overrides(cfg, set_overrides, "--set")
+    if cfg.data is None and cfg.dataset not in ("digits", "synthetic") and os.environ.get(DATA_ENV):
+        # the default data root; recorded in the config so the run reproduces without it
+        cfg = dataclasses.replace(cfg, data=os.environ[DATA_ENV])
     validate(cfg)
     return cfg
