@@ -32,6 +32,8 @@ class DataBundle:
     per_rank_batch: int
     num_classes: int
     in_chans: int
+    stream: bool = False    # image folder streamed from disk (data.stream), not held in memory
+    data_note: str = ""     # the in-memory / stream decision, as printed
 
 
 def load_data(cfg: TrainConfig) -> Any:
@@ -58,6 +60,10 @@ def build_data(cfg: TrainConfig, info: DistInfo, *, dataset: Any = None) -> Data
     from mplfast.data import MPLBatcher, labeled_split
     from mplfast.data.splits import carve_validation, check_labels_per_class, class_names
 
+    if dataset is None and cfg.dataset == "imagefolder":
+        plan = _plan_imagefolder(cfg, info)
+        if plan is not None:
+            return _build_stream_data(cfg, info, *plan)
     ds = dataset if dataset is not None else load_data(cfg)
     # the validation split (best.pt) leaves the training pool before the labeled split is drawn
     ds = carve_validation(ds, cfg.val_fraction, cfg.seed)
@@ -127,3 +133,53 @@ def finetune_steps(cfg: TrainConfig) -> tuple[int, int]:
     """(steps, batch size) of the finetune stage: epochs over the labeled set."""
     bs = min(cfg.finetune_batch_size, cfg.labels)
     return cfg.finetune_epochs * math.ceil(cfg.labels / bs), bs
+
+
+def _plan_imagefolder(cfg: TrainConfig, info: DistInfo) -> tuple[Any, str] | None:
+    """Decide in memory vs streamed (printing the choice on rank 0); (scan, note) to stream."""
+    from mplfast.data.stream import plan_imagefolder
+
+    if cfg.data is None:
+        return None  # load_data names what is missing
+    try:
+        scan, choice = plan_imagefolder(cfg.data, image_size=cfg.image_size or 32,
+                                        requested=cfg.stream, unlabeled=cfg.unlabeled)
+    except FileNotFoundError as e:
+        raise UserError(_first_line(e)) from None
+    if info.is_main:
+        print(f"data: {choice.reason}", flush=True)
+    return (scan, choice.reason) if choice.stream else None
+
+
+def _build_stream_data(cfg: TrainConfig, info: DistInfo, scan: Any, note: str) -> DataBundle:
+    """The streamed counterpart of ``build_data`` (file lists + DALI, nothing held decoded)."""
+    from mplfast.data import labeled_split
+    from mplfast.data.splits import check_labels_per_class
+    from mplfast.data.stream import StreamBatcher, load_stream_dataset
+
+    try:
+        ds = load_stream_dataset(scan, image_size=cfg.image_size or 32, strict=cfg.strict_data,
+                                 test_fraction=cfg.test_fraction, val_fraction=cfg.val_fraction,
+                                 seed=cfg.seed, unlabeled=cfg.unlabeled)
+    except FileNotFoundError as e:
+        raise UserError(_first_line(e)) from None
+    n_train = int(ds.train_labels.numel())
+    if cfg.labels > n_train:
+        raise UserError(f"labels={cfg.labels} is more than the {n_train} training images of "
+                        f"{cfg.dataset}")
+    if cfg.batch_size % info.world_size != 0:
+        raise UserError(f"batch_size={cfg.batch_size} must be divisible by the number of ranks "
+                        f"({info.world_size})")
+    check_labels_per_class(ds.train_labels, cfg.labels, list(ds.class_names))
+    try:
+        labeled_idx = labeled_split(ds.train_labels, cfg.labels, ds.num_classes, cfg.seed)
+    except ValueError as e:
+        raise UserError(f"cannot draw {cfg.labels} class-balanced labels: {_first_line(e)}") from None
+    per_rank = cfg.batch_size // info.world_size
+    batcher = StreamBatcher(ds, labeled_idx, batch_size=per_rank, mu=cfg.mu, seed=cfg.seed,
+                            device=info.device, randaug_n=cfg.randaug_n, randaug_m=cfg.randaug_m,
+                            cutout=cfg.cutout, backend=cfg.aug_backend, rank=info.rank,
+                            world_size=info.world_size)
+    return DataBundle(dataset=ds, labeled_idx=labeled_idx, batcher=batcher, per_rank_batch=per_rank,
+                      num_classes=int(ds.num_classes), in_chans=3, stream=True, data_note=note)
+

@@ -98,7 +98,7 @@ def evaluate_run(path: str, *, split: str = "test", data: str | None = None,
     # world_size 1: the run's global batch size needs no divisibility here
     bundle = builders.build_data(cfg, info)
     ds = bundle.dataset
-    if split == "val" and getattr(ds, "val_images", None) is None:
+    if split == "val" and getattr(ds, "val_labels", None) is None:
         raise UserError("this run has no validation split (val_fraction was 0); use --split "
                         "test or train")
     precision = resolve_precision(cfg.precision, dev)

@@ -160,7 +160,7 @@ class _Run:
     @property
     def has_val(self) -> bool:
         """Whether the data has a validation split (``val_fraction`` > 0 or a val/ folder)."""
-        return getattr(self.data.dataset, "val_images", None) is not None
+        return getattr(self.data.dataset, "val_labels", None) is not None
 
     def _headline_acc_key(self) -> str:
         if self.cfg.method == "uda":
