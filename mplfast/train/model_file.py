@@ -165,7 +165,7 @@ def resolve_run_file(path: str) -> str:
                 return p
         raise UserError(f"{path} holds no {BEST}, {LAST} or checkpoint.pt (is it a run folder?)")
     if not os.path.exists(path):
-        raise UserError(f"not found: {path}")
+        raise UserError(f"checkpoint not found: {path}")
     return path
 
 
