@@ -121,6 +121,9 @@ class _Run:
         from mplfast.train.model_file import ModelCheckpoints
 
         self.ckpts = ModelCheckpoints(self.out, keep=cfg.keep, resume=resume_state is not None)
+        if self.out and not self.has_val:
+            print("no validation split (val_fraction=0): best.pt is not written, last.pt holds "
+                  "the final models", flush=True)
 
     # ------------------------------------------------------------------ helpers
     def _wrap(self, model: nn.Module) -> nn.Module:
