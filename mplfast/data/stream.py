@@ -10,7 +10,7 @@ Streaming (``StreamDataset`` + ``StreamBatcher``): file lists and labels only ar
 batches come from :class:`mplfast.data.dali.DALIStreamBatcher` (DALI readers, decode and
 random-resized-crop, then mplfast's augmentation), evaluation batches from a DALI resize
 pipeline over the split's files, sharded by rank. The normalization is estimated on a seeded
-sample of 256 training images.
+sample of 256 images of the training pool.
 """
 from __future__ import annotations
 
@@ -66,7 +66,9 @@ def decoded_bytes(num_images: int, image_size: int, channels: int = 3) -> int:
 
 
 def _gb(n: float) -> str:
-    return f"{n / 1e9:.2f} GB" if n >= 1e8 else f"{n / 1e6:.1f} MB"
+    if n >= 1e8:
+        return f"{n / 1e9:.2f} GB"
+    return f"{n / 1e6:.1f} MB" if n >= 1e5 else f"{n / 1e3:.1f} kB"
 
 
 @dataclass
@@ -177,6 +179,10 @@ def load_stream_dataset(scan: Any, *, image_size: int, strict: bool, test_fracti
         keep, held = holdout_split(torch.tensor(labels), test_fraction, classes, TEST_SPLIT_SEED)
         tfiles, tlabels = [files[i] for i in held.tolist()], [labels[i] for i in held.tolist()]
         files, labels = [files[i] for i in keep.tolist()], [labels[i] for i in keep.tolist()]
+    # statistics of the training pool before the validation carve, as load_imagefolder has them
+    g = torch.Generator().manual_seed(0)
+    sample = torch.randperm(len(files), generator=g)[:STATS_SAMPLE].sort().values.tolist()
+    mean, std = _stats(decode([files[i] for i in sample], image_size))
     vfiles = vlabels = None
     if scan.val_dir is not None:
         vfiles, vlabels = _checked(scan.val_files or [], scan.val_labels or [], strict,
@@ -192,9 +198,6 @@ def load_stream_dataset(scan: Any, *, image_size: int, strict: bool, test_fracti
         if not ud.is_dir():
             raise FileNotFoundError(f"unlabeled folder not found: expected {ud}")
         ufiles, _ = preflight(list_images(ud), None, strict=strict)
-    g = torch.Generator().manual_seed(0)
-    sample = torch.randperm(len(files), generator=g)[:STATS_SAMPLE].sort().values.tolist()
-    mean, std = _stats(decode([files[i] for i in sample], image_size))
     return StreamDataset(
         "imagefolder", len(classes), tuple(classes), mean, std, image_size, files,
         torch.tensor(labels, dtype=torch.int64), tfiles, torch.tensor(tlabels, dtype=torch.int64),
