@@ -195,6 +195,9 @@ def cmd_train(args: argparse.Namespace) -> int:
           f"{s['steps']} steps, world size {s['world_size']}) in {s['wall_s']:.1f} s, "
           f"{s['images_per_s']:.0f} images/s")
     print(f"test_acc {s['test_acc']:.2f}  ({_fmt_acc(s)})", flush=True)
+    if s.get("best_step") is not None:
+        print(f"best.pt (chosen on the validation split): step {s['best_step']}, val_acc "
+              f"{s['best_val_acc']:.2f}, test_acc {s['best_test_acc']:.2f}", flush=True)
     if cfg.out:
         print(f"outputs in {cfg.out}")
     return 0
