@@ -105,6 +105,8 @@ def test_val_without_train_is_refused(tmp_path):
 def test_train_val_layout_still_works(tmp_path):
     _tree(tmp_path, {"cat": 5, "dog": 4}, "train")
     _tree(tmp_path, {"cat": 2, "dog": 3}, "val")
+    for split in ("train", "val"):  # a notebook's checkpoint folder is not a class
+        _img(tmp_path / split / ".ipynb_checkpoints" / "x.png", 7)
     ds = load_dataset("imagefolder", str(tmp_path), image_size=8)
     assert ds.class_names == ("cat", "dog") and ds.val_images is None
     assert ds.train_labels.tolist() == [0] * 5 + [1] * 4

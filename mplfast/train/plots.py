@@ -75,6 +75,15 @@ def plot_curves(metrics_path: str, out_path: str) -> bool:
     records = read_records(metrics_path)
     if not records:
         return False
+    import matplotlib.pyplot as plt
+
+    fig = curves_figure(records)
+    _save(fig, plt, out_path)
+    return True
+
+
+def curves_figure(records: list[dict[str, Any]]) -> Any:
+    """The ``curves.png`` figure of metric records (a matplotlib Figure; Agg backend)."""
     import matplotlib
 
     matplotlib.use("Agg")  # no display on servers; must precede pyplot
@@ -112,8 +121,7 @@ def plot_curves(metrics_path: str, out_path: str) -> bool:
             _robust_limits(ax, values)
         _finish(ax, title, drawn)
     fig.tight_layout()
-    _save(fig, plt, out_path)
-    return True
+    return fig
 
 
 def _finish(ax: Any, title: str, drawn: bool) -> None:
