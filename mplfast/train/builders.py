@@ -6,6 +6,7 @@ a one-line :class:`mplfast.errors.UserError`.
 from __future__ import annotations
 
 import math
+import os
 from dataclasses import dataclass
 from typing import Any
 
@@ -33,10 +34,23 @@ class DataBundle:
     num_classes: int
     in_chans: int
     stream: bool = False    # image folder streamed from disk (data.stream), not held in memory
-    data_note: str = ""     # the in-memory / stream decision, as printed
 
 
 def load_data(cfg: TrainConfig) -> Any:
+    """The data set of ``cfg``, its validation split already carved out of the training pool
+    (``val_fraction``; see ``data.splits.carve_validation``). An image folder is first sized up:
+    one too large for memory (or ``stream=True``) comes back as a ``data.stream.StreamDataset``
+    (file lists, decoded by DALI at every step). Missing files and bad data are UserErrors."""
+    from mplfast.data.splits import carve_validation
+
+    if cfg.dataset == "imagefolder" and cfg.data is not None:
+        streamed = _load_streamed(cfg)
+        if streamed is not None:
+            return streamed
+    return carve_validation(_load_in_memory(cfg), cfg.val_fraction, cfg.seed)
+
+
+def _load_in_memory(cfg: TrainConfig) -> Any:
     """``mplfast.data.load_dataset`` for ``cfg``; missing files and bad data become UserErrors."""
     from mplfast.data import load_dataset
 
@@ -59,13 +73,13 @@ def build_data(cfg: TrainConfig, info: DistInfo, *, dataset: Any = None) -> Data
     """Data set, class-balanced labeled split (keyed by seed) and this rank's batcher."""
     from mplfast.data import MPLBatcher, labeled_split
     from mplfast.data.splits import carve_validation, check_labels_per_class, class_names
+    from mplfast.data.stream import StreamDataset
 
-    if dataset is None and cfg.dataset == "imagefolder":
-        plan = _plan_imagefolder(cfg, info)
-        if plan is not None:
-            return _build_stream_data(cfg, info, *plan)
     ds = dataset if dataset is not None else load_data(cfg)
+    if isinstance(ds, StreamDataset):
+        return _build_stream_data(cfg, info, ds)
     # the validation split (best.pt) leaves the training pool before the labeled split is drawn
+    # (a no-op for a data set load_data carved already)
     ds = carve_validation(ds, cfg.val_fraction, cfg.seed)
     n_train = int(ds.train_labels.numel())
     if cfg.labels > n_train:
@@ -135,34 +149,33 @@ def finetune_steps(cfg: TrainConfig) -> tuple[int, int]:
     return cfg.finetune_epochs * math.ceil(cfg.labels / bs), bs
 
 
-def _plan_imagefolder(cfg: TrainConfig, info: DistInfo) -> tuple[Any, str] | None:
-    """Decide in memory vs streamed (printing the choice on rank 0); (scan, note) to stream."""
-    from mplfast.data.stream import plan_imagefolder
+def _load_streamed(cfg: TrainConfig) -> Any:
+    """Decide in memory vs streamed from the file counts (printing the choice on rank 0); the
+    ``StreamDataset`` to stream, else None."""
+    from mplfast.data.stream import load_stream_dataset, plan_imagefolder
 
-    if cfg.data is None:
-        return None  # load_data names what is missing
     try:
-        scan, choice = plan_imagefolder(cfg.data, image_size=cfg.image_size or 32,
+        scan, choice = plan_imagefolder(str(cfg.data), image_size=cfg.image_size or 32,
                                         requested=cfg.stream, unlabeled=cfg.unlabeled)
+        if int(os.environ.get("RANK", "0")) == 0:
+            print(f"data: {choice.reason}", flush=True)
+        if not choice.stream:
+            return None
+        return load_stream_dataset(scan, image_size=cfg.image_size or 32, strict=cfg.strict_data,
+                                   test_fraction=cfg.test_fraction, val_fraction=cfg.val_fraction,
+                                   seed=cfg.seed, unlabeled=cfg.unlabeled)
     except FileNotFoundError as e:
         raise UserError(_first_line(e)) from None
-    if info.is_main:
-        print(f"data: {choice.reason}", flush=True)
-    return (scan, choice.reason) if choice.stream else None
+    except (ValueError, OSError) as e:
+        raise UserError(f"cannot load data set {cfg.dataset}: {_first_line(e)}") from None
 
 
-def _build_stream_data(cfg: TrainConfig, info: DistInfo, scan: Any, note: str) -> DataBundle:
+def _build_stream_data(cfg: TrainConfig, info: DistInfo, ds: Any) -> DataBundle:
     """The streamed counterpart of ``build_data`` (file lists + DALI, nothing held decoded)."""
     from mplfast.data import labeled_split
     from mplfast.data.splits import check_labels_per_class
-    from mplfast.data.stream import StreamBatcher, load_stream_dataset
+    from mplfast.data.stream import StreamBatcher
 
-    try:
-        ds = load_stream_dataset(scan, image_size=cfg.image_size or 32, strict=cfg.strict_data,
-                                 test_fraction=cfg.test_fraction, val_fraction=cfg.val_fraction,
-                                 seed=cfg.seed, unlabeled=cfg.unlabeled)
-    except FileNotFoundError as e:
-        raise UserError(_first_line(e)) from None
     n_train = int(ds.train_labels.numel())
     if cfg.labels > n_train:
         raise UserError(f"labels={cfg.labels} is more than the {n_train} training images of "
@@ -181,5 +194,5 @@ def _build_stream_data(cfg: TrainConfig, info: DistInfo, scan: Any, note: str) -
                             cutout=cfg.cutout, backend=cfg.aug_backend, rank=info.rank,
                             world_size=info.world_size)
     return DataBundle(dataset=ds, labeled_idx=labeled_idx, batcher=batcher, per_rank_batch=per_rank,
-                      num_classes=int(ds.num_classes), in_chans=3, stream=True, data_note=note)
+                      num_classes=int(ds.num_classes), in_chans=3, stream=True)
 
