@@ -116,3 +116,16 @@ def test_streamed_eval_batches_equal_in_memory_ones(data):
     assert x_l.shape == (16, 3, 12, 12) and x_us.shape == (48, 3, 12, 12)  # digits: B 16, mu 3
     x, y = st.batcher.labeled_batch(0, 4)
     assert x.shape == (4, 3, 12, 12) and set(y.tolist()) <= {0, 1, 2}
+
+
+def test_stream_dataset_has_shape_only_arrays(tmp_path):
+    import torch
+
+    from mplfast.data.splits import carve_validation
+
+    ds = stream.StreamDataset("imagefolder", 2, ("a", "b"), (0.5,) * 3, (0.2,) * 3, 16,
+                              [tmp_path / "x.jpg"] * 5, torch.tensor([0, 1, 0, 1, 0]),
+                              [tmp_path / "y.jpg"] * 2, torch.tensor([0, 1]))
+    assert ds.train_images.shape == (5, 16, 16, 3) and ds.train_images.device.type == "meta"
+    assert ds.test_images.shape == (2, 16, 16, 3) and ds.image_shape == (16, 16, 3)
+    assert carve_validation(ds, 0.5, seed=0) is ds  # file lists are split when loaded

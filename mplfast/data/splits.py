@@ -104,7 +104,7 @@ def carve_validation(dataset: Any, fraction: float, seed: int) -> Any:
     import dataclasses
 
     if fraction <= 0 or getattr(dataset, "val_labels", None) is not None or \
-            not hasattr(dataset, "train_images"):  # already split, or streamed (file lists)
+            getattr(dataset, "streamed", False):  # already split, or streamed (file lists)
         return dataset
     keep, held = holdout_split(dataset.train_labels, fraction, class_names(dataset),
                                seed + 104_729, what="val", require_all=False)

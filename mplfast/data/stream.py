@@ -130,6 +130,16 @@ class StreamDataset:
     hflip: bool = True
     val_images: None = None         # nothing is held in memory (the in-memory data's field)
     unlabeled_images: None = None
+    streamed: bool = True
+
+    def __post_init__(self) -> None:
+        # shape-only stand-ins (device "meta": no memory) for code that reads the sizes of the
+        # in-memory arrays; indexing them gives no pixels
+        S = self.image_size
+        self.train_images = torch.empty((len(self.train_files), S, S, 3), dtype=torch.uint8,
+                                        device="meta")
+        self.test_images = torch.empty((len(self.test_files), S, S, 3), dtype=torch.uint8,
+                                       device="meta")
 
     @property
     def image_shape(self) -> tuple[int, int, int]:
