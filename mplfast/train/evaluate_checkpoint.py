@@ -67,7 +67,8 @@ def read_saved_models(path: str) -> tuple[dict[str, Any], int, dict[str, dict[st
     if isinstance(obj, dict) and obj.get("format") == MODEL_FORMAT:
         obj = validate_models(obj, path)
         return obj["config"], int(obj["step"]), obj["models"], path
-    st = obj if isinstance(obj, dict) and "config" in obj and "step" in obj else ckpt_io.load(path)
+    # a resume checkpoint: read (again) through the checkpoint module's loader and its checks
+    st = ckpt_io.load(path)
     models = models_from_checkpoint(st)
     if not models or not isinstance(st.get("config"), dict):
         raise UserError(f"{path} holds no model weights (not an mplfast run file)")
