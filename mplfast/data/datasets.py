@@ -42,6 +42,7 @@ class ImageDataset:
     class_names: tuple[str, ...] | None = None  # label order; None: see data.splits.class_names
     val_images: Tensor | None = None          # validation split (never trained on), uint8 NHWC
     val_labels: Tensor | None = None          # int64 [V]
+    storage: str = ""                         # how an image folder is held (in memory or streamed), and why
 
     def __post_init__(self) -> None:
         for nm in ("train_images", "test_images", "unlabeled_images", "val_images"):

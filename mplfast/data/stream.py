@@ -131,6 +131,7 @@ class StreamDataset:
     val_images: None = None         # nothing is held in memory (the in-memory data's field)
     unlabeled_images: None = None
     streamed: bool = True
+    storage: str = ""               # the in-memory / stream decision, in words
 
     def __post_init__(self) -> None:
         # shape-only stand-ins (device "meta": no memory) for code that reads the sizes of the

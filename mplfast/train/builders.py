@@ -6,7 +6,6 @@ a one-line :class:`mplfast.errors.UserError`.
 from __future__ import annotations
 
 import math
-import os
 from dataclasses import dataclass
 from typing import Any
 
@@ -43,10 +42,14 @@ def load_data(cfg: TrainConfig) -> Any:
     (file lists, decoded by DALI at every step). Missing files and bad data are UserErrors."""
     from mplfast.data.splits import carve_validation
 
+    import dataclasses
+
     if cfg.dataset == "imagefolder" and cfg.data is not None:
-        streamed = _load_streamed(cfg)
+        reason, streamed = _load_streamed(cfg)
         if streamed is not None:
             return streamed
+        ds = carve_validation(_load_in_memory(cfg), cfg.val_fraction, cfg.seed)
+        return dataclasses.replace(ds, storage=reason)
     return carve_validation(_load_in_memory(cfg), cfg.val_fraction, cfg.seed)
 
 
@@ -149,21 +152,21 @@ def finetune_steps(cfg: TrainConfig) -> tuple[int, int]:
     return cfg.finetune_epochs * math.ceil(cfg.labels / bs), bs
 
 
-def _load_streamed(cfg: TrainConfig) -> Any:
-    """Decide in memory vs streamed from the file counts (printing the choice on rank 0); the
-    ``StreamDataset`` to stream, else None."""
+def _load_streamed(cfg: TrainConfig) -> tuple[str, Any]:
+    """Decide in memory vs streamed from the file counts: (the decision in words, the
+    ``StreamDataset`` to stream or None)."""
     from mplfast.data.stream import load_stream_dataset, plan_imagefolder
 
     try:
         scan, choice = plan_imagefolder(str(cfg.data), image_size=cfg.image_size or 32,
                                         requested=cfg.stream, unlabeled=cfg.unlabeled)
-        if int(os.environ.get("RANK", "0")) == 0:
-            print(f"data: {choice.reason}", flush=True)
         if not choice.stream:
-            return None
-        return load_stream_dataset(scan, image_size=cfg.image_size or 32, strict=cfg.strict_data,
-                                   test_fraction=cfg.test_fraction, val_fraction=cfg.val_fraction,
-                                   seed=cfg.seed, unlabeled=cfg.unlabeled)
+            return choice.reason, None
+        ds = load_stream_dataset(scan, image_size=cfg.image_size or 32, strict=cfg.strict_data,
+                                 test_fraction=cfg.test_fraction, val_fraction=cfg.val_fraction,
+                                 seed=cfg.seed, unlabeled=cfg.unlabeled)
+        ds.storage = choice.reason
+        return choice.reason, ds
     except FileNotFoundError as e:
         raise UserError(_first_line(e)) from None
     except (ValueError, OSError) as e:

@@ -121,6 +121,8 @@ class _Run:
         from mplfast.train.model_file import ModelCheckpoints
 
         self.ckpts = ModelCheckpoints(self.out, keep=cfg.keep, resume=resume_state is not None)
+        if info.is_main and getattr(self.data.dataset, "storage", ""):
+            print(f"data: {self.data.dataset.storage}", flush=True)  # in memory or streamed
         if self.out and not self.has_val:
             print("no validation split (val_fraction=0): best.pt is not written, last.pt holds "
                   "the final models", flush=True)
