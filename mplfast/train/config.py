@@ -344,6 +344,16 @@ def mpl_config(cfg: TrainConfig) -> Any:
 # ----------------------------------------------------------------------------------------
 # layering: defaults -> preset -> YAML file -> CLI flags -> --set
 # ----------------------------------------------------------------------------------------
+def _default_data_root(cfg: TrainConfig, set_overrides: dict[str, Any]) -> TrainConfig:
+    """``data`` from $MPLFAST_DATA when no layer names it and the data set needs files; it is
+    recorded in the config, so the run reproduces without the variable."""
+    dataset = set_overrides.get("dataset", cfg.dataset)
+    if cfg.data is not None or "data" in set_overrides or dataset in ("digits", "synthetic"):
+        return cfg
+    root = os.environ.get(DATA_ENV)
+    return dataclasses.replace(cfg, data=root) if root else cfg
+
+
 def resolve(preset: str | None = None, config_file: str | None = None,
             flags: dict[str, Any] | None = None, sets: list[str] | None = None,
             base: TrainConfig | None = None) -> TrainConfig:
@@ -371,9 +381,7 @@ def resolve(preset: str | None = None, config_file: str | None = None,
     cfg = apply_overrides(cfg, {k: v for k, v in file_overrides.items() if k != "preset"},
                           "config file")
     cfg = apply_overrides(cfg, flags, "option")
+    cfg = _default_data_root(cfg, set_overrides)
     cfg = apply_overrides(cfg, set_overrides, "--set")
-    if cfg.data is None and cfg.dataset not in ("digits", "synthetic") and os.environ.get(DATA_ENV):
-        # the default data root; recorded in the config so the run reproduces without it
-        cfg = dataclasses.replace(cfg, data=os.environ[DATA_ENV])
     validate(cfg)
     return cfg
