@@ -99,3 +99,23 @@ def test_eval_bad_inputs_one_line(tmp_path, capsys):
     junk = tmp_path / "junk.pt"
     junk.write_bytes(b"not a checkpoint at all")
     assert one_line_error(main(["eval", str(junk)]), capsys.readouterr().err)
+
+
+def test_eval_model_file_with_wrong_weights_one_line(data, tmp_path, capsys):
+    from mplfast.train.model_file import save_models
+
+    out = tmp_path / "run"
+    assert main(train_args(data, out, "--val-fraction", "0")) == 0
+    saved = load_models(str(out / "last.pt"))
+    sd = saved["models"]["student"]
+    key = next(iter(sd))
+    sd["bogus.weight"] = torch.ones(2)
+    save_models(saved, str(tmp_path / "extra.pt"))
+    del sd["bogus.weight"]
+    sd[key] = torch.ones(1, 2, 3)
+    save_models(saved, str(tmp_path / "shape.pt"))
+    capsys.readouterr()
+    line = one_line_error(main(["eval", str(tmp_path / "extra.pt")]), capsys.readouterr().err)
+    assert "unexpected 'bogus.weight'" in line and "extra.pt" in line
+    line = one_line_error(main(["eval", str(tmp_path / "shape.pt")]), capsys.readouterr().err)
+    assert f"{key} has shape" in line

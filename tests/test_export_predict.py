@@ -128,6 +128,15 @@ def test_predict_and_export_bad_inputs_one_line(run, tmp_path, capsys):
         (["export", str(tmp_path / "nothing"), "--out", str(w)], "not found"),
         (["export", str(out), "--out", str(tmp_path / "no" / "m.safetensors")], "does not exist"),
     ]
+    # weights that do not fit the described model: the key named
+    from safetensors.torch import load_file, save_file
+
+    sd = load_file(str(w))
+    key = next(k for k in sd if k.endswith("weight") and sd[k].dim() == 4)
+    sd[key] = sd[key][:1].clone()
+    bad_w = tmp_path / "bad.safetensors"
+    save_file(sd, str(bad_w), metadata={"mplfast": json.dumps(json.load(open(tmp_path / "m.json")))})
+    cases.append((["predict", str(bad_w), img], f"{key} has shape"))
     for argv, expect in cases:
         line = one_line_error(main(argv), capsys.readouterr().err)
         assert expect in line, (argv, line)

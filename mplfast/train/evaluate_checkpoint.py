@@ -22,8 +22,8 @@ from mplfast.train.classification_metrics import ClassificationMetrics
 from mplfast.train.config import TrainConfig, apply_overrides
 from mplfast.train.distributed import DistInfo, _pick_device
 from mplfast.train.evaluate import evaluate_metrics
-from mplfast.train.model_file import (MODEL_FORMAT, arch_of, headline_key, models_from_checkpoint,
-                                      resolve_run_file, validate_models)
+from mplfast.train.model_file import (MODEL_FORMAT, arch_of, headline_key, load_weights,
+                                      models_from_checkpoint, resolve_run_file, validate_models)
 
 SPLITS = ("test", "val", "train")
 _LEGACY_KEYS = {"teacher": "teacher_acc", "student": "student_acc", "ema": "ema_acc",
@@ -108,11 +108,7 @@ def evaluate_run(path: str, *, split: str = "test", data: str | None = None,
         if key not in models:
             continue
         model = builders.build_model(cfg, arch_of(cfg_dict, key), bundle, dev)
-        try:
-            model.load_state_dict(models[key])
-        except RuntimeError as e:
-            raise UserError(f"{src}: the {key} weights do not fit model {arch_of(cfg_dict, key)} "
-                            f"({str(e).splitlines()[0][:160]})") from None
+        load_weights(model, models[key], what=key, path=src)
         out[key] = evaluate_metrics(model, bundle.batcher, num_classes=int(ds.num_classes),
                                     precision=precision, device=dev,
                                     batch_size=cfg.eval_batch_size, split=split)

@@ -17,7 +17,7 @@ import torch
 from torch import nn
 
 from mplfast.errors import UserError
-from mplfast.train.model_file import MODEL_KEYS, arch_of, load_models, resolve_run_file
+from mplfast.train.model_file import MODEL_KEYS, arch_of, load_models, load_weights, resolve_run_file
 
 EXPORT_FORMAT = "mplfast-export"
 EXPORT_VERSION = 1
@@ -133,7 +133,7 @@ def read_export(path: str) -> tuple[dict[str, Any], dict[str, torch.Tensor]]:
 
 
 def build_from_meta(meta: dict[str, Any], sd: dict[str, torch.Tensor],
-                    device: torch.device | str = "cpu") -> nn.Module:
+                    device: torch.device | str = "cpu", *, where: str = "export") -> nn.Module:
     """The model an export describes, with its weights, in eval mode."""
     from mplfast.models import create_model
 
@@ -142,18 +142,14 @@ def build_from_meta(meta: dict[str, Any], sd: dict[str, torch.Tensor],
                              **meta["model_kwargs"])
     except TypeError as e:
         raise UserError(f"model {meta['model']}: {str(e).splitlines()[0]}") from None
-    try:
-        model.load_state_dict(sd)
-    except RuntimeError as e:
-        raise UserError(f"the weights do not fit model {meta['model']}: "
-                        f"{str(e).splitlines()[0][:160]}") from None
+    load_weights(model, sd, what=meta["model"], path=where)
     return model.to(device).eval()
 
 
 def load_export(path: str, device: torch.device | str = "cpu") -> tuple[nn.Module, dict[str, Any]]:
     """(model in eval mode, description) of an export written by :func:`export_run`."""
     meta, sd = read_export(path)
-    return build_from_meta(meta, sd, device), meta
+    return build_from_meta(meta, sd, device, where=path), meta
 
 
 def load_any(src: str, device: torch.device | str = "cpu", *, model: str | None = None
@@ -173,4 +169,4 @@ def load_any(src: str, device: torch.device | str = "cpu", *, model: str | None 
     if key not in saved["models"] or key not in MODEL_KEYS:
         raise UserError(f"{path} has no {key!r} model; it has {', '.join(saved['models'])}")
     meta = export_meta(saved, key, path)
-    return build_from_meta(meta, saved["models"][key], device), meta
+    return build_from_meta(meta, saved["models"][key], device, where=path), meta

@@ -139,6 +139,31 @@ def load_models(path: str) -> dict[str, Any]:
     return validate_models(obj, path)
 
 
+def load_weights(model: torch.nn.Module, sd: dict[str, torch.Tensor], *, what: str,
+                 path: str) -> None:
+    """``model.load_state_dict(sd)`` after checking that ``sd`` has exactly the model's keys,
+    shapes and dtypes; ``UserError`` naming the first difference otherwise."""
+    ref = model.state_dict()
+    missing = [k for k in ref if k not in sd]
+    extra = [k for k in sd if k not in ref]
+    why = None
+    if missing:
+        why = f"missing {missing[0]!r}" + (f" and {len(missing) - 1} more" if len(missing) > 1 else "")
+    elif extra:
+        why = f"unexpected {extra[0]!r}" + (f" and {len(extra) - 1} more" if len(extra) > 1 else "")
+    else:
+        for k, r in ref.items():
+            t = sd[k]
+            if not isinstance(t, torch.Tensor) or t.shape != r.shape or t.dtype != r.dtype:
+                got = (f"{tuple(t.shape)} {t.dtype}" if isinstance(t, torch.Tensor)
+                       else type(t).__name__)
+                why = f"{k} has shape/dtype {got}, the model needs {tuple(r.shape)} {r.dtype}"
+                break
+    if why is not None:
+        raise UserError(f"{path}: {what} weights do not match the model: {why}")
+    model.load_state_dict(sd)
+
+
 def models_from_checkpoint(st: dict[str, Any]) -> dict[str, dict[str, torch.Tensor]]:
     """The model weights held by a resume checkpoint (``checkpoint.pt``)."""
     out: dict[str, dict[str, torch.Tensor]] = {}

@@ -121,8 +121,6 @@ class _Run:
         from mplfast.train.model_file import ModelCheckpoints
 
         self.ckpts = ModelCheckpoints(self.out, keep=cfg.keep, resume=resume_state is not None)
-        if info.is_main and getattr(self.data.dataset, "storage", ""):
-            print(f"data: {self.data.dataset.storage}", flush=True)  # in memory or streamed
         if self.out and not self.has_val:
             print("no validation split (val_fraction=0): best.pt is not written, last.pt holds "
                   "the final models", flush=True)
@@ -309,6 +307,8 @@ class _Run:
     def run_train(self, writer: MetricsWriter, progress_mode: str) -> bool:
         """The main phase; True if interrupted."""
         cfg, batcher = self.cfg, self.data.batcher
+        if self.info.is_main and getattr(self.data.dataset, "storage", "") and self.step < cfg.steps:
+            print(f"data: {self.data.dataset.storage}", flush=True)  # in memory or streamed
         if self.step >= cfg.steps:
             if not self.results:  # steps=0, or a checkpoint without results: measure now
                 self.results.update(self.evaluate_all())
