@@ -81,7 +81,8 @@ def _add_data_options(p: argparse.ArgumentParser) -> None:
     from mplfast.train.config import DATASETS
 
     p.add_argument("--dataset", choices=DATASETS, help="data set (default: digits)")
-    p.add_argument("--data", metavar="PATH", help="data set root (cifar/svhn/imagefolder)")
+    p.add_argument("--data", metavar="PATH",
+                   help="data set root (cifar/svhn/imagefolder; default: $MPLFAST_DATA)")
     p.add_argument("--unlabeled", metavar="PATH", help="extra unlabeled image folder (imagefolder)")
     p.add_argument("--labels", type=int, metavar="N", help="number of labeled images, class-balanced "
                    "(default: 50 on digits; else derived from the data: 10%% of the train "
@@ -90,6 +91,62 @@ def _add_data_options(p: argparse.ArgumentParser) -> None:
                    "the preset's)")
     p.add_argument("--strict", dest="strict_data", action="store_const", const=True,
                    help="fail on unreadable or corrupt image files (default: warn, naming them, and skip them)")
+    _add_split_options(p)
+
+
+def _add_split_options(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--test-fraction", dest="test_fraction", type=float, metavar="F",
+                   help="image folder without val/ or test/: part of each class held out as the "
+                        "test split (default 0.2; the same split for every seed)")
+    p.add_argument("--val-fraction", dest="val_fraction", type=float, metavar="F",
+                   help="part of each class of the training pool held out, never trained on, to "
+                        "choose best.pt (default 0.1; 0: no validation split and no best.pt)")
+    g = p.add_mutually_exclusive_group()
+    g.add_argument("--stream", dest="stream", action="store_const", const=True,
+                   help="image folder: stream batches from disk with DALI instead of holding the "
+                        "decoded images in memory (default: only when they would not fit)")
+    g.add_argument("--no-stream", dest="stream", action="store_const", const=False,
+                   help="image folder: always hold the decoded images in memory")
+
+
+def _add_eval_parsers(sub: Any) -> None:
+    from mplfast.train.evaluate_checkpoint import SPLITS
+    from mplfast.train.predict import FORMATS
+
+    e = sub.add_parser("eval", help="top-1/top-5/per-class/balanced accuracy and the confusion "
+                                    "matrix of a run's models on one split")
+    e.add_argument("run", nargs="?", metavar="RUN|FILE",
+                   help="run folder (its best.pt, else last.pt, else checkpoint.pt) or a .pt file")
+    e.add_argument("--checkpoint", metavar="PATH", help="same as RUN|FILE")
+    e.add_argument("--split", choices=SPLITS, default="test",
+                   help="test (default), val (the held-out validation split) or train")
+    e.add_argument("--json", metavar="FILE", help="also write the full report as JSON")
+    e.add_argument("--model", choices=("teacher", "student", "ema", "finetuned"),
+                   help="model whose per-class table and confusion matrix are shown "
+                        "(default: the headline one)")
+    e.add_argument("--data", metavar="PATH", help="data root, if it moved since training")
+    e.add_argument("--device", help="auto (default), cpu, cuda, cuda:N")
+
+    x = sub.add_parser("export", help="write a run's model as safetensors + a JSON description")
+    x.add_argument("run", metavar="RUN|FILE", help="run folder (best.pt, else last.pt) or model file")
+    x.add_argument("--out", required=True, metavar="FILE.safetensors",
+                   help="weights file; the description goes beside it as FILE.json")
+    x.add_argument("--model", choices=("teacher", "student", "ema", "finetuned"),
+                   help="which model (default: the run's headline model)")
+
+    p = sub.add_parser("predict", help="top-k classes of image files")
+    p.add_argument("source", metavar="RUN_OR_EXPORT",
+                   help="export (.safetensors or .json), model file (.pt) or run folder")
+    p.add_argument("images", nargs="+", metavar="IMAGE", help="image files or folders of them")
+    p.add_argument("--top-k", dest="top_k", type=int, default=5, metavar="K",
+                   help="classes per image (default 5, at most the number of classes)")
+    p.add_argument("--format", choices=FORMATS, default=None,
+                   help="text (default on screen), csv or json (default: from --output's suffix)")
+    p.add_argument("--output", metavar="FILE", help="write the predictions here instead of stdout")
+    p.add_argument("--model", choices=("teacher", "student", "ema", "finetuned"),
+                   help="which model of a run or model file (default: the headline one)")
+    p.add_argument("--batch-size", dest="batch_size", type=int, default=64, metavar="N")
+    p.add_argument("--device", help="auto (default), cpu, cuda, cuda:N")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -99,7 +156,8 @@ def build_parser() -> argparse.ArgumentParser:
     import mplfast
 
     parser = _Parser(prog="mplfast", description="Fast, trustworthy Meta Pseudo Labels.")
-    sub = parser.add_subparsers(dest="command", parser_class=_Parser, metavar="{train,eval,ablate}")
+    sub = parser.add_subparsers(dest="command", parser_class=_Parser,
+                                metavar="{train,eval,export,predict,ablate}")
 
     sub.add_parser("models", help="list the model names (for --set model=NAME)")
     t = sub.add_parser("train", help="train teacher and student (MPL), UDA or supervised")
@@ -109,6 +167,8 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("--out", metavar="DIR", help="write config, metrics, checkpoint, curves here "
                    "(default: a new runs/<dataset>-<method>-seed<seed>[-N])")
     t.add_argument("--resume", action="store_true", help="continue from DIR/checkpoint.pt")
+    t.add_argument("--keep", type=int, metavar="N",
+                   help="keep the N previous last.pt model files as step-<N>.pt (default 0)")
     _add_config_options(t)
     t.add_argument("--help-config", action="store_true",
                    help="list every config field (type, default, allowed values, meaning, and "
@@ -117,10 +177,7 @@ def build_parser() -> argparse.ArgumentParser:
                    help="print the final merged config (YAML, usable with --config) and exit")
     parser.add_argument("--version", action="version", version=f"mplfast {mplfast.__version__}")
 
-    e = sub.add_parser("eval", help="evaluate a checkpoint's models on the test split")
-    e.add_argument("--checkpoint", required=True, metavar="PATH")
-    e.add_argument("--data", metavar="PATH", help="data root, if it moved since training")
-    e.add_argument("--device", help="auto (default), cpu, cuda, cuda:N")
+    _add_eval_parsers(sub)
 
     a = sub.add_parser("ablate", help="supervised / UDA / MPL per meta signal over seeds: mean ± std")
     _add_data_options(a)
@@ -230,7 +287,7 @@ def cmd_train(args: argparse.Namespace) -> int:
                                      flags=_config_flags(args), sets=args.sets, check=False))
         return 0
     flags = _flags(args, ("dataset", "data", "unlabeled", "labels", "strict_data", "method", "steps", "seed",
-                          "out", "device"))
+                          "out", "device", "test_fraction", "val_fraction", "stream", "keep"))
     ckpt = None
     if args.resume:
         cfg, ckpt = _resume_config(args, flags)
@@ -264,19 +321,71 @@ def cmd_train(args: argparse.Namespace) -> int:
           f"{s['steps']} steps, world size {s['world_size']}) in {s['wall_s']:.1f} s, "
           f"{s['images_per_s']:.0f} images/s")
     print(f"test_acc {s['test_acc']:.2f}  ({_fmt_acc(s)})", flush=True)
+    if s.get("best_step") is not None:
+        print(f"best.pt (chosen on the validation split): step {s['best_step']}, val_acc "
+              f"{s['best_val_acc']:.2f}, test_acc {s['best_test_acc']:.2f}", flush=True)
     if cfg.out:
         print(f"outputs in {cfg.out}")
     return 0
 
 
 def cmd_eval(args: argparse.Namespace) -> int:
-    """``mplfast eval --checkpoint PATH``."""
-    from mplfast.train.evaluate_checkpoint import evaluate_checkpoint
+    """``mplfast eval RUN|FILE``."""
+    from mplfast.train.evaluate_checkpoint import evaluate_run, print_report, write_json
 
-    step, accs = evaluate_checkpoint(args.checkpoint, data=args.data, device=args.device)
-    print(f"checkpoint {args.checkpoint} at step {step}")
-    for k, v in accs.items():
-        print(f"{k} {v:.2f}")
+    if (args.run is None) == (args.checkpoint is None):
+        raise UserError("eval needs one run folder or file (RUN|FILE or --checkpoint PATH)")
+    r = evaluate_run(args.run or args.checkpoint, split=args.split, data=args.data,
+                     device=args.device)
+    if args.model is not None and args.model not in r.models:
+        raise UserError(f"--model {args.model}: {r.source} has {', '.join(r.models)}")
+    print_report(r, model=args.model)
+    if args.json:
+        write_json(r, args.json)
+        print(f"report written to {args.json}")
+    return 0
+
+
+def cmd_export(args: argparse.Namespace) -> int:
+    """``mplfast export RUN --out model.safetensors``."""
+    from mplfast.train.export import export_run
+
+    weights, meta_path, meta = export_run(args.run, args.out, model=args.model)
+    print(f"exported {meta['source']['weights']} model {meta['model']} (step "
+          f"{meta['source']['step']}, {meta['num_classes']} classes, "
+          f"{meta['image_size'][0]}x{meta['image_size'][1]}) to {weights} and {meta_path}")
+    return 0
+
+
+def cmd_predict(args: argparse.Namespace) -> int:
+    """``mplfast predict RUN_OR_EXPORT IMAGES...``."""
+    from mplfast.train.distributed import _pick_device
+    from mplfast.train.export import load_any
+    from mplfast.train.predict import collect_images, predict_files, render
+
+    fmt = args.format
+    if fmt is None:
+        suffix = os.path.splitext(args.output or "")[1].lower()
+        fmt = {".csv": "csv", ".json": "json"}.get(suffix, "text")
+    if args.batch_size < 1:
+        raise UserError(f"--batch-size must be >= 1, got {args.batch_size}")
+    try:
+        device = _pick_device(args.device or "auto", 0)
+    except (ValueError, RuntimeError) as e:
+        raise UserError(f"--device: {str(e).splitlines()[0]}") from None
+    files = collect_images(args.images)
+    model, meta = load_any(args.source, device, model=args.model)
+    text = render(predict_files(model, meta, files, top_k=args.top_k,
+                                batch_size=args.batch_size, device=device), fmt)
+    if args.output:
+        try:
+            with open(args.output, "w", encoding="utf-8") as f:
+                f.write(text)
+        except OSError as e:
+            raise UserError(f"cannot write --output {args.output}: {e.strerror or e}") from None
+        print(f"{len(files)} predictions written to {args.output}")
+    else:
+        sys.stdout.write(text)
     return 0
 
 
@@ -284,7 +393,8 @@ def cmd_ablate(args: argparse.Namespace) -> int:
     """``mplfast ablate``."""
     from mplfast.train.ablate import parse_seeds, parse_variants, run_ablation
 
-    flags = _flags(args, ("dataset", "data", "unlabeled", "labels", "strict_data", "steps", "device"))
+    flags = _flags(args, ("dataset", "data", "unlabeled", "labels", "strict_data", "steps", "device",
+                          "test_fraction", "val_fraction", "stream"))
     table = run_ablation(seeds=parse_seeds(args.seeds), variants=parse_variants(args.variants),
                          preset=args.preset, config_file=args.config, flags=flags, sets=args.sets,
                          out=args.out, argv=args.argv)
@@ -313,6 +423,10 @@ def main(argv: Sequence[str] | None = None) -> int:
             return cmd_train(args)
         if args.command == "eval":
             return cmd_eval(args)
+        if args.command == "export":
+            return cmd_export(args)
+        if args.command == "predict":
+            return cmd_predict(args)
         return cmd_ablate(args)
     except UserError as e:
         print(f"mplfast: error: {e}", file=sys.stderr, flush=True)

@@ -39,9 +39,13 @@ class ImageDataset:
     std: tuple[float, ...]
     hflip: bool               # flip is part of the weak view (False for digits)
     unlabeled_images: Tensor | None = None   # extra unlabeled images (imagefolder --unlabeled)
+    class_names: tuple[str, ...] | None = None  # label order; None: see data.splits.class_names
+    val_images: Tensor | None = None          # validation split (never trained on), uint8 NHWC
+    val_labels: Tensor | None = None          # int64 [V]
+    storage: str = ""                         # how an image folder is held (in memory or streamed), and why
 
     def __post_init__(self) -> None:
-        for nm in ("train_images", "test_images", "unlabeled_images"):
+        for nm in ("train_images", "test_images", "unlabeled_images", "val_images"):
             t = getattr(self, nm)
             if t is not None and (t.dtype != torch.uint8 or t.dim() != 4):
                 raise TypeError(f"{nm} must be uint8 [N, H, W, C], got {t.dtype} {tuple(t.shape)}")
@@ -49,6 +53,9 @@ class ImageDataset:
             raise ValueError("train_images and train_labels differ in length")
         if self.test_images.shape[0] != self.test_labels.shape[0]:
             raise ValueError("test_images and test_labels differ in length")
+        if (self.val_images is None) != (self.val_labels is None) or (
+                self.val_images is not None and self.val_images.shape[0] != self.val_labels.shape[0]):
+            raise ValueError("val_images and val_labels must both be given, of equal length")
 
     @property
     def image_shape(self) -> tuple[int, int, int]:
@@ -181,7 +188,7 @@ def make_synthetic(num_train: int = 1024, num_test: int = 256, image_size: int =
 
 def load_dataset(name: str, root: str | None = None, *, unlabeled: str | None = None,
                  image_size: int | None = None, strict: bool = False,
-                 **synthetic_kw: Any) -> ImageDataset:
+                 test_fraction: float = 0.2, **synthetic_kw: Any) -> ImageDataset:
     """Load a data set by name (``DATASETS``); ``root`` defaults to $MPLFAST_DATA or ./data.
 
     ``unlabeled`` and ``strict`` apply to ``imagefolder`` (extra unlabeled image tree; corrupt
@@ -206,10 +213,10 @@ def load_dataset(name: str, root: str | None = None, *, unlabeled: str | None = 
         from .imagefolder import load_imagefolder
 
         if root is None:
-            raise UserError("imagefolder needs a root directory (--data DIR with DIR/train/"
-                            "<class>/*.jpg and DIR/val/<class>/*.jpg)")
+            raise UserError("imagefolder needs a root directory (--data DIR with DIR/<class>/"
+                            "*.jpg, or DIR/train/<class>/*.jpg and DIR/val/<class>/*.jpg)")
         return load_imagefolder(root, unlabeled=unlabeled, image_size=image_size or 32,
-                                strict=strict)
+                                strict=strict, test_fraction=test_fraction)
     raise UserError(f"unknown data set {name!r}; choose one of {', '.join(DATASETS)}")
 
 

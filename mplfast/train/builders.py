@@ -32,16 +32,36 @@ class DataBundle:
     per_rank_batch: int
     num_classes: int
     in_chans: int
+    stream: bool = False    # image folder streamed from disk (data.stream), not held in memory
 
 
 def load_data(cfg: TrainConfig) -> Any:
+    """The data set of ``cfg``, its validation split already carved out of the training pool
+    (``val_fraction``; see ``data.splits.carve_validation``). An image folder is first sized up:
+    one too large for memory (or ``stream=True``) comes back as a ``data.stream.StreamDataset``
+    (file lists, decoded by DALI at every step). Missing files and bad data are UserErrors."""
+    from mplfast.data.splits import carve_validation
+
+    import dataclasses
+
+    if cfg.dataset == "imagefolder" and cfg.data is not None:
+        reason, streamed = _load_streamed(cfg)
+        if streamed is not None:
+            return streamed
+        ds = carve_validation(_load_in_memory(cfg), cfg.val_fraction, cfg.seed)
+        return dataclasses.replace(ds, storage=reason)
+    return carve_validation(_load_in_memory(cfg), cfg.val_fraction, cfg.seed)
+
+
+def _load_in_memory(cfg: TrainConfig) -> Any:
     """``mplfast.data.load_dataset`` for ``cfg``; missing files and bad data become UserErrors."""
     from mplfast.data import load_dataset
 
     kw: dict[str, Any] = dict(cfg.synthetic_kw) if cfg.dataset == "synthetic" else {}
     try:
         return load_dataset(cfg.dataset, cfg.data, unlabeled=cfg.unlabeled,
-                            image_size=cfg.image_size, strict=cfg.strict_data, **kw)
+                            image_size=cfg.image_size, strict=cfg.strict_data,
+                            test_fraction=cfg.test_fraction, **kw)
     except FileNotFoundError as e:
         raise UserError(_first_line(e)) from None
     except TypeError as e:
@@ -93,8 +113,15 @@ def _labels_origin(cfg: TrainConfig) -> str:
 def build_data(cfg: TrainConfig, info: DistInfo, *, dataset: Any = None) -> DataBundle:
     """Data set, class-balanced labeled split (keyed by seed) and this rank's batcher."""
     from mplfast.data import MPLBatcher, labeled_split
+    from mplfast.data.splits import carve_validation, check_labels_per_class, class_names
+    from mplfast.data.stream import StreamDataset
 
     ds = dataset if dataset is not None else load_data(cfg)
+    if isinstance(ds, StreamDataset):
+        return _build_stream_data(cfg, info, ds)
+    # the validation split (best.pt) leaves the training pool before the labeled split is drawn
+    # (a no-op for a data set load_data carved already)
+    ds = carve_validation(ds, cfg.val_fraction, cfg.seed)
     n_train = int(ds.train_labels.numel())
     cfg = fit_to_data(cfg, ds)  # labels=None: from the images the labeled split is drawn from
     assert cfg.labels is not None
@@ -107,6 +134,7 @@ def build_data(cfg: TrainConfig, info: DistInfo, *, dataset: Any = None) -> Data
     if cfg.batch_size % info.world_size != 0:
         raise UserError(f"batch_size={cfg.batch_size} must be divisible by the number of ranks "
                         f"({info.world_size})")
+    check_labels_per_class(ds.train_labels, cfg.labels, class_names(ds))
     try:
         labeled_idx = labeled_split(ds.train_labels, cfg.labels, ds.num_classes, cfg.seed)
     except ValueError as e:  # e.g. a class with fewer images than its share of the labels
@@ -164,3 +192,52 @@ def finetune_steps(cfg: TrainConfig) -> tuple[int, int]:
     assert cfg.labels is not None, "fit_to_data fills labels before the run"
     bs = min(cfg.finetune_batch_size, cfg.labels)
     return cfg.finetune_epochs * math.ceil(cfg.labels / bs), bs
+
+
+def _load_streamed(cfg: TrainConfig) -> tuple[str, Any]:
+    """Decide in memory vs streamed from the file counts: (the decision in words, the
+    ``StreamDataset`` to stream or None)."""
+    from mplfast.data.stream import load_stream_dataset, plan_imagefolder
+
+    try:
+        scan, choice = plan_imagefolder(str(cfg.data), image_size=cfg.image_size or 32,
+                                        requested=cfg.stream, unlabeled=cfg.unlabeled)
+        if not choice.stream:
+            return choice.reason, None
+        ds = load_stream_dataset(scan, image_size=cfg.image_size or 32, strict=cfg.strict_data,
+                                 test_fraction=cfg.test_fraction, val_fraction=cfg.val_fraction,
+                                 seed=cfg.seed, unlabeled=cfg.unlabeled)
+        ds.storage = choice.reason
+        return choice.reason, ds
+    except FileNotFoundError as e:
+        raise UserError(_first_line(e)) from None
+    except (ValueError, OSError) as e:
+        raise UserError(f"cannot load data set {cfg.dataset}: {_first_line(e)}") from None
+
+
+def _build_stream_data(cfg: TrainConfig, info: DistInfo, ds: Any) -> DataBundle:
+    """The streamed counterpart of ``build_data`` (file lists + DALI, nothing held decoded)."""
+    from mplfast.data import labeled_split
+    from mplfast.data.splits import check_labels_per_class
+    from mplfast.data.stream import StreamBatcher
+
+    n_train = int(ds.train_labels.numel())
+    if cfg.labels > n_train:
+        raise UserError(f"labels={cfg.labels} is more than the {n_train} training images of "
+                        f"{cfg.dataset}")
+    if cfg.batch_size % info.world_size != 0:
+        raise UserError(f"batch_size={cfg.batch_size} must be divisible by the number of ranks "
+                        f"({info.world_size})")
+    check_labels_per_class(ds.train_labels, cfg.labels, list(ds.class_names))
+    try:
+        labeled_idx = labeled_split(ds.train_labels, cfg.labels, ds.num_classes, cfg.seed)
+    except ValueError as e:
+        raise UserError(f"cannot draw {cfg.labels} class-balanced labels: {_first_line(e)}") from None
+    per_rank = cfg.batch_size // info.world_size
+    batcher = StreamBatcher(ds, labeled_idx, batch_size=per_rank, mu=cfg.mu, seed=cfg.seed,
+                            device=info.device, randaug_n=cfg.randaug_n, randaug_m=cfg.randaug_m,
+                            cutout=cfg.cutout, backend=cfg.aug_backend, rank=info.rank,
+                            world_size=info.world_size)
+    return DataBundle(dataset=ds, labeled_idx=labeled_idx, batcher=batcher, per_rank_batch=per_rank,
+                      num_classes=int(ds.num_classes), in_chans=3, stream=True)
+

@@ -38,6 +38,7 @@ MPL_FIELD_NAMES: tuple[str, ...] = tuple(f.name for f in fields(MPLConfig))
 DATASETS = ("digits", "cifar10", "cifar100", "svhn", "imagefolder", "synthetic")
 METHODS = ("mpl", "uda", "supervised")
 PROGRESS = ("auto", "rich", "plain", "none")
+DATA_ENV = "MPLFAST_DATA"  # default --data root when the option is not given
 COMPILE_MODES = ("none", "default", "reduce-overhead", "max-autotune", "max-autotune-no-cudagraphs")
 
 
@@ -64,6 +65,9 @@ class TrainConfig:
     labels: int | None = 50           # size of the class-balanced labeled subset; None: from the data
     image_size: int | None = None     # resize for image folders
     strict_data: bool = False         # imagefolder: fail on unreadable files instead of skipping
+    test_fraction: float = 0.2        # imagefolder without val/ or test/: part of each class held out for testing
+    val_fraction: float = 0.1         # part of each class of the training pool held out (never trained on) to pick best.pt; 0: no best.pt
+    stream: bool | None = None        # imagefolder: stream from disk with DALI; None: when it would not fit in RAM
     synthetic_kw: dict[str, Any] = field(default_factory=dict)  # passed to load_dataset
     batch_size: int = 16              # labeled images per step, summed over all ranks
     mu: int = 3                       # unlabeled batch = mu * batch_size
@@ -116,6 +120,7 @@ class TrainConfig:
     log_interval: int = 50
     eval_interval: int = 250          # 0: evaluate only at the end
     ckpt_interval: int = 500          # 0: checkpoint only at the end and on interruption
+    keep: int = 0                     # also keep the N latest step-<N>.pt model files of the checkpoint intervals
     eval_batch_size: int = 512
     tensorboard: bool = True
     plot: bool = True
@@ -412,8 +417,13 @@ def validate(cfg: TrainConfig) -> None:
            f"image_size must be >= 1, got {cfg.image_size}")
     _check(cfg.unlabeled is None or cfg.dataset == "imagefolder",
            "--unlabeled works only with --dataset imagefolder")
+    _check(0 < cfg.test_fraction < 1, f"test_fraction must be in (0, 1), got {cfg.test_fraction}")
+    _check(0 <= cfg.val_fraction < 1, f"val_fraction must be in [0, 1), got {cfg.val_fraction}")
+    _check(cfg.keep >= 0, f"keep must be >= 0, got {cfg.keep}")
+    _check(not cfg.stream or cfg.dataset == "imagefolder",
+           "--stream works only with --dataset imagefolder (the other data sets fit in memory)")
     _check(cfg.dataset in ("digits", "synthetic") or cfg.data is not None,
-           f"dataset {cfg.dataset} needs --data PATH (mplfast never downloads)")
+           f"dataset {cfg.dataset} needs --data PATH or ${DATA_ENV} (mplfast never downloads)")
     if cfg.method == "uda":
         # uda trains the teacher with h = 0; a meta signal would silently be ignored
         _check(cfg.meta_signal in ("loss_diff", "none"),
@@ -422,7 +432,8 @@ def validate(cfg: TrainConfig) -> None:
     for name in ("data", "unlabeled"):
         path = getattr(cfg, name)
         if path is not None and not os.path.exists(path):
-            raise UserError(f"{name} path does not exist: {path}")
+            env = f" (from ${DATA_ENV})" if name == "data" and path == os.environ.get(DATA_ENV) else ""
+            raise UserError(f"{name} path does not exist: {path}{env}")
     mpl_config(cfg)  # MPL field ranges (threshold 2.5, unknown meta_signal, ...)
 
 
@@ -434,6 +445,16 @@ def mpl_config(cfg: TrainConfig) -> MPLConfig:
 # ----------------------------------------------------------------------------------------
 # layering: defaults -> preset -> YAML file -> CLI flags -> --set
 # ----------------------------------------------------------------------------------------
+def _default_data_root(cfg: TrainConfig, set_overrides: dict[str, Any]) -> TrainConfig:
+    """``data`` from $MPLFAST_DATA when no layer names it and the data set needs files; it is
+    recorded in the config, so the run reproduces without the variable."""
+    dataset = set_overrides.get("dataset", cfg.dataset)
+    if cfg.data is not None or "data" in set_overrides or dataset in ("digits", "synthetic"):
+        return cfg
+    root = os.environ.get(DATA_ENV)
+    return dataclasses.replace(cfg, data=root) if root else cfg
+
+
 def resolve(preset: str | None = None, config_file: str | None = None,
             flags: dict[str, Any] | None = None, sets: list[str] | None = None,
             base: TrainConfig | None = None, check: bool = True) -> TrainConfig:
@@ -465,6 +486,7 @@ def resolve(preset: str | None = None, config_file: str | None = None,
     cfg = apply_overrides(cfg, {k: v for k, v in file_overrides.items() if k != "preset"},
                           "config file")
     cfg = apply_overrides(cfg, flags, "option")
+    cfg = _default_data_root(cfg, set_overrides)
     cfg = apply_overrides(cfg, set_overrides, "--set")
     if check:
         validate(cfg)

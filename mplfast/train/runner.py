@@ -122,6 +122,12 @@ class _Run:
         self.step = 0
         if resume_state is not None:
             self._load(resume_state)
+        from mplfast.train.model_file import ModelCheckpoints
+
+        self.ckpts = ModelCheckpoints(self.out, keep=cfg.keep, resume=resume_state is not None)
+        if self.out and not self.has_val:
+            print("no validation split (val_fraction=0): best.pt is not written, last.pt holds "
+                  "the final models", flush=True)
 
     # ------------------------------------------------------------------ helpers
     def _wrap(self, model: nn.Module) -> nn.Module:
@@ -140,9 +146,10 @@ class _Run:
             return self.ema.module
         return self.student
 
-    def evaluate_all(self) -> dict[str, float]:
-        """Accuracies of every model this method has."""
-        kw = dict(precision=self.precision, device=self.device, batch_size=self.cfg.eval_batch_size)
+    def evaluate_all(self, split: str = "test") -> dict[str, float]:
+        """Accuracies of every model this method has on ``split``."""
+        kw = dict(precision=self.precision, device=self.device, batch_size=self.cfg.eval_batch_size,
+                  split=split)
         acc: dict[str, float] = {}
         if self.teacher is not None:
             acc["teacher_acc"] = accuracy(self.teacher, self.data.batcher, **kw)
@@ -156,6 +163,23 @@ class _Run:
         if self.t_opt is not None:
             lrs["lr_teacher"] = float(self.t_opt.param_groups[0]["lr"])
         return lrs
+
+    @property
+    def has_val(self) -> bool:
+        """Whether the data has a validation split (``val_fraction`` > 0 or a val/ folder)."""
+        return getattr(self.data.dataset, "val_labels", None) is not None
+
+    def _headline_acc_key(self) -> str:
+        if self.cfg.method == "uda":
+            return "teacher_acc"
+        return "ema_acc" if self.ema is not None and self.cfg.eval_ema else "student_acc"
+
+    def offer_best(self, val_acc: dict[str, float]) -> None:
+        """Keep the models as ``best.pt`` if the headline model's validation accuracy is the best."""
+        from mplfast.train.model_file import payload_from_run
+
+        key = "finetune_acc" if "finetune_acc" in val_acc else self._headline_acc_key()
+        self.ckpts.offer_best(val_acc[key], lambda: payload_from_run(self))
 
     def images_per_step(self) -> int:
         """Distinct images one step reads, over all ranks: B labeled (+ mu*B unlabeled)."""
@@ -267,6 +291,9 @@ class _Run:
         st = self.state()
         if self.out:
             ckpt_io.save_atomic(st, os.path.join(self.out, ckpt_io.CHECKPOINT_NAME))
+            from mplfast.train.model_file import payload_from_run
+
+            self.ckpts.write_last(payload_from_run(self))
         barrier(self.info)
 
     # ------------------------------------------------------------------ phases
@@ -317,6 +344,8 @@ class _Run:
     def run_train(self, writer: MetricsWriter, progress_mode: str) -> bool:
         """The main phase; True if interrupted."""
         cfg, batcher = self.cfg, self.data.batcher
+        if self.info.is_main and getattr(self.data.dataset, "storage", "") and self.step < cfg.steps:
+            print(f"data: {self.data.dataset.storage}", flush=True)  # in memory or streamed
         if self.step >= cfg.steps:
             if not self.results:  # steps=0, or a checkpoint without results: measure now
                 self.results.update(self.evaluate_all())
@@ -334,10 +363,14 @@ class _Run:
                             enabled=self.info.is_main)
 
         def on_eval(i: int) -> None:
-            acc = self.evaluate_all()
+            # never tuned on the test split: with a validation split, periodic evals use it
+            split = "val" if self.has_val else "test"
+            acc = self.evaluate_all(split)
             if self.info.is_main:
-                writer.write({"step": i, "phase": "eval", **acc})
-            progress.message(f"step {i}: " + "  ".join(f"{k} {v:.2f}" for k, v in acc.items()))
+                writer.write({"step": i, "phase": "eval", "split": split, **acc})
+            progress.message(f"step {i} ({split}): " +
+                             "  ".join(f"{k} {v:.2f}" for k, v in acc.items()))
+            self.offer_best(acc)
 
         def set_step(i: int) -> None:
             self.step = i
@@ -351,10 +384,16 @@ class _Run:
             progress.close()
         if stopped:
             return True
+        if self.has_val:
+            val = self.evaluate_all("val")
+            if self.info.is_main:
+                writer.write({"step": cfg.steps, "phase": "eval", "split": "val", **val})
+            self.offer_best(val)
+            self.results["val_acc"] = val[self._headline_acc_key()]
         acc = self.evaluate_all()
         self.results.update(acc)
         if self.info.is_main:
-            writer.write({"step": cfg.steps, "phase": "eval", **acc})
+            writer.write({"step": cfg.steps, "phase": "eval", "split": "test", **acc})
         return False
 
     def run_finetune(self, writer: MetricsWriter, progress_mode: str) -> bool:
@@ -408,8 +447,17 @@ class _Run:
         self.results["finetune_acc"] = acc
         self.ft_state = None
         if self.info.is_main:
-            writer.write({"step": cfg.steps + total, "phase": "eval", "finetune_acc": acc})
+            writer.write({"step": cfg.steps + total, "phase": "eval", "split": "test",
+                          "finetune_acc": acc})
         self.finetuned_sd = model.state_dict()
+        if self.has_val:
+            val = accuracy(model, self.data.batcher, precision=self.precision, device=self.device,
+                           batch_size=cfg.eval_batch_size, split="val")
+            if self.info.is_main:
+                writer.write({"step": cfg.steps + total, "phase": "eval", "split": "val",
+                              "finetune_acc": val})
+            self.offer_best({"finetune_acc": val})
+            self.results["val_acc"] = val
         return False
 
     def summary(self, wall_s: float) -> dict[str, Any]:
@@ -578,6 +626,9 @@ def _run(cfg: TrainConfig, info: DistInfo, stop: StopRequest, resume_state: dict
             return result
         r.phase = "done"
         summary = r.summary(time.perf_counter() - t_start)
+        from mplfast.train.reports import final_report
+
+        summary.update(final_report(r))
         result.summary, result.step = summary, r.step
         r.save()
         if out:
