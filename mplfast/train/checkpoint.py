@@ -470,11 +470,12 @@ def check_optimizer(opt: torch.optim.Optimizer, sd: dict[str, Any], *, what: str
 # ---------------------------------------------------------------------------------------------
 # converting a trusted older checkpoint
 # ---------------------------------------------------------------------------------------------
-def convert_trusted(path: str, out: str | None = None) -> str:
+def convert_trusted(path: str, out: str | None = None) -> tuple[str, bool]:
     """Rewrite a checkpoint of an older mplfast in the current, safely loadable format.
 
     This runs the full unpickler on ``path`` (it can run code): only for a file the user
-    trusts. Writes ``out`` (default: ``path`` itself, atomically) and returns where it wrote.
+    trusts. Writes ``out`` (default: ``path`` itself, atomically); returns (where it is,
+    whether it was converted: False for a file already in the safe format).
     ``UserError`` if the result still does not load safely or is not a valid checkpoint."""
     if not os.path.isfile(path):
         raise UserError(f"checkpoint not found: {path}")
@@ -486,9 +487,9 @@ def convert_trusted(path: str, out: str | None = None) -> str:
     if safe_already:
         st = load_checkpoint(path, expect="weights")
         if out is None or os.path.abspath(out) == os.path.abspath(path):
-            return path  # nothing to do
+            return path, False  # nothing to do
         save_checkpoint(st, out)
-        return out
+        return out, False
     try:
         st = torch.load(path, map_location="cpu", weights_only=False)  # trusted by the user
     except Exception as e:  # noqa: BLE001
@@ -515,4 +516,4 @@ def convert_trusted(path: str, out: str | None = None) -> str:
         raise _fail(path, str(e)) from None
     target = out or path
     save_checkpoint(st, target)
-    return target
+    return target, True
