@@ -259,8 +259,8 @@ def validate_checkpoint(st: Any, expect: Expect = "weights") -> Any:
         raise _Bad(f"format version {st['version']!r} is not supported (expected {CKPT_VERSION}){hint}")
     if not _int(st["step"]) or st["step"] < 0:
         raise _Bad(f"'step' must be an integer >= 0, got {st['step']!r}")
-    if not isinstance(st["config"], dict):
-        raise _Bad("'config' is not a mapping of config fields")
+    if not isinstance(st["config"], dict) or not all(isinstance(k, str) for k in st["config"]):
+        raise _Bad("'config' is not a mapping of config field names to values")
     try:
         cfg = apply_overrides(TrainConfig(), st["config"], "checkpoint config")
     except UserError as e:
