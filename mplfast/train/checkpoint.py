@@ -156,7 +156,23 @@ class _Bad(Exception):
 
 
 def _fail(path: str, why: str) -> UserError:
-    return UserError(f"checkpoint {path}: {why}")
+    # one line, whatever the file put into the reason (a value's repr can span lines)
+    why = " ".join(why.split())
+    return UserError(f"checkpoint {path}: {why if len(why) <= 300 else why[:297] + '...'}")
+
+
+def _is(v: Any, *choices: Any) -> bool:
+    """``v`` is a plain str/int equal to one of ``choices`` (a tensor from the file compares
+    elementwise, and ``bool(tensor)`` of many elements raises: never compare those)."""
+    return type(v) in (str, int) and v in choices
+
+
+def _short(v: Any) -> str:
+    """A short one-line description of a value read from a file, for messages."""
+    if isinstance(v, torch.Tensor):
+        return f"a {v.dtype} tensor of shape {tuple(v.shape)}"
+    r = " ".join(repr(v).split())
+    return r if len(r) <= 60 else r[:57] + "..."
 
 
 def _safe_unpickle(path: str) -> Any:
@@ -221,17 +237,17 @@ def _check_rng(rng: Any, where: str) -> None:
             t.numel() != torch.get_rng_state().numel():
         raise _Bad(f"{where}.torch is not a torch RNG state (uint8 [{torch.get_rng_state().numel()}])")
     npst = rng.get("numpy")
-    if not isinstance(npst, dict) or npst.get("name") != "MT19937":
+    if not isinstance(npst, dict) or not _is(npst.get("name"), "MT19937"):
         raise _Bad(f"{where}.numpy is not a numpy MT19937 state")
     key = npst.get("key")
     if not isinstance(key, torch.Tensor) or key.dtype != torch.int64 or tuple(key.shape) != (624,) \
             or bool(((key < 0) | (key >= 2**32)).any()):
         raise _Bad(f"{where}.numpy.key is not 624 words in [0, 2^32) (int64 tensor)")
-    if not (_int(npst.get("pos")) and 0 <= npst["pos"] <= 624 and npst.get("has_gauss") in (0, 1)
+    if not (_int(npst.get("pos")) and 0 <= npst["pos"] <= 624 and _is(npst.get("has_gauss"), 0, 1)
             and _num(npst.get("cached_gaussian"))):
         raise _Bad(f"{where}.numpy has a malformed pos / has_gauss / cached_gaussian")
     py = rng.get("python")
-    if not isinstance(py, dict) or py.get("version") != 3 or not isinstance(py.get("state"), list) \
+    if not isinstance(py, dict) or not _is(py.get("version"), 3) or not isinstance(py.get("state"), list) \
             or len(py["state"]) != 625 or not all(_int(v) and 0 <= v < 2**32 for v in py["state"]) \
             or py["state"][-1] > 624 or not (py.get("gauss") is None or _num(py["gauss"])):
         raise _Bad(f"{where}.python is not a python random state (version 3, 625 ints)")
@@ -254,21 +270,21 @@ def validate_checkpoint(st: Any, expect: Expect = "weights") -> Any:
     if "version" not in st or "config" not in st or "step" not in st:
         missing = [k for k in ("version", "config", "step") if k not in st]
         raise _Bad(f"missing {', '.join(repr(k) for k in missing)}; not an mplfast checkpoint")
-    if st["version"] != CKPT_VERSION:
-        hint = f"; {CONVERT_HINT}" if st["version"] == 1 else ""
-        raise _Bad(f"format version {st['version']!r} is not supported (expected {CKPT_VERSION}){hint}")
+    if not _is(st["version"], CKPT_VERSION):
+        hint = f"; {CONVERT_HINT}" if _is(st["version"], 1) else ""
+        raise _Bad(f"format version {_short(st['version'])} is not supported (expected {CKPT_VERSION}){hint}")
     if not _int(st["step"]) or st["step"] < 0:
-        raise _Bad(f"'step' must be an integer >= 0, got {st['step']!r}")
+        raise _Bad(f"'step' must be an integer >= 0, got {_short(st['step'])}")
     if not isinstance(st["config"], dict) or not all(isinstance(k, str) for k in st["config"]):
         raise _Bad("'config' is not a mapping of config field names to values")
     try:
         cfg = apply_overrides(TrainConfig(), st["config"], "checkpoint config")
     except UserError as e:
         raise _Bad(str(e)) from None
-    if st.get("method") not in METHODS or st["method"] != cfg.method:
-        raise _Bad(f"'method' {st.get('method')!r} does not match its config ({cfg.method!r})")
-    if st.get("phase") not in PHASES:
-        raise _Bad(f"'phase' must be one of {', '.join(PHASES)}, got {st.get('phase')!r}")
+    if not _is(st.get("method"), *METHODS) or st["method"] != cfg.method:
+        raise _Bad(f"'method' {_short(st.get('method'))} does not match its config ({cfg.method!r})")
+    if not _is(st.get("phase"), *PHASES):
+        raise _Bad(f"'phase' must be one of {', '.join(PHASES)}, got {_short(st.get('phase'))}")
     if "student" not in st:
         raise _Bad("has no model weights ('student' is missing)")
     _state_dict_like(st["student"], "student")
