@@ -141,3 +141,17 @@ def test_yaml_failures_found_by_fuzzing_are_one_line(tmp_path, capsys):
     assert_one_line(*_cli(["train", "--set", "seed=" + "[" * 3000, "--steps=-1"], capsys), "seed")
     assert_one_line(*_cli(["train", "--set", "model_kwargs={a: 2001-13-45}", "--steps=-1"], capsys),
                     "model_kwargs")
+
+
+def test_python_tag_subprocess(tmp_path):
+    """The real console path: a config file whose tag would call os.system."""
+    import subprocess
+    import sys
+
+    marker = tmp_path / "M"
+    p = tmp_path / "c.yaml"
+    p.write_text(f"seed: !!python/object/apply:os.system ['touch {marker}']\n")
+    r = subprocess.run([sys.executable, "-m", "mplfast", "train", "--config", str(p)],
+                       capture_output=True, text=True, timeout=120)
+    assert_one_line(r.returncode, r.stderr, "cannot parse config file")
+    assert not marker.exists()

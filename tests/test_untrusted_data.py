@@ -210,3 +210,30 @@ def test_svhn_garbage(tmp_path):
         (tmp_path / "test_32x32.mat").write_bytes(content)
         with pytest.raises(UserError, match="train_32x32.mat"):
             load_dataset("svhn", str(tmp_path))
+
+
+def test_huge_memo_index_costs_nothing(tmp_path):
+    """``LONG_BINPUT 2**32-1``: the C unpickler sizes an array by the index; the restricted
+    one (pure Python, dict memo) just stores it."""
+    data = b"\x80\x02]r\xff\xff\xff\xff."  # an empty list, memoised at index 2**32 - 1
+    assert restricted_loads(data) == []
+    p = tmp_path / "data_batch_1"
+    p.write_bytes(data)
+    from mplfast.data.datasets import _cifar_batch
+
+    with pytest.raises(UserError, match="not a dict"):
+        _cifar_batch(p, "labels", 10, "CIFAR-10 batch")
+
+
+def test_code_in_a_cifar_batch_never_runs_subprocess(tmp_path):
+    """The real console path (python -m mplfast), for a batch that calls os.system."""
+    import subprocess
+    import sys
+
+    marker = str(tmp_path / "MARKER")
+    d = write_cifar10(str(tmp_path / "cifar-10-batches-py"), evil=EvilSystem(marker))
+    p = subprocess.run([sys.executable, "-m", "mplfast", "train", "--dataset", "cifar10", "--data", d,
+                        "--labels", "20", "--steps", "1", "--out", str(tmp_path / "run"), *QUICK],
+                       capture_output=True, text=True, timeout=120)
+    assert_one_line(p.returncode, p.stderr, "refusing")
+    assert not os.path.exists(marker)

@@ -101,7 +101,11 @@ class RefusedGlobal(pickle.UnpicklingError):
     """The pickle names a callable outside the allow-list."""
 
 
-class _Restricted(pickle.Unpickler):
+class _Restricted(pickle._Unpickler):  # type: ignore[name-defined]
+    """The pure-Python unpickler: its memo is a dict, while the C one grows an array to the
+    largest memo index a file names (``LONG_BINPUT 2**31`` would zero-fill 16 GB); a CIFAR
+    batch has few opcodes (one big string, the labels, the file names), so speed is the same."""
+
     def find_class(self, module: str, name: str) -> Any:
         try:
             return ALLOWED[(module, name)]
