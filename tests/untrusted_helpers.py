@@ -13,6 +13,22 @@ import numpy as np
 import pytest
 import torch
 
+def _hypothesis_home_outside_the_tree() -> None:
+    # hypothesis caches example constants under ./.hypothesis even with database=None; tests
+    # must leave the work tree as they found it
+    import atexit
+    import shutil
+    import tempfile
+
+    from hypothesis.configuration import set_hypothesis_home_dir
+
+    home = tempfile.mkdtemp(prefix="mplfast-hypothesis-")
+    set_hypothesis_home_dir(home)
+    atexit.register(shutil.rmtree, home, ignore_errors=True)
+
+
+_hypothesis_home_outside_the_tree()
+
 QUICK = ["--set", "model_kwargs={width: 4}", "--set", "eval_interval=0", "--set", "tensorboard=false",
          "--set", "plot=false", "--set", "progress=none"]
 
