@@ -192,6 +192,14 @@ MALFORMED = [
     ("old version", _set("version", 1), "convert-checkpoint --trust"),
     ("future version", _set("version", 99), "format version 99"),
     ("not a dict", lambda st: st.clear(), "missing"),
+    # found by the fuzzer: a tensor where the format has an int or a str raised "Boolean value
+    # of Tensor ... is ambiguous", and a value's multi-line repr broke the one-line rule
+    ("version is a tensor", _set("version", torch.zeros(624, dtype=torch.int64)),
+     "format version a torch.int64 tensor of shape (624,)"),
+    ("phase is a tensor", _set("phase", torch.zeros(5056, dtype=torch.uint8)), "'phase' must be"),
+    ("config value is a tensor", _cfg(batch_size=torch.zeros(624, dtype=torch.int64)), "batch_size"),
+    ("config with an int key", lambda st: st["config"].update({1: 2}), "config field names"),
+    ("data moved", _cfg(dataset="cifar10", data="/no/such/dir"), "pass --data DIR"),
 ]
 
 
@@ -203,7 +211,7 @@ def test_malformed_checkpoint_eval(tmp_path, capsys, good, name, mutate, expect)
     assert p in line
 
 
-RESUME_MALFORMED = MALFORMED + [
+RESUME_MALFORMED = [m for m in MALFORMED if m[0] != "data moved"] + [  # resume: --set data=...
     ("rng missing", _drop("rng"), "'rng' is missing"),
     ("rng numpy key short", lambda st: st["rng"][0]["numpy"].update(key=torch.zeros(3, dtype=torch.int64)),
      "numpy.key"),

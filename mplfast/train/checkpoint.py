@@ -175,6 +175,13 @@ def _short(v: Any) -> str:
     return r if len(r) <= 60 else r[:57] + "..."
 
 
+def safe_torch_load(path: str) -> Any:
+    """``torch.load(path, weights_only=True)`` onto the CPU; any failure (a pickle that names a
+    callable, a corrupt or truncated archive, not a torch file) is ``UserError`` with the one
+    refusal line naming ``path``. For every reader of mplfast's .pt files (model files too)."""
+    return _safe_unpickle(path)
+
+
 def _safe_unpickle(path: str) -> Any:
     """``torch.load(weights_only=True)``; every failure is the one refusal line."""
     try:
@@ -375,7 +382,8 @@ def checkpoint_config(st: dict[str, Any], path: str, overrides: dict[str, Any] |
     try:
         validate(cfg)
     except UserError as e:
-        raise _fail(path, f"its config is invalid here: {e}") from None
+        moved = " (pass --data DIR if the data moved)" if "path does not exist" in str(e) else ""
+        raise _fail(path, f"its config is invalid here: {e}{moved}") from None
     return cfg
 
 
