@@ -262,7 +262,7 @@ class _Run:
         """Atomic checkpoint (rank 0 writes; all ranks take part in gathering RNG states)."""
         st = self.state()
         if self.out:
-            ckpt_io.save_checkpoint(st, os.path.join(self.out, ckpt_io.CHECKPOINT_NAME))
+            ckpt_io.save_atomic(st, os.path.join(self.out, ckpt_io.CHECKPOINT_NAME))
         barrier(self.info)
 
     # ------------------------------------------------------------------ phases
