@@ -203,10 +203,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         parser.print_help()
         return 0
     try:
-        if args.command == "convert-checkpoint":
-            return cmd_convert_checkpoint(args)
         if args.command == "train":
             return cmd_train(args)
+        if args.command == "convert-checkpoint":
+            return cmd_convert_checkpoint(args)
         if args.command == "eval":
             return cmd_eval(args)
         return cmd_ablate(args)
