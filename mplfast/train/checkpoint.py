@@ -21,6 +21,7 @@ step 1; :func:`convert_trusted` rewrites one the user trusts (``mplfast convert-
 """
 from __future__ import annotations
 
+import dataclasses
 import io
 import os
 import random
@@ -269,7 +270,7 @@ def validate_checkpoint(st: Any, expect: Expect = "weights") -> Any:
 
     ``expect="weights"`` (eval, export, predict) needs the config, step, method, phase and the
     weights; ``"resume"`` also the optimizer/scheduler/step/RNG states. Raises ``_Bad``."""
-    from mplfast.train.config import METHODS, TrainConfig, apply_overrides
+    from mplfast.train.config import METHODS, TrainConfig, apply_overrides, validate
 
     if not isinstance(st, dict) or not all(isinstance(k, str) for k in st):
         raise _Bad(f"holds a {type(st).__name__}, not an mplfast checkpoint (a dict)")
@@ -286,6 +287,10 @@ def validate_checkpoint(st: Any, expect: Expect = "weights") -> Any:
         raise _Bad("'config' is not a mapping of config field names to values")
     try:
         cfg = apply_overrides(TrainConfig(), st["config"], "checkpoint config")
+        # --config's validation too; its paths may have moved since (checked where used, after
+        # `--data`), so they stand in as "." here
+        validate(dataclasses.replace(cfg, data="." if cfg.data is not None else None,
+                                     unlabeled="." if cfg.unlabeled is not None else None))
     except UserError as e:
         raise _Bad(str(e)) from None
     if not _is(st.get("method"), *METHODS) or st["method"] != cfg.method:
