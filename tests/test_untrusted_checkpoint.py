@@ -40,44 +40,63 @@ def _evil_checkpoint(path: str, marker: str, kind: type = Evil, base: dict | Non
     torch.save(st, path)
 
 
-def _commands_opening(ckpt_dir: str, ckpt: str) -> dict[str, list[str]]:
-    """Every CLI command that opens a checkpoint, pointed at ``ckpt`` (in ``ckpt_dir``)."""
-    return {
-        "eval": ["eval", "--checkpoint", ckpt],
-        "train": ["train", "--out", ckpt_dir, "--resume"],
-        "convert-checkpoint": ["convert-checkpoint", ckpt],
-    }
+def _argv(command: str, run_dir: str, ckpt: str, tmp: str) -> list[str] | None:
+    """How ``command`` opens the files of a run (``run_dir``, whose checkpoint.pt, best.pt and
+    last.pt all hold the payload) or the checkpoint ``ckpt``; None if it never opens one."""
+    if command == "eval":
+        return ["eval", "--checkpoint", ckpt]
+    if command == "train":
+        return ["train", "--out", run_dir, "--resume"]
+    if command == "convert-checkpoint":
+        return ["convert-checkpoint", ckpt]
+    if command == "export":
+        return ["export", run_dir, "--out", os.path.join(tmp, "m.safetensors")]
+    if command == "predict":
+        img = os.path.join(tmp, "x.png")
+        from PIL import Image
+
+        Image.new("RGB", (8, 8), (10, 20, 30)).save(img)
+        return ["predict", run_dir, img]
+    return None
 
 
-# a new subcommand must be added to _commands_opening (this test fails until it is), so that
-# the marker test covers it
+# subcommands that open no checkpoint or model file (ablate: its own test below)
+NO_CHECKPOINT = {"models", "ablate"}
 
 
-def test_every_subcommand_is_covered(tmp_path):
+def _subcommands() -> list[str]:
     from mplfast.cli import build_parser
 
     sub = next(a for a in build_parser()._actions if a.__class__.__name__ == "_SubParsersAction")
-    covered = set(_commands_opening("d", "c")) | {"ablate"}  # ablate: see its own test below
-    missing = set(sub.choices) - covered
-    assert not missing, (f"subcommands {sorted(missing)} are not in the untrusted-checkpoint "
-                         "marker test: add how they open a checkpoint to _commands_opening")
+    return sorted(sub.choices)
+
+
+def test_every_subcommand_is_covered(tmp_path):
+    """A new subcommand must say how it opens a checkpoint (or be listed as opening none), so
+    that the marker test below covers it."""
+    missing = [c for c in _subcommands()
+               if c not in NO_CHECKPOINT and _argv(c, "d", "c", str(tmp_path)) is None]
+    assert not missing, f"add {missing} to _argv or NO_CHECKPOINT"
 
 
 @pytest.mark.parametrize("kind", [Evil, EvilSystem])
-@pytest.mark.parametrize("command", ["eval", "train", "convert-checkpoint"])
+@pytest.mark.parametrize("command", [c for c in _subcommands() if c not in NO_CHECKPOINT])
 def test_code_in_a_checkpoint_never_runs(tmp_path, capsys, good, command, kind):
     marker = str(tmp_path / "MARKER")
-    ckpt_dir = str(tmp_path / "run")
-    os.makedirs(ckpt_dir)
-    ckpt = os.path.join(ckpt_dir, "checkpoint.pt")
-    _evil_checkpoint(ckpt, marker, kind, base=good)
-    rc, _, err = run_cli(_commands_opening(ckpt_dir, ckpt)[command], capsys)
+    run_dir = str(tmp_path / "run")
+    os.makedirs(run_dir)
+    ckpt = os.path.join(run_dir, "checkpoint.pt")
+    for name in ("checkpoint.pt", "best.pt", "last.pt"):  # whichever file a command reads
+        _evil_checkpoint(os.path.join(run_dir, name), marker, kind, base=good)
+    argv = _argv(command, run_dir, ckpt, str(tmp_path))
+    assert argv is not None
+    rc, _, err = run_cli(argv, capsys)
     line = assert_one_line(rc, err)
     assert not os.path.exists(marker), "code from the checkpoint ran"
-    if command != "convert-checkpoint":
-        assert REFUSE in line and ckpt in line
-    else:  # without --trust it refuses before reading anything
+    if command == "convert-checkpoint":  # without --trust it refuses before reading anything
         assert "--trust" in line
+    elif command in ("eval", "train"):
+        assert REFUSE in line and ckpt in line
 
 
 def test_code_in_a_checkpoint_never_runs_in_ablate(tmp_path, capsys, good):
@@ -230,22 +249,27 @@ RESUME_MALFORMED = [m for m in MALFORMED if m[0] != "data moved"] + [  # resume:
 def test_malformed_checkpoint_resume(tmp_path, capsys, good, name, mutate, expect):
     import copy
 
-    st = copy.deepcopy(good)
+    st = _mid_run(copy.deepcopy(good))
     mutate(st)
     d = tmp_path / "run"
     d.mkdir()
     torch.save(st, d / "checkpoint.pt")
-    rc, _, err = run_cli(["train", "--out", str(d), "--resume", "--steps", "3"], capsys)
+    rc, _, err = run_cli(["train", "--out", str(d), "--resume"], capsys)
     assert_one_line(rc, err, expect)
 
 
-def test_resume_with_a_different_model_is_one_line(tmp_path, capsys, tiny_run):
-    import shutil
+def _mid_run(st: dict) -> dict:
+    """A finished 2-step checkpoint as if stopped after step 1 (so --resume trains on)."""
+    st["step"], st["phase"], st["results"] = 1, "train", {}
+    return st
 
-    d = str(tmp_path / "run")
-    shutil.copytree(tiny_run, d)
-    rc, _, err = run_cli(["train", "--out", d, "--resume", "--steps", "4",
-                          "--set", "model_kwargs={width: 8}"], capsys)
+
+def test_resume_with_a_different_model_is_one_line(tmp_path, capsys, good):
+    d = tmp_path / "run"
+    d.mkdir()
+    torch.save(_mid_run(dict(good)), d / "checkpoint.pt")
+    rc, _, err = run_cli(["train", "--out", str(d), "--resume", "--set", "model_kwargs={width: 8}"],
+                         capsys)
     assert_one_line(rc, err, "the model its config builds")
 
 
@@ -311,7 +335,7 @@ def test_old_format_is_refused_then_converted_with_trust(tmp_path, capsys, tiny_
     d = str(tmp_path / "run")
     shutil.copytree(tiny_run, d)
     ckpt = os.path.join(d, "checkpoint.pt")
-    torch.save(_legacy(good), ckpt)
+    torch.save(_legacy(_mid_run(dict(good))), ckpt)
     rc, _, err = run_cli(["eval", "--checkpoint", ckpt], capsys)
     line = assert_one_line(rc, err, REFUSE)
     assert "convert-checkpoint --trust" in line
@@ -328,8 +352,9 @@ def test_old_format_is_refused_then_converted_with_trust(tmp_path, capsys, tiny_
     assert rc == 0, err
     rc, out, err = run_cli(["convert-checkpoint", "--trust", ckpt], capsys)
     assert rc == 0 and "already" in out
-    rc, out, err = run_cli(["train", "--out", d, "--resume", "--steps", "3"], capsys)
+    rc, out, err = run_cli(["train", "--out", d, "--resume"], capsys)
     assert rc == 0, err
+    assert torch.load(ckpt, weights_only=True)["step"] == 2
 
 
 def test_load_checkpoint_api_errors_are_user_errors(tmp_path):
