@@ -189,6 +189,7 @@ def build_parser() -> argparse.ArgumentParser:
     a.add_argument("--out", metavar="DIR", help="directory for the runs and the table "
                    "(default runs/ablate-<dataset>)")
     _add_config_options(a)
+    _add_convert_parser(sub)
     return parser
 
 
@@ -403,6 +404,31 @@ def cmd_ablate(args: argparse.Namespace) -> int:
     return 0
 
 
+def _add_convert_parser(sub: Any) -> None:
+    c = sub.add_parser("convert-checkpoint",
+                       help="rewrite a checkpoint of an older mplfast, that you trust, in the format "
+                            "that loads without running code")
+    c.add_argument("file", metavar="FILE", help="the checkpoint to convert")
+    c.add_argument("--trust", action="store_true",
+                   help="required: converting reads FILE with the full unpickler, which runs "
+                        "any code FILE holds")
+    c.add_argument("--out", metavar="PATH", help="write the converted checkpoint here "
+                   "(default: replace FILE, atomically)")
+
+
+def cmd_convert_checkpoint(args: argparse.Namespace) -> int:
+    """``mplfast convert-checkpoint --trust FILE [--out PATH]``."""
+    from mplfast.train.checkpoint import convert_trusted
+
+    if not args.trust:
+        raise UserError(f"convert-checkpoint reads {args.file} with the full unpickler, which runs "
+                        "any code the file holds; pass --trust only if you trust its source")
+    target, converted = convert_trusted(args.file, args.out)
+    print(f"{target}: converted; it now loads without running code" if converted
+          else f"{target}: already in the safe format" + ("" if target == args.file else "; copied"))
+    return 0
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of the ``mplfast`` console script; returns the exit status."""
     parser = build_parser()
@@ -421,6 +447,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             return cmd_models(args)
         if args.command == "train":
             return cmd_train(args)
+        if args.command == "convert-checkpoint":
+            return cmd_convert_checkpoint(args)
         if args.command == "eval":
             return cmd_eval(args)
         if args.command == "export":

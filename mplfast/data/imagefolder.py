@@ -184,23 +184,10 @@ def scan_imagefolder(root: str | Path) -> FolderScan:
 
 
 def check_image(path: Path) -> str | None:
-    """None if ``path`` decodes completely, else the reason. JPEGs decode at reduced DCT scale
-    (PIL draft mode) so the full scan costs a fraction of a real decode but still reads every
-    byte of entropy-coded data (truncated or garbage files fail)."""
-    from PIL import Image
+    """None if ``path`` decodes completely, else the reason (checks: :mod:`mplfast.data.decode`)."""
+    from .decode import check_image as _check
 
-    try:
-        if path.stat().st_size == 0:
-            return "empty file"
-        with Image.open(path) as im:
-            if im.format == "JPEG":
-                im.draft("RGB", (max(1, im.width // 8), max(1, im.height // 8)))
-            im.load()
-            if im.width < 1 or im.height < 1:
-                return "zero-sized image"
-    except Exception as e:  # noqa: BLE001 - any decoder failure means "unreadable"
-        return f"{type(e).__name__}: {e}"
-    return None
+    return _check(path)
 
 
 def preflight(files: list[Path], labels: list[int] | None = None, *, strict: bool = False
@@ -222,26 +209,18 @@ def preflight(files: list[Path], labels: list[int] | None = None, *, strict: boo
 
 
 def decode_pil(files: list[Path], image_size: int) -> Tensor:
-    """uint8 [N, S, S, 3] via PIL (bilinear resize)."""
-    from PIL import Image
+    """uint8 [N, S, S, 3] via PIL (bilinear resize; modes converted: :mod:`mplfast.data.decode`)."""
+    from .decode import decode_pil as _decode_pil
 
-    out = np.empty((len(files), image_size, image_size, 3), dtype=np.uint8)
-    for i, f in enumerate(files):
-        with Image.open(f) as im:
-            out[i] = np.asarray(im.convert("RGB").resize((image_size, image_size),
-                                                         Image.BILINEAR))
-    return torch.from_numpy(out)
+    return _decode_pil(files, image_size)
 
 
 def decode(files: list[Path], image_size: int) -> Tensor:
-    """uint8 [N, S, S, 3]: DALI CPU pipeline if DALI is installed, else PIL."""
-    if not files:
-        return torch.empty((0, image_size, image_size, 3), dtype=torch.uint8)
-    from . import dali
+    """uint8 [N, S, S, 3]: DALI CPU pipeline if DALI is installed, else PIL (see
+    :func:`mplfast.data.decode.decode_images`)."""
+    from .decode import decode_images
 
-    if dali.available():
-        return dali.decode_files(files, image_size)
-    return decode_pil(files, image_size)
+    return decode_images(files, image_size)
 
 
 def _checked(files: list[Path], labels: list[int], strict: bool, directory: Path,

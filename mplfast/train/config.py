@@ -30,6 +30,7 @@ from typing import Any
 
 import yaml
 
+from mplfast import safe_yaml
 from mplfast.errors import UserError
 from mplfast.config import MPLConfig  # noqa: I001 - kept apart from the line above for merges
 
@@ -241,7 +242,7 @@ def coerce_value(name: str, value: Any) -> Any:
         return "default" if str(value).lower() in ("true", "yes", "on", "1") else "none"
     if isinstance(value, str) and inner is not str:
         try:
-            value = yaml.safe_load(value) if value.strip() else None
+            value = safe_yaml.load(value) if value.strip() else None
         except yaml.YAMLError:
             raise UserError(f"{name}: cannot parse {value!r} as {_type_name(tp)}") from None
     if value is None or (isinstance(value, str) and value.lower() in ("none", "null") and optional):
@@ -348,7 +349,7 @@ def load_yaml(path: str) -> dict[str, Any]:
         raise UserError(f"config file not found: {path}")
     try:
         with open(path, encoding="utf-8") as f:
-            data = yaml.safe_load(f)
+            data = safe_yaml.load(f)
     except (yaml.YAMLError, UnicodeDecodeError) as e:
         first = str(e).splitlines()[0] if str(e) else type(e).__name__
         raise UserError(f"cannot parse config file {path}: {first}") from None
@@ -356,6 +357,9 @@ def load_yaml(path: str) -> dict[str, Any]:
         return {}
     if not isinstance(data, dict):
         raise UserError(f"config file {path} must hold a mapping of field: value")
+    bad = [k for k in data if not isinstance(k, str)]
+    if bad:  # `1: x` or `null: x` is no field name (and difflib's hints need strings)
+        raise UserError(f"config file {path}: {bad[0]!r} is not a field name")
     return data
 
 

@@ -59,16 +59,15 @@ def read_saved_models(path: str) -> tuple[dict[str, Any], int, dict[str, dict[st
     from mplfast.train import checkpoint as ckpt_io
 
     path = resolve_run_file(path)
-    obj: Any = None
-    try:
-        obj = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception:  # noqa: BLE001 - not a safe file: only a resume checkpoint may follow
-        obj = None
+    if not os.path.isfile(path):
+        raise UserError(f"checkpoint not found: {path}")
+    # one restricted (weights_only) load: a pickle that would run code is the one refusal line
+    obj = ckpt_io.safe_torch_load(path)
     if isinstance(obj, dict) and obj.get("format") == MODEL_FORMAT:
         obj = validate_models(obj, path)
         return obj["config"], int(obj["step"]), obj["models"], path
-    # a resume checkpoint: read (again) through the checkpoint module's loader and its checks
-    st = ckpt_io.load(path)
+    # a resume checkpoint: the checkpoint module's layout and config checks
+    st = ckpt_io.validate_loaded(obj, path, expect="weights")
     models = models_from_checkpoint(st)
     if not models or not isinstance(st.get("config"), dict):
         raise UserError(f"{path} holds no model weights (not an mplfast run file)")

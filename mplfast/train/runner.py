@@ -36,7 +36,7 @@ from mplfast.train.progress import Progress
 from mplfast.train.signals import StopRequest
 from mplfast.train.supervised import SupervisedStep
 
-CKPT_VERSION = 1
+CKPT_VERSION = ckpt_io.CKPT_VERSION  # the checkpoint format checkpoint.py reads
 
 
 @dataclass
@@ -256,7 +256,40 @@ class _Run:
             "finetuned": self.finetuned_sd,
         }
 
+    def _check_resume_state(self, st: dict[str, Any], path: str) -> None:
+        """Compare every part of a checkpoint with the objects this config builds (keys,
+        shapes, dtypes, structure) before any ``load_state_dict`` sees it; ``UserError``."""
+        where = dict(path=path)
+        if self.teacher is not None:
+            ckpt_io.check_state_dict(self.teacher, st["teacher"], what="teacher", **where)
+            ckpt_io.check_optimizer(self.t_opt, st["teacher_optimizer"], what="teacher_optimizer",
+                                    **where)  # type: ignore[arg-type]
+            ckpt_io.check_like(self.t_sched.state_dict(), st["teacher_scheduler"],  # type: ignore[union-attr]
+                               what="teacher_scheduler", **where)
+        ckpt_io.check_state_dict(self.student, st["student"], what="student", **where)
+        ckpt_io.check_optimizer(self.s_opt, st["student_optimizer"], what="student_optimizer", **where)
+        ckpt_io.check_like(self.s_sched.state_dict(), st["student_scheduler"],
+                           what="student_scheduler", **where)
+        if self.ema is not None and st.get("ema") is not None:
+            ckpt_io.check_like(self.ema.state_dict(), st["ema"], what="ema", **where)
+        ckpt_io.check_like(self.stepper.state_dict(), st["step_state"], what="step_state", **where)
+        done = int(st["step"]) >= self.cfg.steps
+        head = unwrap(self.headline_model())
+        if done and st.get("phase") == "finetune" and st.get("finetune") is not None:
+            ft = st["finetune"]
+            ckpt_io.check_state_dict(head, ft["model"], what="finetune.model", **where)
+            cfg = self.cfg
+            head = copy.deepcopy(head).requires_grad_(True)  # as run_finetune builds it
+            opt = builders.make_optimizer(head, lr=cfg.finetune_lr, momentum=cfg.finetune_momentum,
+                                          nesterov=cfg.nesterov, weight_decay=cfg.finetune_weight_decay)
+            ckpt_io.check_optimizer(opt, ft["optimizer"], what="finetune.optimizer", **where)
+            ref = SupervisedStep(head, opt, precision=self.precision, device=self.device).state_dict()
+            ckpt_io.check_like(ref, ft["stepper"], what="finetune.stepper", **where)
+        if done and st.get("phase") == "done" and st.get("finetuned") is not None:
+            ckpt_io.check_state_dict(head, st["finetuned"], what="finetuned", **where)
+
     def _load(self, st: dict[str, Any]) -> None:
+        self._check_resume_state(st, os.path.join(self.cfg.out or ".", ckpt_io.CHECKPOINT_NAME))
         if st.get("version") != CKPT_VERSION:
             raise UserError(f"checkpoint version {st.get('version')} is not supported "
                             f"(expected {CKPT_VERSION})")
@@ -527,7 +560,7 @@ def prepare_out_dir(cfg: TrainConfig, resume: bool) -> dict[str, Any] | None:
     if resume:
         if not os.path.isfile(path):
             raise UserError(f"--resume: no checkpoint to resume in {cfg.out} (expected {path})")
-        return ckpt_io.load(path)
+        return ckpt_io.load_checkpoint(path, expect="resume")
     if os.path.exists(path):
         raise UserError(f"{cfg.out} already holds a checkpoint; pass --resume to continue it "
                         "or choose another --out")
