@@ -157,7 +157,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     parser = _Parser(prog="mplfast", description="Fast, trustworthy Meta Pseudo Labels.")
     sub = parser.add_subparsers(dest="command", parser_class=_Parser,
-                                metavar="{train,eval,export,predict,ablate}")
+                                metavar="{train,eval,export,predict,ablate,models,convert-checkpoint}")
 
     sub.add_parser("models", help="list the model names (for --set model=NAME)")
     t = sub.add_parser("train", help="train teacher and student (MPL), UDA or supervised")

@@ -44,15 +44,26 @@ def test_summary_block_comes_first_and_names_the_recipe(tmp_path, capsys):
     text = capsys.readouterr().out
     lines = text.splitlines()
     assert lines[0].startswith("mplfast train: mpl on imagefolder")
-    block = "\n".join(lines[:12])
-    for want in ("preset     auto", "60 train, 15 test, 60 unlabeled", "classes    3",
-                 "images     32x32, 3 channel(s)", "labeled    12 (4 per class",
+    end = next(i for i, ln in enumerate(lines) if ln.startswith("  output "))
+    block = "\n".join(lines[:end + 1])
+    # train/ has 20 images a class; the default val_fraction holds round(20 x 0.1) of each
+    # class out of the training pool for best.pt (splits.holdout_split), val/ is the test split
+    from mplfast.train.config import TrainConfig
+
+    per_val = round(20 * TrainConfig().val_fraction)
+    n_train, n_val = 3 * (20 - per_val), 3 * per_val
+    assert n_val > 0
+    for want in ("preset     auto", f"{n_train} train, {n_val} validation, 15 test, "
+                 f"{n_train} unlabeled", f"validation {n_val} images", "classes    3",
+                 "images     32x32, 3 channel(s)", "storage    ", "held in memory",
+                 "labeled    12 (4 per class",
                  "teacher small_cnn", "student small_cnn", "params", "device     cpu, fp32",
                  "steps      2 (batch 16 labeled + 48 unlabeled; no finetune)", "memory",
                  f"output     {out}"):
         assert want in block, (want, block)
-    # the block precedes any training output
+    # the block precedes any training output, and the storage decision is not said twice
     assert text.index("output ") < text.index("[mpl train]")
+    assert text.count("held in memory") == 1
     saved = yaml.safe_load(open(out / "config.yaml"))
     assert saved["labels"] == 12 and saved["preset"] == "auto"  # concrete, reusable
 
@@ -136,9 +147,15 @@ def test_help_config_lists_every_field_and_a_presets_values(capsys):
     assert main(["train", "--help-config"]) == 0
     text = capsys.readouterr().out
     rows = {ln.split()[0]: ln for ln in text.splitlines()[2:] if ln.strip()}
+    from mplfast.train.config import FIELD_DOCS
+
     for f in dataclasses.fields(TrainConfig):
         if f.name != "mpl":
             assert f.name in rows, f.name
+            # every field has its allowed values and a line of meaning (fields added by other
+            # parts of the CLI too: test_fraction, val_fraction, stream, keep)
+            allowed, meaning = FIELD_DOCS.get(f.name, ("", ""))
+            assert allowed and meaning and meaning in " ".join(rows[f.name].split()), f.name
     for f in dataclasses.fields(MPLConfig):
         if f.name != "precision":
             assert f"mpl.{f.name}" in rows, f.name

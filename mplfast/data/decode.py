@@ -135,12 +135,23 @@ def to_rgb(im):
 def load_rgb(path: Path, image_size: int) -> np.ndarray:
     """uint8 [S, S, 3] of one image file (checked, converted, bilinear resize to S x S).
     ``ImageRefused`` or the decoder's exception for a file that ``check_image`` refuses."""
+    return load_resized(path, (image_size, image_size))
+
+
+def load_resized(path: Path, size: tuple[int, int], *, grey: bool = False) -> np.ndarray:
+    """uint8 [H, W, 3] (or [H, W] with ``grey``) of one image file: the same checks and
+    conversions as :func:`load_rgb`, bilinear resize to ``size = (H, W)``. ``ImageRefused``
+    or the decoder's exception for a file that ``check_image`` refuses."""
     from PIL import Image
 
-    with _open(path) as im:
+    H, W = int(size[0]), int(size[1])
+    with _open(Path(path)) as im:
         if im.format in ("JPEG", "MPO"):
-            im.draft("RGB", (image_size, image_size))  # decode at the smallest scale >= S
-        return np.asarray(to_rgb(im).resize((image_size, image_size), Image.BILINEAR))
+            im.draft("RGB", (W, H))  # decode at the smallest scale >= the target
+        rgb = to_rgb(im)
+        if grey:
+            rgb = rgb.convert("L")
+        return np.asarray(rgb.resize((W, H), Image.BILINEAR))
 
 
 def decode_pil(files: Sequence[Path], image_size: int) -> Tensor:

@@ -26,6 +26,7 @@ from typing import Any
 
 import yaml
 
+from mplfast import safe_yaml
 from mplfast.errors import UserError
 from mplfast.train.config import TrainConfig, resolve
 
@@ -108,8 +109,12 @@ def _execute(cfg: TrainConfig) -> tuple[dict[str, Any], bool]:
     summary_path = os.path.join(cfg.out, "summary.json")
     config_path = os.path.join(cfg.out, "config.yaml")
     if os.path.isfile(summary_path) and os.path.isfile(config_path):
-        with open(config_path, encoding="utf-8") as f:
-            same = yaml.safe_load(f) == yaml.safe_load(yaml.safe_dump(cfg.to_dict()))
+        try:
+            with open(config_path, encoding="utf-8") as f:
+                same = safe_yaml.load(f) == safe_yaml.load(yaml.safe_dump(cfg.to_dict()))
+        except yaml.YAMLError as e:  # a damaged (or hostile) config.yaml: one line, not a traceback
+            why = " ".join(str(e).split())[:200]
+            raise UserError(f"{config_path} is not a readable config ({why}); use another --out") from None
         if same:
             with open(summary_path, encoding="utf-8") as f:
                 return json.load(f), True

@@ -98,8 +98,9 @@ def fit_to_data(cfg: TrainConfig, ds: Any) -> TrainConfig:
         return cfg
     from dataclasses import replace
 
-    n = default_labels(ds.train_labels, int(ds.num_classes),
-                       extra_unlabeled=getattr(ds, "unlabeled_images", None) is not None)
+    # extra unlabeled images: decoded in memory, or listed as files by a streamed folder
+    extra = getattr(ds, "unlabeled_images", None) is not None or bool(getattr(ds, "unlabeled_files", None))
+    n = default_labels(ds.train_labels, int(ds.num_classes), extra_unlabeled=extra)
     return replace(cfg, labels=n)
 
 
@@ -222,9 +223,14 @@ def _build_stream_data(cfg: TrainConfig, info: DistInfo, ds: Any) -> DataBundle:
     from mplfast.data.stream import StreamBatcher
 
     n_train = int(ds.train_labels.numel())
+    cfg = fit_to_data(cfg, ds)  # labels=None (the auto recipe): derived from the file lists
+    assert cfg.labels is not None
     if cfg.labels > n_train:
         raise UserError(f"labels={cfg.labels} is more than the {n_train} training images of "
-                        f"{cfg.dataset}")
+                        f"{cfg.dataset}{_labels_origin(cfg)}")
+    if cfg.labels < ds.num_classes:
+        raise UserError(f"labels={cfg.labels} is fewer than the {ds.num_classes} classes of "
+                        f"{cfg.dataset} (the split is class-balanced){_labels_origin(cfg)}")
     if cfg.batch_size % info.world_size != 0:
         raise UserError(f"batch_size={cfg.batch_size} must be divisible by the number of ranks "
                         f"({info.world_size})")

@@ -306,8 +306,8 @@ def apply_overrides(cfg: TrainConfig, overrides: dict[str, Any], where: str = "c
     for key, value in overrides.items():
         if key == "mpl":
             if isinstance(value, str):
-                try:
-                    value = yaml.safe_load(value)
+                try:  # user text: plain data only, bounded depth and size
+                    value = safe_yaml.load(value)
                 except yaml.YAMLError:
                     value = None
             if isinstance(value, MPLConfig):
@@ -399,6 +399,9 @@ def validate(cfg: TrainConfig) -> None:
            f"dataset: unknown {cfg.dataset!r}; choose from {', '.join(DATASETS)}")
     _check(cfg.progress in PROGRESS, f"progress: choose from {', '.join(PROGRESS)}")
     _check(cfg.compile in COMPILE_MODES, f"compile: choose from {', '.join(COMPILE_MODES)}")
+    # torch, numpy and the augmentation streams take 32-bit seeds (numpy refuses negative
+    # ones, torch overflows past 64 bits): refuse instead of a traceback deep in a run
+    _check(0 <= cfg.seed < 2**32, f"seed must be in [0, 2^32), got {cfg.seed}")
     _check(cfg.steps >= 0, f"steps must be >= 0, got {cfg.steps}")
     _check(cfg.labels is None or cfg.labels >= 1, f"labels must be >= 1, got {cfg.labels}")
     _check(cfg.batch_size >= 1, f"batch_size must be >= 1, got {cfg.batch_size}")
@@ -516,6 +519,12 @@ FIELD_DOCS: dict[str, tuple[str, str]] = {
                "subset (null: derived from the data)"),
     "image_size": (">= 1 or null", "side length image folders are resized to (null: 32)"),
     "strict_data": ("bool", "fail on an unreadable image instead of warning and skipping it"),
+    "test_fraction": ("(0, 1)", "imagefolder without val/ or test/: part of each class held out "
+                      "(seeded) for the final test report"),
+    "val_fraction": ("[0, 1)", "part of each class of the training pool held out (never trained "
+                     "on) to pick best.pt (0: no validation split, no best.pt)"),
+    "stream": ("bool or null", "imagefolder: decode from disk at every step with DALI (null: "
+               "only when the decoded folder would not fit in memory)"),
     "synthetic_kw": ("mapping", "keyword arguments of the synthetic data set (tests)"),
     "batch_size": (">= 1", "labeled images per step, summed over all ranks"),
     "mu": (">= 1", "unlabeled images per step = mu * batch_size"),
@@ -551,6 +560,8 @@ FIELD_DOCS: dict[str, tuple[str, str]] = {
     "log_interval": (">= 0", "steps between metric lines (metrics.jsonl, TensorBoard, screen)"),
     "eval_interval": (">= 0", "steps between test evaluations (0: only at the end)"),
     "ckpt_interval": (">= 0", "steps between checkpoints (0: at the end and on interruption)"),
+    "keep": (">= 0", "also keep the N latest step-<N>.pt model files of the checkpoint "
+             "intervals (0: only last.pt and best.pt)"),
     "eval_batch_size": (">= 1", "evaluation batch size"),
     "tensorboard": ("bool", "write TensorBoard events (out/tb)"),
     "plot": ("bool", "write curves.png at the end"),

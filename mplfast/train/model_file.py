@@ -128,15 +128,12 @@ def validate_models(obj: Any, path: str) -> dict[str, Any]:
 
 def load_models(path: str) -> dict[str, Any]:
     """Load and validate a model file with ``torch.load(weights_only=True)`` (no code runs)."""
+    from mplfast.train.checkpoint import safe_torch_load
+
     if not os.path.isfile(path):
         raise UserError(f"model file not found: {path}")
-    try:
-        obj = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as e:  # noqa: BLE001 - any unpickling failure means "not a model file"
-        first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
-        raise UserError(f"cannot read {path} as a model file (it is not one, or loading it would "
-                        f"run code): {first[:200]}") from None
-    return validate_models(obj, path)
+    # the one reader of every .pt file: a pickle that would run code is refused, with one line
+    return validate_models(safe_torch_load(path), path)
 
 
 def load_weights(model: torch.nn.Module, sd: dict[str, torch.Tensor], *, what: str,
@@ -236,8 +233,10 @@ class ModelCheckpoints:
             return
         last = os.path.join(self.out, LAST)
         if self.keep > 0 and os.path.isfile(last):
+            from mplfast.train.checkpoint import safe_torch_load
+
             try:
-                prev_step = int(torch.load(last, map_location="cpu", weights_only=True)["step"])
+                prev_step = int(safe_torch_load(last)["step"])
             except Exception:  # noqa: BLE001 - an unreadable old file is simply replaced
                 prev_step = None
             if prev_step is not None and prev_step < payload["step"]:

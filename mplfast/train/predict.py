@@ -1,6 +1,7 @@
 """``mplfast predict RUN_OR_EXPORT IMAGES...``: top-k classes of image files.
 
-Images are decoded with PIL, converted to the model's channels (RGB or grey), resized to the
+Images are decoded with the image-folder decoder's checks (``mplfast.data.decode``: JPEG/PNG only,
+decompression bombs refused), converted to the model's channels (RGB or grey), resized to the
 export's image size (bilinear, aspect ratio not kept: the same resize as training) and
 normalized with the export's mean/std. Output: text lines, CSV or JSON.
 """
@@ -55,15 +56,16 @@ def collect_images(args: Sequence[str]) -> list[Path]:
 
 def load_image(path: Path, size: tuple[int, int], in_chans: int) -> np.ndarray:
     """uint8 [H, W, C] of one file; ``UserError`` naming the file if it cannot be decoded."""
-    from PIL import Image
+    from mplfast.data.decode import ImageRefused, load_resized
 
     if in_chans not in (1, 3):
         raise UserError(f"cannot feed images to a model with {in_chans} input channels")
     try:
-        with Image.open(path) as im:
-            im = im.convert("L" if in_chans == 1 else "RGB")
-            H, W = size
-            arr = np.asarray(im.resize((W, H), Image.BILINEAR), dtype=np.uint8)
+        # the image-folder decoder's checks: JPEG/PNG only, bombs refused from the header,
+        # 16-bit / palette / CMYK converted as for training
+        arr = np.asarray(load_resized(path, size, grey=in_chans == 1), dtype=np.uint8)
+    except ImageRefused as e:
+        raise UserError(f"cannot read image {path}: {e}") from None
     except Exception as e:  # noqa: BLE001 - any decoder failure: name the file
         raise UserError(f"cannot read image {path}: {type(e).__name__}: "
                         f"{str(e).splitlines()[0][:120] if str(e) else ''}") from None

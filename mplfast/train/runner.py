@@ -122,12 +122,17 @@ class _Run:
         self.step = 0
         if resume_state is not None:
             self._load(resume_state)
+        # model files (best.pt / last.pt): opened by _run once the run folder exists, so that
+        # nothing in it is touched before the run really starts
+        self.ckpts: Any = None
+        self.resumed = resume_state is not None
+
+    def open_model_files(self) -> None:
+        """Start this run's ``best.pt`` / ``last.pt`` bookkeeping (a fresh run removes an
+        earlier run's model files from its folder; a resumed one reads its ``best.pt``)."""
         from mplfast.train.model_file import ModelCheckpoints
 
-        self.ckpts = ModelCheckpoints(self.out, keep=cfg.keep, resume=resume_state is not None)
-        if self.out and not self.has_val:
-            print("no validation split (val_fraction=0): best.pt is not written, last.pt holds "
-                  "the final models", flush=True)
+        self.ckpts = ModelCheckpoints(self.out, keep=self.cfg.keep, resume=self.resumed)
 
     # ------------------------------------------------------------------ helpers
     def _wrap(self, model: nn.Module) -> nn.Module:
@@ -192,8 +197,9 @@ class _Run:
         from mplfast.train import startup
 
         ds, b = self.data.dataset, self.data.per_rank_batch
+        # a streamed folder's train_images is a shape-only (meta) stand-in: sizes, no pixels
         h, w, c = (int(v) for v in ds.train_images.shape[1:])
-        on_device = self.device.type == "cuda"
+        on_device = self.device.type == "cuda" and not getattr(ds, "streamed", False)
         data_bytes = (ds.train_images.numel() + (ds.unlabeled_images.numel()
                       if ds.unlabeled_images is not None else 0)) if on_device else 0
         est = startup.estimate_step_bytes(
@@ -377,8 +383,6 @@ class _Run:
     def run_train(self, writer: MetricsWriter, progress_mode: str) -> bool:
         """The main phase; True if interrupted."""
         cfg, batcher = self.cfg, self.data.batcher
-        if self.info.is_main and getattr(self.data.dataset, "storage", "") and self.step < cfg.steps:
-            print(f"data: {self.data.dataset.storage}", flush=True)  # in memory or streamed
         if self.step >= cfg.steps:
             if not self.results:  # steps=0, or a checkpoint without results: measure now
                 self.results.update(self.evaluate_all())
@@ -635,6 +639,7 @@ def _run(cfg: TrainConfig, info: DistInfo, stop: StopRequest, resume_state: dict
     out = cfg.out if info.is_main else None
     prov = r.provenance = record(cfg.dataset, argv) if info.is_main else {}
     created = _open_out_dir(cfg, out, resume_state is not None, prov) if out else None
+    r.open_model_files()
     start_step = r.step
     writer = MetricsWriter(out, tensorboard=cfg.tensorboard,
                            resume_step=(r.step + (int(r.ft_state["step"]) if r.ft_state else 0))

@@ -172,8 +172,11 @@ def summary_lines(*, cfg: Any, ds: Any, teacher: nn.Module | None, student: nn.M
 
     n_train = int(ds.train_labels.numel())
     n_test = int(ds.test_labels.numel())
+    val = getattr(ds, "val_labels", None)
+    n_val = int(val.numel()) if val is not None else 0
     extra = getattr(ds, "unlabeled_images", None)
-    n_extra = int(extra.shape[0]) if extra is not None else 0
+    # a streamed folder lists its extra unlabeled files instead of holding them decoded
+    n_extra = int(extra.shape[0]) if extra is not None else len(getattr(ds, "unlabeled_files", None) or [])
     h, w, c = (int(v) for v in ds.train_images.shape[1:])
     k = int(ds.num_classes)
     names = class_names(ds)
@@ -195,9 +198,14 @@ def summary_lines(*, cfg: Any, ds: Any, teacher: nn.Module | None, student: nn.M
     lines = [
         f"mplfast train: {cfg.method} on {cfg.dataset}, seed {cfg.seed}",
         f"  preset     {preset}",
-        f"  data       {cfg.dataset}{where}: {n_train} train, {n_test} test, {unl}",
+        f"  data       {cfg.dataset}{where}: {n_train} train, {n_val} validation, {n_test} test, "
+        f"{unl}",
+        (f"  validation {n_val} images held out of the training pool (never trained on) to pick best.pt"
+         if n_val else "  validation none (val_fraction=0): best.pt is not written, last.pt holds "
+         "the final models"),
         f"  classes    {k}" + (f": {shown}" if shown else ""),
         f"  images     {h}x{w}, {c} channel(s)",
+        *([f"  storage    {ds.storage}"] if getattr(ds, "storage", "") else []),  # memory / streamed
         f"  labeled    {cfg.labels} ({cfg.labels // max(1, k)} per class, drawn with seed {cfg.seed})",
         f"  models     {', '.join(models)}",
         f"  device     {device}, {precision}{threads}" + (f", {world_size} ranks" if world_size > 1 else ""),
