@@ -97,6 +97,27 @@ def test_code_in_a_checkpoint_never_runs(tmp_path, capsys, good, command, kind):
         assert "--trust" in line
     elif command in ("eval", "train"):
         assert REFUSE in line and ckpt in line
+    else:  # export / predict read the run's best.pt (model files): the same refusal line
+        assert REFUSE in line and os.path.join(run_dir, "best.pt") in line, line
+
+
+@pytest.mark.parametrize("name", ["best.pt", "last.pt"])
+def test_code_in_a_model_file_is_refused_with_the_one_line(tmp_path, capsys, good, name):
+    """eval of a run folder, and model_file.load_models itself, refuse a best.pt / last.pt
+    whose pickle would run code with the checkpoint loader's line."""
+    from mplfast.errors import UserError
+    from mplfast.train.model_file import load_models
+
+    marker = str(tmp_path / "MARKER")
+    run_dir = tmp_path / "run"
+    run_dir.mkdir()
+    _evil_checkpoint(str(run_dir / name), marker, base=good)
+    with pytest.raises(UserError) as e:
+        load_models(str(run_dir / name))
+    assert str(e.value) == f"cannot read checkpoint {run_dir / name}: {REFUSE}"
+    rc, _, err = run_cli(["eval", str(run_dir)], capsys)
+    assert REFUSE in assert_one_line(rc, err)
+    assert not os.path.exists(marker)
 
 
 def test_code_in_a_checkpoint_never_runs_in_ablate(tmp_path, capsys, good):
