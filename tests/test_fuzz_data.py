@@ -88,8 +88,11 @@ def test_fuzz_cifar_through_the_cli(scratch, ops, capsys):
     p = Path(d) / "data_batch_2"
     p.write_bytes(_mutate(pickle.dumps({b"data": cifar_rows(np.random.RandomState(0), 20),
                                         b"labels": [i % 10 for i in range(20)]}, protocol=2), ops))
+    import tempfile
+
+    out = tempfile.mkdtemp(dir=scratch)  # a fresh run folder per example, never ./runs
     rc, _, err = run_cli(["train", "--dataset", "cifar10", "--data", d, "--labels", "20", "--steps", "0",
-                          "--set", "model=small_cnn", "--set", "model_kwargs={width: 2}",
+                          "--out", out, "--set", "model=small_cnn", "--set", "model_kwargs={width: 2}",
                           "--set", "eval_batch_size=200", "--set", "finetune_epochs=0", "--set", "tensorboard=false",
                           "--set", "plot=false", "--set", "progress=none"], capsys)
     if rc != 0:
