@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import dataclasses
 import difflib
+import math
 import os
 import types
 import typing
@@ -46,6 +47,7 @@ class TrainConfig:
     seed: int = 0
     out: str | None = None            # output directory; None: nothing is written (the CLI picks runs/...)
     device: str = "auto"              # auto | cpu | cuda | cuda:N
+    init_perturbation: float = 0.0    # added to one student weight after init (ablate's chaos row)
 
     # --- data ------------------------------------------------------------------------------
     dataset: str = "digits"
@@ -300,6 +302,8 @@ def validate(cfg: TrainConfig) -> None:
                  "eval_interval", "ckpt_interval", "randaug_n", "cpu_threads"):
         v = getattr(cfg, name)
         _check(v >= 0, f"{name} must be >= 0, got {v}")
+    _check(math.isfinite(cfg.init_perturbation),
+           f"init_perturbation must be finite, got {cfg.init_perturbation}")
     _check(cfg.finetune_batch_size >= 1,
            f"finetune_batch_size must be >= 1, got {cfg.finetune_batch_size}")
     _check(cfg.image_size is None or cfg.image_size >= 1,
