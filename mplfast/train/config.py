@@ -15,8 +15,10 @@ from __future__ import annotations
 
 import dataclasses
 import difflib
+import functools
 import math
 import os
+import re
 import types
 import typing
 from dataclasses import asdict, dataclass, field, fields
@@ -24,7 +26,10 @@ from typing import Any
 
 import yaml
 
+from mplfast.config import MPLConfig
 from mplfast.errors import UserError
+
+MPL_FIELD_NAMES: tuple[str, ...] = tuple(f.name for f in fields(MPLConfig))
 
 DATASETS = ("digits", "cifar10", "cifar100", "svhn", "imagefolder", "synthetic")
 METHODS = ("mpl", "uda", "supervised")
@@ -82,18 +87,12 @@ class TrainConfig:
     ema_decay: float = 0.995          # 0 disables the EMA student
     eval_ema: bool = True             # evaluate (and finetune) the EMA weights
 
-    # --- MPL (mapped one to one onto mplfast.MPLConfig) -------------------------------------
-    temperature: float = 0.7
-    threshold: float = 0.6
-    lambda_u: float = 8.0
-    uda_steps: int = 200
-    label_smoothing: float = 0.15
-    meta_signal: str = "loss_diff"    # loss_diff | grad_dot | none
-    meta_sign: int = 1
-    meta_baseline_decay: float = 0.0
-    pseudo_label: str = "hard"        # hard | sample | soft
-    pseudo_label_view: str = "strong"  # strong | weak
-    grad_clip: float | None = None
+    # --- MPL: the step's settings, nested so every MPLConfig field is configurable ---------
+    # Set as `mpl: {threshold: 0.9}` in YAML, `--set mpl.threshold=0.9`, or by the flat alias
+    # `threshold` (YAML, --set, presets). `precision` lives at the top level (it also drives
+    # evaluation and finetuning) and is copied into the step's config by mpl_config().
+    # uda_steps: 200 suits the digits recipe's 1,000 steps (MPLConfig's own default is 5000).
+    mpl: MPLConfig = field(default_factory=lambda: MPLConfig(uda_steps=200))
 
     # --- precision and speed ---------------------------------------------------------------
     precision: str = "auto"           # auto | fp32 | bf16 | fp16
@@ -119,15 +118,16 @@ class TrainConfig:
     plot: bool = True
     progress: str = "auto"            # auto (rich on a TTY, else plain lines) | rich | plain | none
 
+    def __getattr__(self, name: str) -> Any:
+        # read-only flat aliases of the nested MPL fields (cfg.threshold == cfg.mpl.threshold);
+        # only reached when normal lookup fails, so real fields are never shadowed
+        if name in MPL_FIELD_NAMES and "mpl" in self.__dict__:
+            return getattr(self.__dict__["mpl"], name)
+        raise AttributeError(f"{type(self).__name__!r} object has no attribute {name!r}")
+
     def mpl_kwargs(self) -> dict[str, Any]:
-        """The keyword arguments of ``mplfast.MPLConfig`` taken from this config."""
-        meta_signal = "none" if self.method == "uda" else self.meta_signal
-        return dict(temperature=self.temperature, threshold=self.threshold,
-                    lambda_u=self.lambda_u, uda_steps=self.uda_steps,
-                    label_smoothing=self.label_smoothing, meta_signal=meta_signal,
-                    meta_sign=self.meta_sign, meta_baseline_decay=self.meta_baseline_decay,
-                    pseudo_label=self.pseudo_label, pseudo_label_view=self.pseudo_label_view,
-                    grad_clip=self.grad_clip, precision=self.precision)
+        """The keyword arguments of ``mplfast.MPLConfig`` for this run's step."""
+        return effective_mpl(self).to_dict()
 
     def to_dict(self) -> dict[str, Any]:
         """Plain dict (YAML/JSON-safe) of every field."""
@@ -137,12 +137,70 @@ class TrainConfig:
 FIELD_NAMES: tuple[str, ...] = tuple(f.name for f in fields(TrainConfig))
 
 
+def _accept_flat_mpl_kwargs(init: Any) -> Any:
+    # TrainConfig(threshold=0.9) and dataclasses.replace(cfg, meta_signal="grad_dot") keep
+    # working: flat MPL keyword arguments are applied on top of the nested `mpl`
+    @functools.wraps(init)
+    def __init__(self: TrainConfig, *args: Any, **kwargs: Any) -> None:
+        flat = {k: kwargs.pop(k) for k in list(kwargs) if k in MPL_FIELD_NAMES and k not in FIELD_NAMES}
+        init(self, *args, **kwargs)
+        if flat:
+            self.mpl = dataclasses.replace(self.mpl, **flat)
+    return __init__
+
+
+TrainConfig.__init__ = _accept_flat_mpl_kwargs(TrainConfig.__init__)  # type: ignore[method-assign]
+# MPL fields that TrainConfig also has at its top level: the top-level one is the authority
+SHARED_MPL_FIELDS: tuple[str, ...] = tuple(n for n in MPL_FIELD_NAMES if n in FIELD_NAMES)
+# every key a user may write: top-level fields, flat MPL aliases and dotted mpl.<field>
+ALL_KEYS: tuple[str, ...] = tuple(dict.fromkeys(
+    [n for n in FIELD_NAMES if n != "mpl"] + list(MPL_FIELD_NAMES)
+    + [f"mpl.{n}" for n in MPL_FIELD_NAMES]))
+
+
+def effective_mpl(cfg: TrainConfig) -> MPLConfig:
+    """The step's MPLConfig: cfg.mpl with the shared top-level fields and ``--method uda``."""
+    changes: dict[str, Any] = {n: getattr(cfg, n) for n in SHARED_MPL_FIELDS}
+    if cfg.method == "uda":
+        changes["meta_signal"] = "none"  # uda trains the teacher with h = 0
+    return _build_mpl(cfg.mpl, changes)
+
+
+def _user_message(e: BaseException) -> str:
+    # MPLConfig names its fields `MPLConfig.threshold`; the user wrote `threshold`
+    msg = str(e).splitlines()[0] if str(e) else type(e).__name__
+    return re.sub(r"\bMPLConfig\.", "", msg).replace("MPLConfig: ", "")
+
+
+def _build_mpl(base: MPLConfig, changes: dict[str, Any]) -> MPLConfig:
+    """``dataclasses.replace(base, **changes)`` with MPLConfig's ValueError as a UserError."""
+    try:
+        return dataclasses.replace(base, **changes)
+    except (ValueError, TypeError) as e:
+        raise UserError(_user_message(e)) from None
+
+
 # ----------------------------------------------------------------------------------------
 # typed parsing
 # ----------------------------------------------------------------------------------------
+def canonical_key(key: str) -> str | None:
+    """The field a user's key names: a top-level field, or ``mpl.<field>`` (flat alias or
+    dotted); shared fields (``precision``) map to the top level. None if unknown."""
+    name = key[4:] if key.startswith("mpl.") else key
+    if name in SHARED_MPL_FIELDS:
+        return name
+    if key.startswith("mpl."):
+        return key if name in MPL_FIELD_NAMES else None
+    if key in FIELD_NAMES:
+        return key
+    return f"mpl.{key}" if key in MPL_FIELD_NAMES else None
+
+
 def _field_type(name: str) -> Any:
-    hints = typing.get_type_hints(TrainConfig)
-    return hints[name]
+    key = canonical_key(name) or name
+    if key.startswith("mpl."):
+        return typing.get_type_hints(MPLConfig)[key[4:]]
+    return typing.get_type_hints(TrainConfig)[key]
 
 
 def _split_optional(tp: Any) -> tuple[Any, bool]:
@@ -166,6 +224,7 @@ def coerce_value(name: str, value: Any) -> Any:
     Strings are first parsed as YAML so ``--set lr=1e-3``, ``--set nesterov=false`` and
     ``--set model_kwargs={dropout: 0.2}`` all work; the result must then fit the field's type.
     """
+    name = name[4:] if name.startswith("mpl.") else name  # messages name the user's field
     tp = _field_type(name)
     inner, optional = _split_optional(tp)
     if name == "compile" and str(value).lower() in ("true", "yes", "on", "1", "false", "no", "off", "0"):
@@ -221,19 +280,45 @@ def coerce_value(name: str, value: Any) -> Any:
 
 def unknown_key_error(key: str, where: str = "config") -> UserError:
     """A UserError for an unknown field, listing the closest field names."""
-    close = difflib.get_close_matches(key, FIELD_NAMES, n=3, cutoff=0.7)
+    close = difflib.get_close_matches(key, ALL_KEYS, n=3, cutoff=0.7)
     hint = f"; did you mean {', '.join(close)}?" if close else "; see `mplfast train --help-config`"
     return UserError(f"unknown {where} key {key!r}{hint}")
 
 
 def apply_overrides(cfg: TrainConfig, overrides: dict[str, Any], where: str = "config") -> TrainConfig:
-    """Return a copy of ``cfg`` with ``overrides`` applied, each value typed and checked."""
+    """Return a copy of ``cfg`` with ``overrides`` applied, each value typed and checked.
+
+    Keys are top-level fields, ``mpl`` (a mapping, merged into the current MPL settings),
+    ``mpl.<field>`` or a flat MPL field name (``threshold``).
+    """
     changes: dict[str, Any] = {}
+    mpl_changes: dict[str, Any] = {}
     for key, value in overrides.items():
-        if key not in FIELD_NAMES:
-            raise unknown_key_error(key, where)
-        changes[key] = coerce_value(key, value)
-    return dataclasses.replace(cfg, **changes)
+        if key == "mpl":
+            if isinstance(value, str):
+                try:
+                    value = yaml.safe_load(value)
+                except yaml.YAMLError:
+                    value = None
+            if isinstance(value, MPLConfig):
+                value = value.to_dict()
+            if not isinstance(value, dict):
+                raise UserError(f"mpl: expected a mapping of MPL fields, got {value!r}")
+            items = [(f"mpl.{k}", v) for k, v in value.items()]
+        else:
+            items = [(key, value)]
+        for k, v in items:
+            canon = canonical_key(str(k))
+            if canon is None:
+                raise unknown_key_error(str(k), where)
+            if canon.startswith("mpl."):
+                mpl_changes[canon[4:]] = coerce_value(canon, v)
+            else:
+                changes[canon] = coerce_value(canon, v)
+    new = dataclasses.replace(cfg, **changes)
+    mpl_changes.update({n: getattr(new, n) for n in SHARED_MPL_FIELDS})  # keep mpl.precision in sync
+    new.mpl = _build_mpl(new.mpl, mpl_changes)
+    return new
 
 
 def parse_set_args(pairs: list[str]) -> dict[str, Any]:
@@ -324,14 +409,9 @@ def validate(cfg: TrainConfig) -> None:
     mpl_config(cfg)  # MPL field ranges (threshold 2.5, unknown meta_signal, ...)
 
 
-def mpl_config(cfg: TrainConfig) -> Any:
-    """Build ``mplfast.MPLConfig`` from ``cfg``; its ValueError becomes a one-line UserError."""
-    from mplfast.config import MPLConfig
-
-    try:
-        return MPLConfig(**cfg.mpl_kwargs())
-    except (ValueError, TypeError) as e:
-        raise UserError(str(e).splitlines()[0] if str(e) else type(e).__name__) from None
+def mpl_config(cfg: TrainConfig) -> MPLConfig:
+    """The ``mplfast.MPLConfig`` of ``cfg``'s step; its ValueError becomes a one-line UserError."""
+    return effective_mpl(cfg)
 
 
 # ----------------------------------------------------------------------------------------
