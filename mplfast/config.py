@@ -14,6 +14,7 @@ META_SIGNALS = ("loss_diff", "grad_dot", "none")
 PSEUDO_LABELS = ("hard", "sample", "soft")
 PSEUDO_LABEL_VIEWS = ("strong", "weak")
 PRECISIONS = ("auto", "fp32", "bf16", "fp16")
+L_OLD_FORWARDS = ("labeled", "concat")
 
 
 def _real(name: str, value: Any) -> float:
@@ -46,6 +47,16 @@ class MPLConfig:
       pseudo_label      "hard" | "sample" | "soft" (soft: exact JVP meta-gradient, needs a
                         torch.optim.SGD student optimizer; never the zero-gradient term).
       pseudo_label_view "strong" | "weak" (weak: the student's hard label comes from z_uw).
+      l_old_forward     "labeled" | "concat": where L_old (the student's labeled loss before its
+                        update) is read. "labeled" (default): a training-mode forward of the
+                        student on x_l alone, batch-norm statistics over x_l, running buffers
+                        untouched, dropout masks replayed by the L_new forward, so L_old - L_new
+                        measures the update and nothing else (a student that did not move gives
+                        h = 0 exactly). Costs one extra no-grad forward of the B labeled images.
+                        "concat": read from the update's [x_l; x_us] forward, as the official code
+                        and the most used PyTorch port do; its batch-norm statistics include the
+                        unlabeled images, which put an offset of about -0.08 into h on digits
+                        (against an update signal of about 0.009).
       grad_clip         None or > 0: max total grad norm for each model.
       precision         "auto" | "fp32" | "bf16" | "fp16".
     """
@@ -62,6 +73,7 @@ class MPLConfig:
     pseudo_label_view: str = "strong"
     grad_clip: float | None = None
     precision: str = "auto"
+    l_old_forward: str = "labeled"
 
     def __post_init__(self) -> None:
         t = _real("temperature", self.temperature)
@@ -105,6 +117,7 @@ class MPLConfig:
                     f"MPLConfig.grad_clip must be None or in (0, inf), got {self.grad_clip!r}"
                 )
         _choice("precision", self.precision, PRECISIONS)
+        _choice("l_old_forward", self.l_old_forward, L_OLD_FORWARDS)
 
     def to_dict(self) -> dict[str, Any]:
         """Plain dict of all fields (for checkpoints and config files)."""
