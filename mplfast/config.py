@@ -44,6 +44,12 @@ class MPLConfig:
                         meta_signal only selects the reported h).
       meta_sign         +1 | -1: multiplies h (-1 reproduces L_new - L_old of the public code).
       meta_baseline_decay [0, 1): moving-baseline decay d (0 = no baseline).
+      meta_scale        >= 0 (default 1): weight of the teacher's MPL term, L_mpl = meta_scale *
+                        h * CE(z_us, y_hat) for hard/sampled labels, and the same factor on the
+                        exact soft meta-gradient. At its natural size |h| is about 1e-3 and the
+                        term is inert next to L_sup and L_uda; weighted up, it is strong enough
+                        to hurt: x10 with the wrong sign (meta_sign=-1) cost 77 points on digits.
+                        The reported h is not scaled.
       pseudo_label      "hard" | "sample" | "soft" (soft: exact JVP meta-gradient, needs a
                         torch.optim.SGD student optimizer; never the zero-gradient term).
       pseudo_label_view "strong" | "weak" (weak: the student's hard label comes from z_uw).
@@ -74,6 +80,7 @@ class MPLConfig:
     grad_clip: float | None = None
     precision: str = "auto"
     l_old_forward: str = "labeled"
+    meta_scale: float = 1.0
 
     def __post_init__(self) -> None:
         t = _real("temperature", self.temperature)
@@ -118,6 +125,10 @@ class MPLConfig:
                 )
         _choice("precision", self.precision, PRECISIONS)
         _choice("l_old_forward", self.l_old_forward, L_OLD_FORWARDS)
+        ms = _real("meta_scale", self.meta_scale)
+        if not (ms >= 0 and math.isfinite(ms)):
+            raise ValueError(f"MPLConfig.meta_scale must be in [0, inf), got {self.meta_scale!r}")
+        self.meta_scale = ms
 
     def to_dict(self) -> dict[str, Any]:
         """Plain dict of all fields (for checkpoints and config files)."""

@@ -108,7 +108,7 @@ class MPLStep:
 
     Semantics beyond the spec's text (all documented choices):
       - ``pseudo_label="soft"``: the teacher's MPL term is the exact first-order meta-gradient
-        d L_l(theta'(p)) / d theta_T (``_soft_meta_grad``), times ``meta_sign``; it needs a
+        d L_l(theta'(p)) / d theta_T (``_soft_meta_grad``), times ``meta_sign * meta_scale``; it needs a
         ``torch.optim.SGD`` student optimizer (fused/foreach fine; its update rule is what is
         differentiated), other optimizers raise ValueError. ``meta_signal`` then only selects
         the reported ``h`` (``"none"`` still disables the term: the plain-UDA ablation) and the
@@ -368,12 +368,12 @@ class MPLStep:
             l_mpl = torch.zeros((), dtype=torch.float32, device=self.device)
         elif soft:
             G = self._soft_meta_grad(x_s, B, old, v, g_u, grad_norm, soft_info, rng, inv_scale)
-            G = G * (moved * cfg.meta_sign)
+            G = G * (moved * (cfg.meta_sign * cfg.meta_scale))
             G = torch.where(torch.isfinite(G).all(), G, torch.zeros_like(G))
             # d L_mpl / d z_us = softmax-Jacobian^T G, i.e. the chain rule through p = softmax(z_us).
             l_mpl = (G * torch.softmax(z_us.to(G.dtype), dim=-1)).sum().float()
         else:
-            l_mpl = h * soft_cross_entropy(z_us, y_teacher).float()
+            l_mpl = (cfg.meta_scale * h) * soft_cross_entropy(z_us, y_teacher).float()
 
         # 10. Teacher update.
         l_t = l_sup + w_uda * l_uda + l_mpl
