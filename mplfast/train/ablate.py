@@ -233,11 +233,32 @@ def _run_dir(out: str, key: str, seed: int) -> str:
 def _row_config(base: TrainConfig, row: Row, seed: int, out: str) -> TrainConfig:
     changes: dict[str, Any] = {**row.variant.overrides, "seed": seed, "progress": "none",
                                "out": _run_dir(out, _run_key(row), seed)}
-    if row.scale is not None:
+    if row.scale is not None and row.scale != getattr(base, "meta_scale", 1.0):
         changes["meta_scale"] = row.scale
     cfg = apply_overrides(base, changes, "ablate")
     validate(cfg)
     return cfg
+
+
+# Fields added to the config after runs may have been written, with the value that does
+# exactly what the code did before the field existed: a saved config without them still
+# describes the same run. (l_old_forward is NOT here: its default changed what a run does.)
+_NO_OP_FIELDS: dict[str, Any] = {"meta_scale": 1.0, "init_perturbation": 0.0}
+
+
+def _same_config(saved: dict[str, Any], current: dict[str, Any]) -> bool:
+    """Whether a saved config.yaml describes the run ``current`` asks for."""
+    def strip(d: dict[str, Any], ref: dict[str, Any]) -> dict[str, Any]:
+        out = {}
+        for k, v in d.items():
+            if isinstance(v, dict) and isinstance(ref.get(k), dict):
+                v = strip(v, ref[k])
+            if k in _NO_OP_FIELDS and k not in ref and v == _NO_OP_FIELDS[k]:
+                continue
+            out[k] = v
+        return out
+
+    return isinstance(saved, dict) and strip(current, saved) == saved
 
 
 def _execute(cfg: TrainConfig) -> tuple[dict[str, Any], bool]:
@@ -250,7 +271,7 @@ def _execute(cfg: TrainConfig) -> tuple[dict[str, Any], bool]:
     config_path = os.path.join(cfg.out, "config.yaml")
     if os.path.isfile(config_path):
         with open(config_path, encoding="utf-8") as f:
-            same = yaml.safe_load(f) == yaml.safe_load(yaml.safe_dump(cfg.to_dict()))
+            same = _same_config(yaml.safe_load(f), yaml.safe_load(yaml.safe_dump(cfg.to_dict())))
         if not same:
             raise UserError(f"{cfg.out} holds a run with a different config; use another --out")
         if os.path.isfile(summary_path):
