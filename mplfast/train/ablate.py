@@ -96,15 +96,16 @@ CONTROL = "mpl:none"
 
 
 # ------------------------------------------------------------------------------------ parsing
-def parse_seeds(text: str) -> list[int]:
-    """``"0,1,2"`` -> [0, 1, 2]; ``"10"`` -> [0..9]; ``"3-5,9"`` -> [3, 4, 5, 9]."""
+def parse_seeds(text: str, *, count: bool = True, option: str = "--seeds") -> list[int]:
+    """``"0,1,2"`` -> [0, 1, 2]; ``"10"`` -> [0..9] (with ``count``, else [10]);
+    ``"3-5,9"`` -> [3, 4, 5, 9]."""
     text = text.strip()
-    bad = UserError(f"--seeds: expected a count N, or a comma-separated list of seeds and "
-                    f"ranges A-B, got {text!r}")
-    if text.isdigit():
+    bad = UserError(f"{option}: expected {'a count N, or ' if count else ''}a comma-separated "
+                    f"list of seeds and ranges A-B, got {text!r}")
+    if count and text.isdigit():
         n = int(text)
         if n < 1:
-            raise UserError(f"--seeds: a count must be >= 1, got {n}")
+            raise UserError(f"{option}: a count must be >= 1, got {n}")
         return list(range(n))
     seeds: list[int] = []
     for part in (p.strip() for p in text.split(",")):
@@ -115,12 +116,12 @@ def parse_seeds(text: str) -> list[int]:
             raise bad
         lo, hi = int(a), int(b) if dash else int(a)
         if hi < lo:
-            raise UserError(f"--seeds: empty range {part!r}")
+            raise UserError(f"{option}: empty range {part!r}")
         seeds += range(lo, hi + 1)
     if not seeds:
-        raise UserError("--seeds: no seeds given")
+        raise UserError(f"{option}: no seeds given")
     if len(set(seeds)) != len(seeds):
-        raise UserError(f"--seeds: duplicate seeds in {text!r}")
+        raise UserError(f"{option}: duplicate seeds in {text!r}")
     return seeds
 
 
@@ -171,7 +172,8 @@ def cmd_ablate(args: argparse.Namespace, flags: dict[str, Any]) -> AblationTable
     if args.ablate_cpu_threads < 1:
         raise UserError("--cpu-threads must be >= 1 (0, torch's default, varies with the machine)")
     seeds = parse_seeds(args.seeds)
-    chaos = parse_seeds(args.chaos_seeds) if args.chaos_seeds else seeds[:1]
+    chaos = (parse_seeds(args.chaos_seeds, count=False, option="--chaos-seeds")
+             if args.chaos_seeds else seeds[:1])
     return run_ablation(seeds=seeds, variants=parse_variants(args.variants), preset=args.preset,
                         config_file=args.config,
                         flags={**flags, "cpu_threads": args.ablate_cpu_threads}, sets=args.sets,
