@@ -16,7 +16,8 @@ anything. Rows, each over the same seeds (same data, labels, initial weights and
                                                              #   the feedback beats pseudo labels
 
 Writes ``twomoon.md`` / ``twomoon.json`` (per-seed numbers, paired differences with 95 %
-t-intervals) and ``twomoon.png`` (decision boundaries of the first seed).
+t-intervals) and ``twomoon.png`` (decision boundaries of the first seed); every finished run
+is kept in ``runs.jsonl``, so the same command again (or with ``--explore`` added) reuses them.
 """
 from __future__ import annotations
 
@@ -213,25 +214,54 @@ def _with_controls(settings: list[Setting]) -> list[Setting]:
     return settings + extra
 
 
-def run_all(settings: list[Setting], seeds: list[int], workers: int,
-            grid_names: set[str]) -> dict[tuple[str, int], dict[str, Any]]:
-    """Every (setting, seed), on ``workers`` processes (1: in this process)."""
-    # settings that differ only in name (an explore control equal to a default row) run once
-    def key(s: Setting) -> tuple:
-        return tuple(v for k, v in asdict(s).items() if k not in ("name", "control"))
+def _key(s: Setting) -> str:
+    """What makes two settings the same run (names and pairing do not)."""
+    return json.dumps({k: v for k, v in asdict(s).items() if k not in ("name", "control")},
+                      sort_keys=True)
 
-    unique: dict[tuple, Setting] = {}
-    for s in settings:
-        unique.setdefault(key(s), s)
-    jobs = [(s, seed, seed == seeds[0] and any(t.name in grid_names for t in settings if key(t) == k))
-            for k, s in unique.items() for seed in seeds]
-    if workers <= 1:
-        results = [run_one(*j) for j in jobs]
-    else:
-        with ProcessPoolExecutor(max_workers=workers) as ex:
-            results = list(ex.map(run_one, *zip(*jobs), chunksize=4))
-    by_key = {(key(s), r["seed"]): r for (s, _, _), r in zip(jobs, results)}
-    return {(s.name, seed): dict(by_key[(key(s), seed)], name=s.name)
+
+def run_all(settings: list[Setting], seeds: list[int], workers: int, grid_names: set[str],
+            cache: str | None = None) -> dict[tuple[str, int], dict[str, Any]]:
+    """Every (setting, seed), on ``workers`` processes (1: in this process).
+
+    Settings that differ only in name run once. With ``cache`` (a JSON-lines file), finished
+    runs are read back instead of rerun, and new ones appended: a stopped command resumes.
+    """
+    done: dict[tuple[str, int], dict[str, Any]] = {}
+    if cache and os.path.isfile(cache):
+        with open(cache, encoding="utf-8") as f:
+            for line in f:
+                if line.strip():
+                    r = json.loads(line)
+                    done[(r["key"], r["seed"])] = r
+    want_grid = {_key(s) for s in settings if s.name in grid_names}
+    unique = {_key(s): s for s in reversed(settings)}
+    jobs = []
+    for k, s in unique.items():
+        for seed in seeds:
+            grid = k in want_grid and seed == seeds[0]
+            if (k, seed) not in done or (grid and "grid" not in done[(k, seed)]):
+                jobs.append((s, seed, grid))
+    sink = open(cache, "a", encoding="utf-8") if cache else None
+    try:
+        if workers <= 1:
+            results = map(lambda j: run_one(*j), jobs)
+            ex = None
+        else:
+            ex = ProcessPoolExecutor(max_workers=workers)
+            results = ex.map(run_one, *zip(*jobs), chunksize=2) if jobs else iter(())
+        for (s, seed, _), r in zip(jobs, results):
+            r = dict(r, key=_key(s))
+            done[(r["key"], seed)] = r
+            if sink:
+                sink.write(json.dumps(r) + "\n")
+                sink.flush()
+        if ex is not None:
+            ex.shutdown()
+    finally:
+        if sink:
+            sink.close()
+    return {(s.name, seed): dict(done[(_key(s), seed)], name=s.name)
             for s in settings for seed in seeds}
 
 
@@ -327,7 +357,8 @@ def main(argv: list[str] | None = None) -> int:
     seeds = list(range(args.seeds))
     t0 = time.perf_counter()
     base = default_settings(args.steps)
-    res = run_all(base, seeds, args.workers, {s.name for s in base})
+    cache = os.path.join(args.out, "runs.jsonl")
+    res = run_all(base, seeds, args.workers, {s.name for s in base}, cache)
     rows = summarize(base, res, seeds)
     md = markdown(rows, seeds, f"TwoMoon ({N_POINTS} points, noise {NOISE}, {LABELS_PER_CLASS} labels "
                   f"per moon, {args.steps} steps, MLP 2-64-64-2, SGD momentum 0.9, lr 0.1)")
@@ -336,14 +367,14 @@ def main(argv: list[str] | None = None) -> int:
         f.write(md + "\n")
     with open(os.path.join(args.out, "twomoon.json"), "w", encoding="utf-8") as f:
         json.dump({"seeds": seeds, "rows": _json_rows(rows),
-                   "runs": [{k: v for k, v in r.items() if "grid" not in k} for r in res.values()]},
-                  f, indent=1)
+                   "runs": [{k: v for k, v in r.items() if "grid" not in k and k != "key"}
+                            for r in res.values()]}, f, indent=1)
     print(md)
     print(f"[twomoon] {len(res)} runs in {time.perf_counter() - t0:.0f} s; outputs in {args.out}")
     if args.explore:
         t1 = time.perf_counter()
         ex = _with_controls(explore_settings(args.steps))
-        res_ex = run_all(ex, seeds, args.workers, set())
+        res_ex = run_all(ex, seeds, args.workers, set(), cache)
         rows_ex = summarize([s for s in ex if s.control], res_ex, seeds)
         md_ex = markdown(rows_ex, seeds, "TwoMoon: every setting tried, each paired against its own "
                          "h = 0 twin (same labels, optimiser, steps; pseudo labels of a teacher that "

@@ -172,3 +172,24 @@ def test_t_quantile_and_paired_match_scipy():
     assert binomial_se(90.0, 450) == pytest.approx(100 * math.sqrt(0.09 / 450))
     one = paired([1.0], [0.5])
     assert one.mean == 0.5 and math.isnan(one.lo)
+
+
+def test_run_lock_lets_parallel_ablations_share_an_out_dir(tmp_path):
+    import subprocess
+    import sys
+
+    d = str(tmp_path / "run")
+    assert ablate.claim_run(d)                       # free: taken
+    assert ablate.claim_run(d)                       # ours already
+    lock = os.path.join(d, ablate.LOCK_NAME)
+    parent = os.getppid()                            # a live process that is not us
+    with open(lock, "w") as f:
+        f.write(str(parent))
+    assert not ablate.claim_run(d)                   # held by a live process: wait
+    dead = subprocess.Popen([sys.executable, "-c", "pass"])
+    dead.wait()
+    with open(lock, "w") as f:
+        f.write(str(dead.pid))
+    assert ablate.claim_run(d)                       # stale lock of a dead process: taken over
+    assert open(lock).read() == str(os.getpid())
+    assert sorted(os.listdir(d)) == [ablate.LOCK_NAME]  # no temporary files left behind

@@ -263,28 +263,90 @@ def _same_config(saved: dict[str, Any], current: dict[str, Any]) -> bool:
     return isinstance(saved, dict) and strip(current, saved) == saved
 
 
-def _execute(cfg: TrainConfig) -> tuple[dict[str, Any], bool]:
+LOCK_NAME = "ablate.lock"
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+def claim_run(run_dir: str) -> bool:
+    """Take ``run_dir``'s lock (True), or find it held by another live process (False).
+
+    Several ablations may share one ``--out`` (e.g. one per range of seeds, or a second
+    command adding rows): whoever holds a run's lock trains it, the others wait for its
+    summary. A lock whose process died is stale and taken over (the run then resumes).
+    """
+    os.makedirs(run_dir, exist_ok=True)
+    lock = os.path.join(run_dir, LOCK_NAME)
+    mine = f"{lock}.{os.getpid()}"
+    with open(mine, "w", encoding="utf-8") as f:
+        f.write(str(os.getpid()))
+    try:
+        while True:
+            try:
+                os.link(mine, lock)  # atomic: fails if the lock exists
+                return True
+            except FileExistsError:
+                try:
+                    with open(lock, encoding="utf-8") as f:
+                        pid = int(f.read().strip())
+                except (OSError, ValueError):
+                    continue  # removed meanwhile: try again
+                if pid == os.getpid() or _alive(pid):
+                    return pid == os.getpid()
+                try:
+                    os.remove(lock)  # stale
+                except FileNotFoundError:
+                    pass
+    finally:
+        os.remove(mine)
+
+
+def _execute(cfg: TrainConfig, poll_s: float = 5.0) -> tuple[dict[str, Any], bool]:
     """Run (or reuse, or resume) one configuration; (its summary, whether it was reused)."""
+    import time
+
     from mplfast.train import checkpoint as ckpt_io
     from mplfast.train.runner import run
 
     assert cfg.out is not None
     summary_path = os.path.join(cfg.out, "summary.json")
     config_path = os.path.join(cfg.out, "config.yaml")
-    if os.path.isfile(config_path):
-        with open(config_path, encoding="utf-8") as f:
-            same = _same_config(yaml.safe_load(f), yaml.safe_load(yaml.safe_dump(cfg.to_dict())))
-        if not same:
-            raise UserError(f"{cfg.out} holds a run with a different config; use another --out")
-        if os.path.isfile(summary_path):
+    waiting = False
+    while True:
+        if os.path.isfile(config_path):
+            with open(config_path, encoding="utf-8") as f:
+                same = _same_config(yaml.safe_load(f), yaml.safe_load(yaml.safe_dump(cfg.to_dict())))
+            if not same:
+                raise UserError(f"{cfg.out} holds a run with a different config; use another --out")
+            if os.path.isfile(summary_path):
+                with open(summary_path, encoding="utf-8") as f:
+                    return json.load(f), True
+        if claim_run(cfg.out):
+            break
+        if not waiting:
+            print(f"[ablate] {cfg.out} is being trained by another process; waiting", flush=True)
+            waiting = True
+        time.sleep(poll_s)
+    try:
+        if os.path.isfile(summary_path):  # finished between the check and the claim
             with open(summary_path, encoding="utf-8") as f:
                 return json.load(f), True
-    ckpt_path = os.path.join(cfg.out, ckpt_io.CHECKPOINT_NAME)
-    state = ckpt_io.load(ckpt_path) if os.path.isfile(ckpt_path) else None
-    result = run(cfg, resume_state=state)
-    if result.interrupted:
-        raise KeyboardInterrupt  # the CLI reports it; rerunning the command resumes
-    return result.summary, False
+        ckpt_path = os.path.join(cfg.out, ckpt_io.CHECKPOINT_NAME)
+        state = ckpt_io.load(ckpt_path) if os.path.isfile(ckpt_path) else None
+        result = run(cfg, resume_state=state)
+        if result.interrupted:
+            raise KeyboardInterrupt  # the CLI reports it; rerunning the command resumes
+        return result.summary, False
+    finally:
+        os.remove(os.path.join(cfg.out, LOCK_NAME))
 
 
 def student_acc(summary: dict[str, Any]) -> float:
