@@ -185,33 +185,38 @@ def explore_settings(steps: int) -> list[Setting]:
 
     for mode in ("hard", "sample", "soft"):
         add(f"flip:{mode}", mode=mode, meta_sign=-1)                 # the sign test at x1
-    add("hard:grad_dot", mode="hard", meta_signal="grad_dot")
-    add("hard:x10", mode="hard", meta_scale=10.0)
+    for mode in ("soft", "sample"):                                  # weighted up, both signs
+        add(f"{mode}:x10", mode=mode, meta_scale=10.0)
+        add(f"flip:{mode}:x10", mode=mode, meta_scale=10.0, meta_sign=-1)
     add("sample:baseline0.9", mode="sample", baseline=0.9)
     add("sample:x10:baseline0.9", mode="sample", meta_scale=10.0, baseline=0.9)
-    for mode in ("sample", "soft"):
-        for sc in (10.0, 100.0):                                      # weighted up, both signs
-            add(f"{mode}:x{sc:g}", mode=mode, meta_scale=sc)
-            add(f"flip:{mode}:x{sc:g}", mode=mode, meta_scale=sc, meta_sign=-1)
-        add(f"{mode}:teacher_lr0.5", mode=mode, teacher_lr=0.5)
-        add(f"{mode}:steps{3 * steps}", mode=mode, steps=3 * steps)
+    for mode in ("soft", "sample"):
         for sc in (1.0, 10.0):
             sfx = "" if sc == 1.0 else f":x{sc:g}"
             add(f"{mode}:student_sgd{sfx}", mode=mode, student_momentum=0.0, student_lr=0.5,
                 meta_scale=sc)                                         # momentum-free student
             add(f"{mode}:mpl_only_after200{sfx}", mode=mode, mpl_only_after=200, meta_scale=sc)
+        add(f"{mode}:teacher_lr0.5", mode=mode, teacher_lr=0.5)
+    add("hard:grad_dot", mode="hard", meta_signal="grad_dot")
+    add("hard:x10", mode="hard", meta_scale=10.0)
+    for mode in ("soft", "sample"):
+        add(f"{mode}:x100", mode=mode, meta_scale=100.0)
+        add(f"flip:{mode}:x100", mode=mode, meta_scale=100.0, meta_sign=-1)
+    for mode in ("soft", "sample"):
+        add(f"{mode}:steps{3 * steps}", mode=mode, steps=3 * steps)
     return out
 
 
 def _with_controls(settings: list[Setting]) -> list[Setting]:
+    """``settings`` with each one's h = 0 twin inserted after the first setting that needs it."""
+    out: list[Setting] = []
     names = {s.name for s in settings}
-    extra = []
     for s in settings:
+        out.append(s)
         if s.control and s.control not in names:
-            c = s.as_control()
-            extra.append(c)
-            names.add(c.name)
-    return settings + extra
+            out.append(s.as_control())
+            names.add(s.control)
+    return out
 
 
 def _key(s: Setting) -> str:
@@ -221,7 +226,7 @@ def _key(s: Setting) -> str:
 
 
 def run_all(settings: list[Setting], seeds: list[int], workers: int, grid_names: set[str],
-            cache: str | None = None) -> dict[tuple[str, int], dict[str, Any]]:
+            cache: str | None = None, train: bool = True) -> dict[tuple[str, int], dict[str, Any]]:
     """Every (setting, seed), on ``workers`` processes (1: in this process).
 
     Settings that differ only in name run once. With ``cache`` (a JSON-lines file), finished
@@ -235,12 +240,14 @@ def run_all(settings: list[Setting], seeds: list[int], workers: int, grid_names:
                     r = json.loads(line)
                     done[(r["key"], r["seed"])] = r
     want_grid = {_key(s) for s in settings if s.name in grid_names}
-    unique = {_key(s): s for s in reversed(settings)}
+    unique: dict[str, Setting] = {}
+    for s in settings:  # in the given order: each setting is followed by its control
+        unique.setdefault(_key(s), s)
     jobs = []
     for k, s in unique.items():
         for seed in seeds:
             grid = k in want_grid and seed == seeds[0]
-            if (k, seed) not in done or (grid and "grid" not in done[(k, seed)]):
+            if train and ((k, seed) not in done or (grid and "grid" not in done[(k, seed)])):
                 jobs.append((s, seed, grid))
     sink = open(cache, "a", encoding="utf-8") if cache else None
     try:
@@ -262,7 +269,7 @@ def run_all(settings: list[Setting], seeds: list[int], workers: int, grid_names:
         if sink:
             sink.close()
     return {(s.name, seed): dict(done[(_key(s), seed)], name=s.name)
-            for s in settings for seed in seeds}
+            for s in settings for seed in seeds if (_key(s), seed) in done}
 
 
 def summarize(settings: list[Setting], res: dict[tuple[str, int], dict[str, Any]],
@@ -349,6 +356,9 @@ def main(argv: list[str] | None = None) -> int:
                     help="processes (default: 2 or the CPU count)")
     ap.add_argument("--explore", action="store_true",
                     help="also run every setting of the search (explore.md / explore.json)")
+    ap.add_argument("--cached-only", action="store_true",
+                    help="train nothing: tabulate the settings whose runs are all in runs.jsonl "
+                    "(and list the others as not run)")
     args = ap.parse_args(argv)
     if args.seeds < 2 or args.steps < 1 or args.workers < 1:
         print("twomoon: error: --seeds must be >= 2, --steps and --workers >= 1", file=sys.stderr)
@@ -358,7 +368,8 @@ def main(argv: list[str] | None = None) -> int:
     t0 = time.perf_counter()
     base = default_settings(args.steps)
     cache = os.path.join(args.out, "runs.jsonl")
-    res = run_all(base, seeds, args.workers, {s.name for s in base}, cache)
+    res = run_all(base, seeds, args.workers, {s.name for s in base}, cache,
+                  train=not args.cached_only)
     rows = summarize(base, res, seeds)
     md = markdown(rows, seeds, f"TwoMoon ({N_POINTS} points, noise {NOISE}, {LABELS_PER_CLASS} labels "
                   f"per moon, {args.steps} steps, MLP 2-64-64-2, SGD momentum 0.9, lr 0.1)")
@@ -374,16 +385,23 @@ def main(argv: list[str] | None = None) -> int:
     if args.explore:
         t1 = time.perf_counter()
         ex = _with_controls(explore_settings(args.steps))
-        res_ex = run_all(ex, seeds, args.workers, set(), cache)
-        rows_ex = summarize([s for s in ex if s.control], res_ex, seeds)
+        res_ex = run_all(ex, seeds, args.workers, set(), cache, train=not args.cached_only)
+        have = {s.name for s in ex if all((s.name, k) in res_ex for k in seeds)}
+        tried = [s for s in ex if s.control and s.name in have and s.control in have]
+        not_run = [s.name for s in ex if s.control and s not in tried]
+        rows_ex = summarize(tried, res_ex, seeds)
         md_ex = markdown(rows_ex, seeds, "TwoMoon: every setting tried, each paired against its own "
                          "h = 0 twin (same labels, optimiser, steps; pseudo labels of a teacher that "
                          "never sees the student)")
+        if not_run:
+            md_ex += "\n\nNot run (no time): " + ", ".join(f"`{n}`" for n in not_run) + "."
         with open(os.path.join(args.out, "explore.md"), "w", encoding="utf-8") as f:
             f.write(md_ex + "\n")
         with open(os.path.join(args.out, "explore.json"), "w", encoding="utf-8") as f:
-            json.dump({"seeds": seeds, "rows": _json_rows(rows_ex), "controls": _json_rows(
-                summarize([s for s in ex if not s.control], res_ex, seeds))}, f, indent=1)
+            json.dump({"seeds": seeds, "rows": _json_rows(rows_ex), "not_run": not_run,
+                       "controls": _json_rows(summarize(
+                           [s for s in ex if not s.control and s.name in have], res_ex, seeds))},
+                      f, indent=1)
         print(md_ex)
         print(f"[twomoon] explore: {len(res_ex)} runs in {time.perf_counter() - t1:.0f} s")
     return 0

@@ -43,6 +43,13 @@ def test_twomoon_smoke(twomoon, tmp_path, capsys):
     explore = json.load(open(out / "explore.json"))["rows"]
     assert all(r["control"].startswith("pl:") for r in explore)
     assert "| `flip:soft:x10` |" in (out / "explore.md").read_text()
+    # the same command again trains nothing: every run is read back from runs.jsonl
+    n_runs = len((out / "runs.jsonl").read_text().splitlines())
+    before = (out / "explore.md").read_text()
+    assert twomoon.main(["--out", str(out), "--seeds", "2", "--steps", "4", "--workers", "1",
+                         "--explore", "--cached-only"]) == 0
+    assert len((out / "runs.jsonl").read_text().splitlines()) == n_runs
+    assert (out / "explore.md").read_text() == before and "Not run" not in before
 
 
 def test_seeds_pair_data_and_init(twomoon):

@@ -88,6 +88,15 @@ def test_ablate_meta_scale_sweep(tmp_path, capsys):
     assert cfg["mpl"]["meta_scale"] == 10.0
     cfg1 = yaml.safe_load(open(os.path.join(out, "mpl-loss_diff-s1", "config.yaml")))
     assert cfg1["mpl"]["meta_scale"] == 1.0
+    # --report-only trains nothing and tabulates what finished, each row over its own seeds
+    os.remove(os.path.join(out, "mpl-loss_diff-x10-s1", "summary.json"))  # as if still running
+    assert main(["ablate", "--seeds", "0,1", "--out", out, "--variants", "mpl:loss_diff",
+                 "--meta-scale", "1,10", "--report-only", *TINY]) == 0
+    assert not os.path.exists(os.path.join(out, "mpl-loss_diff-x10-s1", "summary.json"))
+    after = _rows(out)
+    assert after["mpl:loss_diff@x10"]["seeds"] == [0] and after["mpl:loss_diff"]["seeds"] == [0, 1]
+    assert after["mpl:loss_diff"]["acc"] == rows["mpl:loss_diff"]["acc"]
+    assert "meta_scale 10" in after["mpl:loss_diff@x10"]["description"]
 
 
 def test_rows_compare_students_as_ema_and_teachers_apart():

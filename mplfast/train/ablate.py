@@ -165,6 +165,8 @@ def add_ablate_arguments(parser: argparse.ArgumentParser) -> None:
                         "and repeatable (default 1)")
     parser.add_argument("--out", metavar="DIR",
                         help="directory for the runs and the table (default runs/ablate-<dataset>)")
+    parser.add_argument("--report-only", dest="report_only", action="store_true",
+                        help="train nothing: tabulate the runs already finished in --out")
 
 
 def cmd_ablate(args: argparse.Namespace, flags: dict[str, Any]) -> AblationTable:
@@ -178,7 +180,7 @@ def cmd_ablate(args: argparse.Namespace, flags: dict[str, Any]) -> AblationTable
                         config_file=args.config,
                         flags={**flags, "cpu_threads": args.ablate_cpu_threads}, sets=args.sets,
                         out=args.out, argv=args.argv, meta_scales=parse_scales(args.meta_scale),
-                        chaos_seeds=chaos)
+                        chaos_seeds=chaos, report_only=args.report_only)
 
 
 # ------------------------------------------------------------------------------------ runs
@@ -309,6 +311,20 @@ def claim_run(run_dir: str) -> bool:
         os.remove(mine)
 
 
+def _finished(cfg: TrainConfig) -> dict[str, Any] | None:
+    """The summary of a finished run of exactly ``cfg``, else None."""
+    assert cfg.out is not None
+    summary_path = os.path.join(cfg.out, "summary.json")
+    config_path = os.path.join(cfg.out, "config.yaml")
+    if not (os.path.isfile(summary_path) and os.path.isfile(config_path)):
+        return None
+    with open(config_path, encoding="utf-8") as f:
+        if not _same_config(yaml.safe_load(f), yaml.safe_load(yaml.safe_dump(cfg.to_dict()))):
+            return None
+    with open(summary_path, encoding="utf-8") as f:
+        return json.load(f)
+
+
 def _execute(cfg: TrainConfig, poll_s: float = 5.0) -> tuple[dict[str, Any], bool]:
     """Run (or reuse, or resume) one configuration; (its summary, whether it was reused)."""
     import time
@@ -415,8 +431,12 @@ class AblationTable:
 def run_ablation(*, seeds: list[int], variants: list[str], preset: str | None,
                  config_file: str | None, flags: dict[str, Any], sets: list[str],
                  out: str | None, argv: list[str], meta_scales: list[float] | None = None,
-                 chaos_seeds: list[int] | None = None) -> AblationTable:
-    """Run every (row, seed), seed by seed; after each seed rewrite the table, JSON and plot."""
+                 chaos_seeds: list[int] | None = None, report_only: bool = False) -> AblationTable:
+    """Run every (row, seed), seed by seed; after each seed rewrite the table, JSON and plot.
+
+    ``report_only``: train nothing; tabulate the runs already finished in ``out`` (each row
+    over the seeds it and the runs it is paired with have finished).
+    """
     base = resolve(preset=preset, config_file=config_file, flags=flags, sets=sets)
     out = out or os.path.join("runs", f"ablate-{base.dataset}")
     os.makedirs(out, exist_ok=True)
@@ -428,6 +448,16 @@ def run_ablation(*, seeds: list[int], variants: list[str], preset: str | None,
     runs: dict[tuple[str, int], dict[str, Any]] = {}
     order = list(dict.fromkeys(seeds + [s for r in rows for s in r.seeds]))
     table: AblationTable | None = None
+    if report_only:
+        for seed in order:
+            for row in rows:
+                cfg = _row_config(base, row, seed, out)
+                s = _finished(cfg) if seed in row.seeds else None
+                if s is not None:
+                    runs[(_run_key(row), seed)] = dict(s, run_dir=cfg.out, mean_h=_mean_h(cfg.out))
+        if not runs:
+            raise UserError(f"--report-only: no finished runs of these rows in {out}")
+        return _write(rows, runs, seeds, base, out, command, machine, n_test)
     for seed in order:
         for row in rows:
             if seed not in row.seeds:
@@ -460,8 +490,10 @@ def _aggregate(rows: list[Row], runs: dict[tuple[str, int], dict[str, Any]], see
     by_name = {r.name: r for r in rows}
     out = []
     for r in rows:
-        rs = [s for s in r.seeds if s in seeds] if not r.chaos_of else \
-            [s for s in r.seeds if (_run_key(r), s) in runs and (_run_key(by_name[r.chaos_of]), s) in runs]
+        # a row's seeds: those where it and the runs it is paired with all finished
+        partners = [by_name[n] for n in (r.control, r.chaos_of) if n and n in by_name]
+        rs = [s for s in r.seeds if s in seeds and (_run_key(r), s) in runs
+              and all((_run_key(o), s) in runs for o in partners)]
         if not rs:
             continue
         sums = [runs[(_run_key(r), s)] for s in rs]
@@ -470,7 +502,9 @@ def _aggregate(rows: list[Row], runs: dict[tuple[str, int], dict[str, Any]], see
         teachers = [float(s["teacher_acc"]) for s in sums if s.get("teacher_acc") is not None]
         hs = [s["mean_h"] for s in sums if s.get("mean_h") is not None]
         rec: dict[str, Any] = {
-            "row": r.name, "description": r.variant.description, "reports": r.variant.reports,
+            "row": r.name, "reports": r.variant.reports,
+            "description": r.variant.description + (f", meta_scale {r.scale:g}"
+                                                    if r.scale not in (None, 1.0) else ""),
             "meta_scale": r.scale, "seeds": rs, "acc": accs, "mean": mean, "std": std,
             "binomial_se": binomial_se(mean, n_test),
             "teacher_acc": teachers if r.variant.reports == "student" and len(teachers) == len(rs) else None,
@@ -480,9 +514,12 @@ def _aggregate(rows: list[Row], runs: dict[tuple[str, int], dict[str, Any]], see
         if rec["teacher_acc"]:
             rec["teacher_mean"], rec["teacher_std"] = mean_std(rec["teacher_acc"])
 
-        def vs(other: str) -> Paired:
+        def vs(other: str) -> Paired | None:
             o = by_name[other]
-            return paired(accs, [_acc(o, runs[(_run_key(o), s)]) for s in rs])
+            both = [i for i, s in enumerate(rs) if (_run_key(o), s) in runs]
+            if not both:
+                return None
+            return paired([accs[i] for i in both], [_acc(o, runs[(_run_key(o), rs[i])]) for i in both])
 
         if r.control and r.control in by_name:
             rec["control"] = r.control
@@ -492,6 +529,8 @@ def _aggregate(rows: list[Row], runs: dict[tuple[str, int], dict[str, Any]], see
             rec["vs_unperturbed"] = vs(r.chaos_of)
         if r.name != "supervised" and "supervised" in by_name and not r.chaos_of:
             rec["vs_supervised"] = vs("supervised")
+            if rec["vs_supervised"] is None:
+                del rec["vs_supervised"]
         out.append(rec)
     return out
 
@@ -512,7 +551,8 @@ def _markdown(aggr: list[dict[str, Any]], cfg: TrainConfig, seeds: list[int], co
     ema = "EMA weights" if cfg.ema_decay > 0 and cfg.eval_ema else "plain weights"
     lines = [
         f"Ablation on {cfg.dataset}, {cfg.labels} labels, model {cfg.model}, {cfg.steps} steps per "
-        f"run, seeds {_seed_text(seeds)} (n = {len(seeds)}). Top-1 accuracy (%) on the "
+        f"run, seeds {_seed_text(seeds)} (n: the seeds a row has finished, with the runs it is "
+        "paired with). Top-1 accuracy (%) on the "
         f"{n_test} test images, mean ± sample std over seeds; students are their {ema}, teachers "
         "are reported in their own column.",
         "",
@@ -520,8 +560,8 @@ def _markdown(aggr: list[dict[str, Any]], cfg: TrainConfig, seeds: list[int], co
         "differences) (wins/ties/losses). SE is the binomial standard error of one run's "
         f"accuracy on {n_test} test images.",
         "",
-        "| row | student | teacher | SE | mean h | Δ vs its h = 0 control | Δ vs supervised |",
-        "|---|---|---|---|---|---|---|",
+        "| row | n | student | teacher | SE | mean h | Δ vs its h = 0 control | Δ vs supervised |",
+        "|---|---|---|---|---|---|---|---|",
     ]
     chaos = []
     for r in aggr:
@@ -536,7 +576,7 @@ def _markdown(aggr: list[dict[str, Any]], cfg: TrainConfig, seeds: list[int], co
         if "control" in r:
             ctl += f" vs `{r['control']}`"
         h = f"{r['mean_h']:+.4f}" if r.get("mean_h") is not None else "—"
-        lines.append(f"| {r['description']} (`{r['row']}`) | {student} | {teacher} | "
+        lines.append(f"| {r['description']} (`{r['row']}`) | {len(r['seeds'])} | {student} | {teacher} | "
                      f"{r['binomial_se']:.2f} | {h} | {ctl} | {_paired_cell(r.get('vs_supervised'))} |")
     if chaos:
         lines += ["", f"Chaos: the same run with {CHAOS_PERTURBATION:g} added to one weight of the "
@@ -553,7 +593,9 @@ def _markdown(aggr: list[dict[str, Any]], cfg: TrainConfig, seeds: list[int], co
     for r in aggr:
         if "vs_unperturbed" in r:
             continue
-        lines.append(f"| `{r['row']}` | " + " | ".join(f"{a:.2f}" for a in r["acc"]) + " |")
+        by_seed = dict(zip(r["seeds"], r["acc"]))
+        lines.append(f"| `{r['row']}` | " + " | ".join(
+            f"{by_seed[s]:.2f}" if s in by_seed else "—" for s in seeds) + " |")
     lines += ["", f"Machine: {_machine_text(machine)}.", "", "Command:", "", "```", command, "```", ""]
     return "\n".join(lines)
 
