@@ -1,13 +1,18 @@
-"""Command line: ``mplfast train | eval | ablate`` (also ``python -m mplfast``, and under torchrun).
+"""Command line: ``mplfast train | eval | ablate | models`` (also ``python -m mplfast``, and
+under torchrun).
 
 User mistakes end as one line on stderr and exit status 2 (never a traceback); anything else
-is a bug and keeps its traceback.
+is a bug and keeps its traceback. A run stopped by Ctrl-C exits 130 and by SIGTERM 143 (128 +
+the signal number, what shells and schedulers expect), after writing its checkpoint.
 """
 from __future__ import annotations
 
 import argparse
+import difflib
 import os
+import signal
 import sys
+import warnings
 from typing import Any, NoReturn, Sequence
 
 from mplfast.errors import UserError
@@ -16,16 +21,57 @@ EXIT_USAGE = 2
 
 
 class _Parser(argparse.ArgumentParser):
-    """argparse that reports a usage error as ONE line (no usage dump) with exit status 2."""
+    """argparse that reports a usage error as ONE line (no usage dump) with exit status 2,
+    never accepts an abbreviated flag (``--step`` is a typo, not ``--steps``), and suggests
+    the closest flag for an unknown one."""
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        kwargs.setdefault("allow_abbrev", False)
+        super().__init__(*args, **kwargs)
 
     def error(self, message: str) -> NoReturn:
         self.exit(EXIT_USAGE, f"mplfast: error: {message} (see `{self.prog} --help`)\n")
 
 
+def _option_strings(p: argparse.ArgumentParser) -> list[str]:
+    return [o for a in p._actions for o in a.option_strings if o.startswith("--")]
+
+
+def _unknown_args_message(parser: argparse.ArgumentParser, command: str | None,
+                          unknown: list[str]) -> str:
+    """``unrecognized arguments: --stpes (did you mean --steps?)``."""
+    sub = None
+    for a in parser._actions:
+        if isinstance(a, argparse._SubParsersAction) and command in a.choices:
+            sub = a.choices[command]
+    known = _option_strings(sub if sub is not None else parser)
+    parts = []
+    for arg in unknown:
+        flag = arg.split("=", 1)[0]
+        close = difflib.get_close_matches(flag, known, n=1, cutoff=0.6) if flag.startswith("-") else []
+        parts.append(f"{arg} (did you mean {close[0]}?)" if close else arg)
+    return "unrecognized arguments: " + " ".join(parts)
+
+
+def _format_warning(message: Any, category: type[Warning], filename: str, lineno: int,
+                    line: str | None = None) -> str:
+    # mplfast's own warnings (a corrupt image skipped, ...) are messages to the user: one
+    # clean line, not the source location plus the warnings.warn() call. Only the format is
+    # changed, so warning filters and capture (pytest.warns, logging) still see them.
+    if category.__module__.startswith("mplfast"):
+        return "mplfast: warning: " + " ".join(str(message).split()) + "\n"
+    return _default_formatwarning(message, category, filename, lineno, line)
+
+
+_default_formatwarning = warnings.formatwarning
+
+
 def _add_config_options(p: argparse.ArgumentParser) -> None:
     p.add_argument("--config", metavar="FILE.yaml", help="YAML mapping of config fields (applied after the preset)")
     p.add_argument("--preset", metavar="NAME",
-                   help="digits (default), cifar10-4k, cifar100-10k, svhn-1k, imagenet-10pct")
+                   help="a named recipe: digits, auto, cifar10-4k, cifar100-10k, svhn-1k, "
+                   "imagenet-10pct (default: digits for the built-in data, else auto: sized to "
+                   "the data; a paper recipe applies only when named)")
     p.add_argument("--set", dest="sets", action="append", default=[], metavar="KEY=VALUE",
                    help="set any config field (repeatable; applied last); see --help-config")
     p.add_argument("--device", help="auto (default), cpu, cuda, cuda:N")
@@ -37,8 +83,11 @@ def _add_data_options(p: argparse.ArgumentParser) -> None:
     p.add_argument("--dataset", choices=DATASETS, help="data set (default: digits)")
     p.add_argument("--data", metavar="PATH", help="data set root (cifar/svhn/imagefolder)")
     p.add_argument("--unlabeled", metavar="PATH", help="extra unlabeled image folder (imagefolder)")
-    p.add_argument("--labels", type=int, metavar="N", help="number of labeled images (class-balanced)")
-    p.add_argument("--steps", type=int, metavar="N", help="training steps")
+    p.add_argument("--labels", type=int, metavar="N", help="number of labeled images, class-balanced "
+                   "(default: 50 on digits; else derived from the data: 10%% of the train "
+                   "images, >= 4 per class, or all of them with --unlabeled)")
+    p.add_argument("--steps", type=int, metavar="N", help="training steps (default: 1000, or "
+                   "the preset's)")
     p.add_argument("--strict", dest="strict_data", action="store_const", const=True,
                    help="fail on unreadable or corrupt image files (default: warn, naming them, and skip them)")
 
@@ -47,18 +96,26 @@ def build_parser() -> argparse.ArgumentParser:
     """The full ``mplfast`` parser (exposed for docs and tests)."""
     from mplfast.train.config import METHODS
 
+    import mplfast
+
     parser = _Parser(prog="mplfast", description="Fast, trustworthy Meta Pseudo Labels.")
     sub = parser.add_subparsers(dest="command", parser_class=_Parser, metavar="{train,eval,ablate}")
 
+    sub.add_parser("models", help="list the model names (for --set model=NAME)")
     t = sub.add_parser("train", help="train teacher and student (MPL), UDA or supervised")
     _add_data_options(t)
     t.add_argument("--method", choices=METHODS, help="mpl (default), uda or supervised")
-    t.add_argument("--seed", type=int, metavar="S")
+    t.add_argument("--seed", type=int, metavar="S", help="random seed (default: 0)")
     t.add_argument("--out", metavar="DIR", help="write config, metrics, checkpoint, curves here "
                    "(default: a new runs/<dataset>-<method>-seed<seed>[-N])")
     t.add_argument("--resume", action="store_true", help="continue from DIR/checkpoint.pt")
     _add_config_options(t)
-    t.add_argument("--help-config", action="store_true", help="list every config field and exit")
+    t.add_argument("--help-config", action="store_true",
+                   help="list every config field (type, default, allowed values, meaning, and "
+                   "the value this command's --preset/--config/--set would use) and exit")
+    t.add_argument("--print-config", action="store_true",
+                   help="print the final merged config (YAML, usable with --config) and exit")
+    parser.add_argument("--version", action="version", version=f"mplfast {mplfast.__version__}")
 
     e = sub.add_parser("eval", help="evaluate a checkpoint's models on the test split")
     e.add_argument("--checkpoint", required=True, metavar="PATH")
@@ -79,19 +136,85 @@ def _flags(args: argparse.Namespace, names: Sequence[str]) -> dict[str, Any]:
     return {n: getattr(args, n, None) for n in names if getattr(args, n, None) is not None}
 
 
-def _print_help_config() -> None:
-    import dataclasses
+def _config_flags(args: argparse.Namespace) -> dict[str, Any]:
+    """Every given flag that names a config field (for --help-config's "this run" column)."""
+    from mplfast.train.config import FIELD_NAMES
 
-    from mplfast.train.config import TrainConfig, _type_name, _field_type
+    return {k: v for k, v in vars(args).items() if k in FIELD_NAMES and v is not None}
 
-    for f in dataclasses.fields(TrainConfig):
-        default = f.default if f.default is not dataclasses.MISSING else f.default_factory()  # type: ignore[misc]
-        print(f"{f.name:24s} {_type_name(_field_type(f.name)):16s} {default!r}")
+
+def _print_help_config(cfg: Any) -> None:
+    """Every field: key, type, default, the value ``cfg`` has (``*`` if not the default),
+    allowed values and meaning."""
+    from mplfast.train.config import field_rows
+
+    print(f"config fields (preset {cfg.preset}); set with --config FILE.yaml or --set KEY=VALUE; "
+          "mpl.* fields also by their flat name (--set threshold=0.9)")
+    print(f"{'key':26s} {'type':14s} {'default':14s} {'this run':14s} allowed: meaning")
+    for key, tp, default, value, allowed, meaning in field_rows(cfg):
+        mark = "*" if value != default else " "
+        print(f"{key:26s} {tp:14s} {default:14s} {mark}{value:13s} {allowed}: {meaning}")
+
+
+def _print_config(cfg: Any) -> None:
+    import yaml
+
+    print("# the final merged config (labels: null means derived from the data at start-up)")
+    print(yaml.safe_dump(cfg.to_dict(), sort_keys=False), end="")
+
+
+def cmd_models(args: argparse.Namespace) -> int:
+    """``mplfast models``: one registered model name a line."""
+    from mplfast.models import list_models
+
+    for name in list_models():
+        print(name)
+    return 0
 
 
 def _fmt_acc(summary: dict[str, Any]) -> str:
     keys = ("teacher_acc", "student_acc", "ema_acc", "finetune_acc")
     return "  ".join(f"{k} {summary[k]:.2f}" for k in keys if k in summary)
+
+
+def _resume_config(args: argparse.Namespace, flags: dict[str, Any]) -> tuple[Any, dict[str, Any]]:
+    """(config, checkpoint) of ``--resume``: the checkpoint's config with the user's changes,
+    refusing changes that would silently alter the finished schedule."""
+    from mplfast.train import config as C
+    from mplfast.train.runner import prepare_out_dir
+
+    if not args.out:
+        raise UserError("--resume needs --out DIR (the directory holding checkpoint.pt)")
+    if args.preset:
+        raise UserError("--preset cannot be combined with --resume: the checkpoint's config "
+                        "is used (change single fields with --set)")
+    base = C.apply_overrides(C.TrainConfig(), {"out": args.out})
+    ckpt = prepare_out_dir(base, resume=True)
+    assert ckpt is not None
+    saved = C.apply_overrides(C.TrainConfig(), ckpt["config"], "checkpoint config")
+    cfg = C.resolve(config_file=args.config, flags=flags, sets=args.sets, base=saved)
+    if cfg.steps != saved.steps:
+        # the warmup + cosine schedule is a function of the total: a new total would jump the
+        # learning rate (back up from 0 for a finished run)
+        raise UserError(f"--resume: {args.out} was trained on a {saved.steps}-step learning-rate "
+                        f"schedule; resuming with --steps {cfg.steps} would change it mid-run. "
+                        f"Start a new run instead: mplfast train --config "
+                        f"{os.path.join(args.out, 'config.yaml')} --steps {cfg.steps}")
+    return cfg, ckpt
+
+
+def _finished_message(cfg: Any, ckpt: dict[str, Any]) -> str:
+    summary = os.path.join(cfg.out, "summary.json")
+    return (f"{cfg.out} holds a finished run ({ckpt['step']} of {cfg.steps} steps); nothing to "
+            f"resume, nothing changed (results in {summary})")
+
+
+def _exit_status(signame: str | None) -> int:
+    """128 + signal number: 130 for SIGINT (Ctrl-C), 143 for SIGTERM."""
+    try:
+        return 128 + int(signal.Signals[signame or "SIGINT"])
+    except KeyError:
+        return 130
 
 
 def cmd_train(args: argparse.Namespace) -> int:
@@ -100,36 +223,39 @@ def cmd_train(args: argparse.Namespace) -> int:
     from mplfast.train.runner import default_out_dir, prepare_out_dir, run
 
     if args.help_config:
-        _print_help_config()
+        _print_help_config(C.resolve(preset=args.preset, config_file=args.config,
+                                     flags=_config_flags(args), sets=args.sets, check=False))
         return 0
     flags = _flags(args, ("dataset", "data", "unlabeled", "labels", "strict_data", "method", "steps", "seed",
                           "out", "device"))
     ckpt = None
     if args.resume:
-        if not args.out:
-            raise UserError("--resume needs --out DIR (the directory holding checkpoint.pt)")
-        if args.preset:
-            raise UserError("--preset cannot be combined with --resume: the checkpoint's config "
-                            "is used (change single fields with --set)")
-        base = C.apply_overrides(C.TrainConfig(), {"out": args.out})
-        ckpt = prepare_out_dir(base, resume=True)
-        assert ckpt is not None
-        saved = C.apply_overrides(C.TrainConfig(), ckpt["config"], "checkpoint config")
-        cfg = C.resolve(config_file=args.config, flags=flags, sets=args.sets, base=saved)
+        cfg, ckpt = _resume_config(args, flags)
+        if ckpt.get("phase") == "done":
+            # nothing to train: touching the folder would only add a second TensorBoard file
+            if int(os.environ.get("RANK", "0")) == 0:
+                print(_finished_message(cfg, ckpt), flush=True)
+            return 0
     else:
         cfg = C.resolve(preset=args.preset, config_file=args.config, flags=flags, sets=args.sets)
+        if args.print_config:
+            _print_config(cfg)
+            return 0
         if not cfg.out:  # a run always keeps its checkpoint, metrics and curves
             cfg = C.apply_overrides(cfg, {"out": default_out_dir(cfg)})
         prepare_out_dir(cfg, resume=False)
-    result = run(cfg, resume_state=ckpt)
-    if int(os.environ.get("RANK", "0")) != 0:
+    if args.print_config:
+        _print_config(cfg)
         return 0
+    result = run(cfg, resume_state=ckpt, argv=["mplfast", *args.argv])
+    if int(os.environ.get("RANK", "0")) != 0:
+        return _exit_status(result.signame) if result.interrupted else 0
     if result.interrupted:
         where = (f"checkpoint written to {os.path.join(cfg.out, 'checkpoint.pt')}; continue with "
                  f"`mplfast train --out {cfg.out} --resume`") if cfg.out else "no --out, nothing saved"
         print(f"stopped by {result.signame or 'signal'} after {result.where}; {where}",
               file=sys.stderr, flush=True)
-        return 0
+        return _exit_status(result.signame)
     s = result.summary
     print(f"done: {s['method']} on {s['dataset']} ({s['labels']} labels, seed {s['seed']}, "
           f"{s['steps']} steps, world size {s['world_size']}) in {s['wall_s']:.1f} s, "
@@ -167,12 +293,18 @@ def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of the ``mplfast`` console script; returns the exit status."""
     parser = build_parser()
     raw = list(argv) if argv is not None else sys.argv[1:]
-    args = parser.parse_args(raw)
+    args, unknown = parser.parse_known_args(raw)
+    if unknown:
+        parser.error(_unknown_args_message(parser, args.command, unknown))
     args.argv = raw  # the ablation table records the exact command
     if args.command is None:
         parser.print_help()
         return 0
+    previous_formatwarning = warnings.formatwarning
+    warnings.formatwarning = _format_warning
     try:
+        if args.command == "models":
+            return cmd_models(args)
         if args.command == "train":
             return cmd_train(args)
         if args.command == "eval":
@@ -191,6 +323,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         name = f": {e.filename}" if e.filename else ""
         print(f"mplfast: error: {e.strerror or e}{name}", file=sys.stderr, flush=True)
         return EXIT_USAGE
+    finally:
+        warnings.formatwarning = previous_formatwarning
 
 
 if __name__ == "__main__":

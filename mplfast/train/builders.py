@@ -52,25 +52,66 @@ def load_data(cfg: TrainConfig) -> Any:
         raise UserError(f"cannot load data set {cfg.dataset}: {_first_line(e)}") from None
 
 
+def default_labels(train_labels: torch.Tensor, num_classes: int, *, extra_unlabeled: bool) -> int:
+    """The labeled count of a recipe sized to the data (``labels=None``).
+
+    With a separate unlabeled set (``--unlabeled``) every training image keeps its label
+    (class-balanced: the smallest class sets the per-class count). Without one, the labeled
+    data set doubles as the semi-supervised benchmark the method is made for: a class-balanced
+    10 % (at least 4 per class) is labeled and every training image serves as unlabeled.
+    """
+    counts = torch.bincount(train_labels.to(torch.int64).cpu(), minlength=num_classes)
+    smallest = int(counts.min()) if counts.numel() else 0
+    if extra_unlabeled:
+        per = smallest
+    else:
+        per = min(max(4, int(train_labels.numel()) // 10 // max(1, num_classes)), smallest)
+    return max(1, per) * num_classes
+
+
+def fit_to_data(cfg: TrainConfig, ds: Any) -> TrainConfig:
+    """``cfg`` with the fields left to the data (``labels=None``) filled in from ``ds``.
+
+    The result is concrete, so the run's saved config.yaml reproduces it as is.
+    """
+    if cfg.labels is not None:
+        return cfg
+    from dataclasses import replace
+
+    n = default_labels(ds.train_labels, int(ds.num_classes),
+                       extra_unlabeled=getattr(ds, "unlabeled_images", None) is not None)
+    return replace(cfg, labels=n)
+
+
+def _labels_origin(cfg: TrainConfig) -> str:
+    # a count the user never typed must say where it came from (issue: `labels=128000`)
+    if cfg.preset not in ("digits", "auto"):
+        return f" (labels={cfg.labels} comes from --preset {cfg.preset}; pass --labels N)"
+    return ""
+
+
 def build_data(cfg: TrainConfig, info: DistInfo, *, dataset: Any = None) -> DataBundle:
     """Data set, class-balanced labeled split (keyed by seed) and this rank's batcher."""
     from mplfast.data import MPLBatcher, labeled_split
 
     ds = dataset if dataset is not None else load_data(cfg)
     n_train = int(ds.train_labels.numel())
+    cfg = fit_to_data(cfg, ds)  # labels=None: from the images the labeled split is drawn from
+    assert cfg.labels is not None
     if cfg.labels > n_train:
         raise UserError(f"labels={cfg.labels} is more than the {n_train} training images of "
-                        f"{cfg.dataset}")
+                        f"{cfg.dataset}{_labels_origin(cfg)}")
     if cfg.labels < ds.num_classes:
         raise UserError(f"labels={cfg.labels} is fewer than the {ds.num_classes} classes of "
-                        f"{cfg.dataset} (the split is class-balanced)")
+                        f"{cfg.dataset} (the split is class-balanced){_labels_origin(cfg)}")
     if cfg.batch_size % info.world_size != 0:
         raise UserError(f"batch_size={cfg.batch_size} must be divisible by the number of ranks "
                         f"({info.world_size})")
     try:
         labeled_idx = labeled_split(ds.train_labels, cfg.labels, ds.num_classes, cfg.seed)
     except ValueError as e:  # e.g. a class with fewer images than its share of the labels
-        raise UserError(f"cannot draw {cfg.labels} class-balanced labels: {_first_line(e)}") from None
+        raise UserError(f"cannot draw {cfg.labels} class-balanced labels: {_first_line(e)}"
+                        f"{_labels_origin(cfg)}") from None
     per_rank = cfg.batch_size // info.world_size
     batcher = MPLBatcher(ds, labeled_idx, batch_size=per_rank, mu=cfg.mu, seed=cfg.seed,
                          device=info.device, randaug_n=cfg.randaug_n, randaug_m=cfg.randaug_m,
@@ -120,5 +161,6 @@ def make_scheduler(opt: torch.optim.Optimizer, cfg: TrainConfig, total: int, wai
 
 def finetune_steps(cfg: TrainConfig) -> tuple[int, int]:
     """(steps, batch size) of the finetune stage: epochs over the labeled set."""
+    assert cfg.labels is not None, "fit_to_data fills labels before the run"
     bs = min(cfg.finetune_batch_size, cfg.labels)
     return cfg.finetune_epochs * math.ceil(cfg.labels / bs), bs

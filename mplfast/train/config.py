@@ -26,8 +26,8 @@ from typing import Any
 
 import yaml
 
-from mplfast.config import MPLConfig
 from mplfast.errors import UserError
+from mplfast.config import MPLConfig  # noqa: I001 - kept apart from the line above for merges
 
 MPL_FIELD_NAMES: tuple[str, ...] = tuple(f.name for f in fields(MPLConfig))
 
@@ -58,7 +58,7 @@ class TrainConfig:
     dataset: str = "digits"
     data: str | None = None           # root of the data set files (not needed for digits/synthetic)
     unlabeled: str | None = None      # extra unlabeled image folder (imagefolder only)
-    labels: int = 50                  # size of the class-balanced labeled subset
+    labels: int | None = 50           # size of the class-balanced labeled subset; None: from the data
     image_size: int | None = None     # resize for image folders
     strict_data: bool = False         # imagefolder: fail on unreadable files instead of skipping
     synthetic_kw: dict[str, Any] = field(default_factory=dict)  # passed to load_dataset
@@ -116,6 +116,7 @@ class TrainConfig:
     eval_batch_size: int = 512
     tensorboard: bool = True
     plot: bool = True
+    check_memory: bool = True         # refuse a step estimated not to fit in memory
     progress: str = "auto"            # auto (rich on a TTY, else plain lines) | rich | plain | none
 
     def __getattr__(self, name: str) -> Any:
@@ -350,10 +351,25 @@ def load_yaml(path: str) -> dict[str, Any]:
     return data
 
 
-def save_yaml(cfg: TrainConfig, path: str) -> None:
-    """Write the resolved config so ``--config path`` reproduces the run."""
+def save_yaml(cfg: TrainConfig, path: str, header: str = "") -> None:
+    """Write the resolved config so ``--config path`` reproduces the run.
+
+    ``header``: comment lines written first (the run's reproducibility record).
+    """
     with open(path, "w", encoding="utf-8") as f:
+        f.write(header)
         yaml.safe_dump(cfg.to_dict(), f, sort_keys=False)
+
+
+def _drop_own_out(overrides: dict[str, Any], config_file: str) -> dict[str, Any]:
+    # a run's own config.yaml names its own folder as `out`; reusing the file to reproduce the
+    # run must start a new run elsewhere, not collide with the finished one
+    out = overrides.get("out")
+    if isinstance(out, str):
+        here = os.path.dirname(os.path.abspath(config_file))
+        if os.path.abspath(os.path.expanduser(out)) == here:
+            return {k: v for k, v in overrides.items() if k != "out"}
+    return overrides
 
 
 # ----------------------------------------------------------------------------------------
@@ -372,7 +388,7 @@ def validate(cfg: TrainConfig) -> None:
     _check(cfg.progress in PROGRESS, f"progress: choose from {', '.join(PROGRESS)}")
     _check(cfg.compile in COMPILE_MODES, f"compile: choose from {', '.join(COMPILE_MODES)}")
     _check(cfg.steps >= 0, f"steps must be >= 0, got {cfg.steps}")
-    _check(cfg.labels >= 1, f"labels must be >= 1, got {cfg.labels}")
+    _check(cfg.labels is None or cfg.labels >= 1, f"labels must be >= 1, got {cfg.labels}")
     _check(cfg.batch_size >= 1, f"batch_size must be >= 1, got {cfg.batch_size}")
     _check(cfg.mu >= 1, f"mu must be >= 1, got {cfg.mu}")
     _check(cfg.eval_batch_size >= 1, f"eval_batch_size must be >= 1, got {cfg.eval_batch_size}")
@@ -419,17 +435,21 @@ def mpl_config(cfg: TrainConfig) -> MPLConfig:
 # ----------------------------------------------------------------------------------------
 def resolve(preset: str | None = None, config_file: str | None = None,
             flags: dict[str, Any] | None = None, sets: list[str] | None = None,
-            base: TrainConfig | None = None) -> TrainConfig:
+            base: TrainConfig | None = None, check: bool = True) -> TrainConfig:
     """Build a validated config from its layers (see the module docstring).
 
-    ``preset=None`` picks the preset that fits the data set named by the flags, the YAML file
-    or ``--set`` (``--dataset cifar10`` starts from ``cifar10-4k``), else ``digits``.
+    ``check=False`` skips :func:`validate` (paths, ranges): ``--help-config`` shows what a
+    preset would use without needing its data.
+
+    ``preset=None`` (and no ``preset:`` in the YAML file) starts from ``digits`` for the
+    built-in data and from ``auto`` (sized to the data) for any other ``--dataset``: a named
+    recipe such as ``cifar10-4k`` applies only when asked for.
     ``base`` (used by ``--resume``) replaces defaults + preset with a saved config.
     """
-    from mplfast.train.presets import DATASET_DEFAULT_PRESET, get_preset
+    from mplfast.train.presets import default_preset, get_preset
 
     flags = {k: v for k, v in (flags or {}).items() if v is not None}
-    file_overrides = load_yaml(config_file) if config_file else {}
+    file_overrides = _drop_own_out(load_yaml(config_file), config_file) if config_file else {}
     set_overrides = parse_set_args(sets or [])
     if base is not None:
         cfg = base
@@ -438,12 +458,144 @@ def resolve(preset: str | None = None, config_file: str | None = None,
             preset = file_overrides.get("preset")
         if preset is None:
             dataset = set_overrides.get("dataset", flags.get("dataset", file_overrides.get("dataset")))
-            preset = DATASET_DEFAULT_PRESET.get(str(dataset), "digits") if dataset else "digits"
+            preset = default_preset(str(dataset) if dataset else None)
         cfg = apply_overrides(TrainConfig(), get_preset(str(preset)), "preset")
     # the file's `preset:` only chooses the starting point above; it is not a field override
     cfg = apply_overrides(cfg, {k: v for k, v in file_overrides.items() if k != "preset"},
                           "config file")
     cfg = apply_overrides(cfg, flags, "option")
     cfg = apply_overrides(cfg, set_overrides, "--set")
-    validate(cfg)
+    if check:
+        validate(cfg)
     return cfg
+
+
+# ----------------------------------------------------------------------------------------
+# documentation of every field (for `mplfast train --help-config`)
+# ----------------------------------------------------------------------------------------
+# name -> (allowed values, one line of meaning); MPL fields are documented by MPLConfig's own
+# docstring (parsed below), so a new MPLConfig field is listed without touching this table
+FIELD_DOCS: dict[str, tuple[str, str]] = {
+    "preset": ("see --preset", "the recipe this config started from (recorded; --preset applies one)"),
+    "method": ("|".join(METHODS), "mpl: teacher learns from the student; uda: teacher with h = 0; "
+               "supervised: labeled images only"),
+    "seed": ("int", "seeds the labeled split, init, data order and augmentation"),
+    "out": ("path or null", "output folder (default: a new runs/<dataset>-<method>-seed<seed>)"),
+    "device": ("auto|cpu|cuda|cuda:N", "where to train (auto: CUDA if available)"),
+    "dataset": ("|".join(DATASETS), "which data set to load"),
+    "data": ("path or null", "root of the data set's files (mplfast never downloads)"),
+    "unlabeled": ("path or null", "extra folder of unlabeled images (imagefolder only)"),
+    "labels": (">= classes, a multiple of them, or null", "size of the class-balanced labeled "
+               "subset (null: derived from the data)"),
+    "image_size": (">= 1 or null", "side length image folders are resized to (null: 32)"),
+    "strict_data": ("bool", "fail on an unreadable image instead of warning and skipping it"),
+    "synthetic_kw": ("mapping", "keyword arguments of the synthetic data set (tests)"),
+    "batch_size": (">= 1", "labeled images per step, summed over all ranks"),
+    "mu": (">= 1", "unlabeled images per step = mu * batch_size"),
+    "randaug_n": (">= 0", "RandAugment operations per strong view"),
+    "randaug_m": (">= 0", "RandAugment magnitude"),
+    "cutout": ("[0, 1]", "cutout square side as a fraction of the image side"),
+    "aug_backend": ("null|torch|triton|native", "augmentation backend (null: fastest available)"),
+    "model": ("see `mplfast models`", "student model (and teacher unless teacher_model is set)"),
+    "teacher_model": ("model name or null", "teacher model if it differs from the student"),
+    "model_kwargs": ("mapping", "keyword arguments of the model (width, dropout, ...)"),
+    "steps": (">= 0", "training steps"),
+    "teacher_lr": (">= 0", "teacher peak learning rate (warmup then cosine decay)"),
+    "student_lr": (">= 0", "student peak learning rate"),
+    "momentum": ("[0, 1]", "SGD momentum of both models"),
+    "nesterov": ("bool", "Nesterov momentum"),
+    "teacher_weight_decay": (">= 0", "teacher weight decay (not on batch-norm parameters)"),
+    "student_weight_decay": (">= 0", "student weight decay"),
+    "warmup_steps": (">= 0", "linear learning-rate warmup steps"),
+    "student_wait_steps": (">= 0", "the student's lr is 0 for its first N steps (paper: 3000)"),
+    "ema_decay": ("[0, 1)", "decay of the EMA student (0: no EMA)"),
+    "eval_ema": ("bool", "report (and finetune) the EMA student rather than the raw one"),
+    "mpl": ("mapping", "the MPL step's settings (the mpl.* rows); also settable by their flat names"),
+    "precision": ("|".join(("auto", "fp32", "bf16", "fp16")), "compute precision (auto: bf16 "
+                  "on GPUs that have it, else fp32)"),
+    "channels_last": ("bool", "channels-last memory format (faster convolutions on GPUs)"),
+    "cpu_threads": (">= 0", "torch intra-op threads on CPU (0: torch's default)"),
+    "compile": ("|".join(COMPILE_MODES) + " (true = default)", "torch.compile mode"),
+    "finetune_epochs": (">= 0", "labeled-only finetune epochs after training (0: off)"),
+    "finetune_batch_size": (">= 1", "finetune batch size"),
+    "finetune_lr": (">= 0", "finetune learning rate"),
+    "finetune_weight_decay": (">= 0", "finetune weight decay"),
+    "finetune_momentum": ("[0, 1]", "finetune SGD momentum"),
+    "log_interval": (">= 0", "steps between metric lines (metrics.jsonl, TensorBoard, screen)"),
+    "eval_interval": (">= 0", "steps between test evaluations (0: only at the end)"),
+    "ckpt_interval": (">= 0", "steps between checkpoints (0: at the end and on interruption)"),
+    "eval_batch_size": (">= 1", "evaluation batch size"),
+    "tensorboard": ("bool", "write TensorBoard events (out/tb)"),
+    "plot": ("bool", "write curves.png at the end"),
+    "check_memory": ("bool", "refuse a step estimated not to fit in memory"),
+    "progress": ("|".join(PROGRESS), "progress display (auto: a bar on a terminal, else lines)"),
+}
+
+
+def mpl_field_docs() -> dict[str, str]:
+    """``{field: "allowed: meaning"}`` from the "Fields and allowed ranges" of MPLConfig's
+    docstring (continuation lines joined)."""
+    doc = MPLConfig.__doc__ or ""
+    out: dict[str, str] = {}
+    current = None
+    for line in doc.splitlines():
+        m = re.match(r"^\s{6}(\w+)\s+(.*)$", line)
+        if m and m.group(1) in MPL_FIELD_NAMES:
+            current = m.group(1)
+            out[current] = m.group(2).strip()
+        elif current and line.startswith(" " * 8) and line.strip():
+            out[current] += " " + line.strip()
+        elif not line.strip():
+            current = None
+    return out
+
+
+def _split_doc(text: str) -> tuple[str, str]:
+    """``'[0, 1]: UDA mask threshold. More.'`` -> (allowed, first sentence of the meaning).
+
+    MPLConfig's docstring writes "ALLOWED: meaning" or "ALLOWED (meaning)"; the split is the
+    first ': ' outside brackets, else the first ' (' outside brackets."""
+    depth, paren = 0, None
+    for i, ch in enumerate(text):
+        if ch in "([":
+            if ch == "(" and depth == 0 and paren is None and i > 0 and text[i - 1] == " ":
+                paren = i
+            depth += 1
+        elif ch in ")]":
+            depth -= 1
+        elif ch == ":" and depth == 0 and text[i + 1:i + 2] == " ":
+            allowed, meaning = text[:i].strip(), text[i + 2:].strip()
+            break
+    else:
+        if paren is None:
+            return "", _first_sentence(text)
+        allowed, meaning = text[:paren].strip(), text[paren + 1:].strip().rstrip(".").rstrip(")")
+    return allowed, _first_sentence(meaning)
+
+
+def _first_sentence(text: str) -> str:
+    m = re.search(r"\.\s", text)
+    return (text[:m.start()] if m else text).rstrip(".").strip()
+
+
+def field_rows(cfg: TrainConfig | None = None) -> list[tuple[str, str, str, str, str, str]]:
+    """(key, type, default, value in ``cfg``, allowed, meaning) for every user-settable key:
+    each top-level field, then each MPL field as ``mpl.<field>`` (also settable flat)."""
+    default = TrainConfig()
+    cfg = cfg or default
+    mdocs = mpl_field_docs()
+    rows = []
+    for f in fields(TrainConfig):
+        if f.name == "mpl":
+            continue
+        allowed, meaning = FIELD_DOCS.get(f.name, ("", ""))
+        rows.append((f.name, _type_name(_field_type(f.name)), repr(getattr(default, f.name)),
+                     repr(getattr(cfg, f.name)), allowed, meaning))
+    for f in fields(MPLConfig):
+        if f.name in SHARED_MPL_FIELDS:
+            continue
+        allowed, meaning = _split_doc(mdocs.get(f.name, ""))
+        rows.append((f"mpl.{f.name}", _type_name(_field_type(f"mpl.{f.name}")),
+                     repr(getattr(default.mpl, f.name)), repr(getattr(cfg.mpl, f.name)),
+                     allowed, meaning))
+    return rows

@@ -16,7 +16,7 @@ import json
 import os
 import random
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any, Callable
 
 import numpy as np
@@ -49,6 +49,7 @@ class RunResult:
     step: int = 0
     where: str = ""          # "step N" or "finetune step N" where an interrupted run stopped
     out_dir: str | None = None
+    config: TrainConfig | None = None  # the run's config with the fields derived from the data
 
 
 def _seed_all(seed: int) -> None:
@@ -61,7 +62,7 @@ class _Run:
     """State of one run (models, optimizers, steps, sinks) and the phase loops."""
 
     def __init__(self, cfg: TrainConfig, info: DistInfo, stop: StopRequest,
-                 resume_state: dict[str, Any] | None) -> None:
+                 resume_state: dict[str, Any] | None, dataset: Any = None) -> None:
         self.cfg, self.info, self.stop = cfg, info, stop
         self.out = cfg.out if info.is_main else None
         self.device = info.device
@@ -76,9 +77,12 @@ class _Run:
         self.ft_state: dict[str, Any] | None = None
         self.finetuned_sd: dict[str, Any] | None = None  # final finetuned weights (phase "done")
         self.running = RunningMean()  # metrics since the last log line (checkpointed too)
+        self.provenance: dict[str, Any] = {}  # set by _run on rank 0 (see provenance.record)
 
         _seed_all(cfg.seed)  # identical init on every rank (DDP also broadcasts rank 0's)
-        self.data = builders.build_data(cfg, info)
+        self.data = builders.build_data(cfg, info, dataset=dataset)
+        if cfg.labels is None:  # derived from the data: the run and its saved config are concrete
+            self.cfg = cfg = replace(cfg, labels=int(self.data.labeled_idx.numel()))
         self.teacher: nn.Module | None = None
         self.t_opt = self.t_sched = None
         if cfg.method != "supervised":
@@ -160,6 +164,39 @@ class _Run:
         """Distinct images one step reads, over all ranks: B labeled (+ mu*B unlabeled)."""
         b = self.cfg.batch_size
         return b if self.cfg.method == "supervised" else b * (1 + self.cfg.mu)
+
+    # ------------------------------------------------------------------ start-up
+    def check_memory(self) -> tuple[int, int | None]:
+        """(estimated bytes of one step, available bytes); refuses a step that cannot fit."""
+        from mplfast.train import startup
+
+        ds, b = self.data.dataset, self.data.per_rank_batch
+        h, w, c = (int(v) for v in ds.train_images.shape[1:])
+        on_device = self.device.type == "cuda"
+        data_bytes = (ds.train_images.numel() + (ds.unlabeled_images.numel()
+                      if ds.unlabeled_images is not None else 0)) if on_device else 0
+        est = startup.estimate_step_bytes(
+            teacher=unwrap(self.teacher) if self.teacher is not None else None,
+            student=unwrap(self.student), image_shape=(c, h, w), batch=b,
+            mu=self.cfg.mu if self.cfg.method != "supervised" else 0, device=self.device,
+            channels_last=self.cfg.channels_last, data_bytes=data_bytes)
+        if self.device.type == "cpu":  # the ranks of one machine share its memory
+            est *= int(os.environ.get("LOCAL_WORLD_SIZE", "1"))
+        avail = startup.available_bytes(self.device)
+        if self.cfg.check_memory:
+            startup.check_memory(est, avail, batch=b, mu=self.cfg.mu, image_size=h,
+                                 model=self.cfg.model, device=self.device, method=self.cfg.method)
+        return est, avail
+
+    def summary_block(self, estimate: int | None, available: int | None, resumed: bool) -> str:
+        """The start-up summary (see mplfast.train.startup.summary_lines)."""
+        from mplfast.train import startup
+
+        return "\n".join(startup.summary_lines(
+            cfg=self.cfg, ds=self.data.dataset, teacher=self.teacher, student=self.student,
+            device=self.device, precision=self.precision, world_size=self.info.world_size,
+            finetune_steps=builders.finetune_steps(self.cfg)[0], estimate=estimate,
+            available=available, out=self.cfg.out, resumed_at=self.step if resumed else None))
 
     # ------------------------------------------------------------------ checkpoints
     def state(self) -> dict[str, Any]:
@@ -404,6 +441,7 @@ class _Run:
                                if self.train_time > 0 else 0.0)
         out["device"] = str(self.device)
         out["precision"] = self.precision
+        out["provenance"] = self.provenance  # the reproducibility record (rank 0)
         return out
 
 
@@ -454,36 +492,82 @@ def prepare_out_dir(cfg: TrainConfig, resume: bool) -> dict[str, Any] | None:
 
 
 def run(cfg: TrainConfig, *, resume_state: dict[str, Any] | None = None,
-        progress: str | None = None) -> RunResult:
-    """Train (and finetune) according to ``cfg``; write outputs to ``cfg.out`` on rank 0."""
+        progress: str | None = None, dataset: Any = None,
+        argv: list[str] | None = None) -> RunResult:
+    """Train (and finetune) according to ``cfg``; write outputs to ``cfg.out`` on rank 0.
+
+    ``dataset``: an already loaded ``ImageDataset`` (else loaded from ``cfg``). ``argv``: the
+    command line recorded in the reproducibility record (default ``sys.argv``).
+    The output folder is created only once the data and models are ready, and removed again
+    if the run fails before its first step completes.
+    """
     t_start = time.perf_counter()
     info = setup(cfg.device)
     try:
         with StopRequest() as stop:
-            return _run(cfg, info, stop, resume_state, progress or cfg.progress, t_start)
+            return _run(cfg, info, stop, resume_state, progress or cfg.progress, t_start,
+                        dataset, argv)
     finally:
         teardown(info)
 
 
+def _open_out_dir(cfg: TrainConfig, out: str, resumed: bool, record: dict[str, Any]) -> bool:
+    """Create the run folder and write config.yaml; True if this call created the folder."""
+    from mplfast.train.provenance import header
+
+    created = not os.path.exists(out)
+    os.makedirs(out, exist_ok=True)
+    save_yaml(cfg, os.path.join(out, "config.yaml"), header=header(record))
+    if not resumed:
+        for name in ("metrics.jsonl", "summary.json"):  # a fresh run starts fresh logs
+            if os.path.exists(os.path.join(out, name)):
+                os.remove(os.path.join(out, name))
+    return created
+
+
+def _discard_out_dir(out: str, created: bool) -> None:
+    """Undo a run folder in which nothing was trained (no clutter from failed runs)."""
+    import shutil
+
+    if created:
+        shutil.rmtree(out, ignore_errors=True)
+        return
+    for name in ("config.yaml", "metrics.jsonl", "summary.json", "curves.png", "tb"):
+        p = os.path.join(out, name)
+        if os.path.isdir(p):
+            shutil.rmtree(p, ignore_errors=True)
+        elif os.path.exists(p):
+            os.remove(p)
+
+
 def _run(cfg: TrainConfig, info: DistInfo, stop: StopRequest, resume_state: dict[str, Any] | None,
-         progress_mode: str, t_start: float) -> RunResult:
+         progress_mode: str, t_start: float, dataset: Any = None,
+         argv: list[str] | None = None) -> RunResult:
+    from mplfast.train.provenance import record
+
+    r = _Run(cfg, info, stop, resume_state, dataset)
+    cfg = r.cfg  # with the fields derived from the data filled in
+    estimate, available = r.check_memory()
+    if info.is_main and progress_mode != "none":
+        print(r.summary_block(estimate, available, resume_state is not None), flush=True)
     out = cfg.out if info.is_main else None
-    if out:
-        os.makedirs(out, exist_ok=True)
-        save_yaml(cfg, os.path.join(out, "config.yaml"))
-        if resume_state is None:
-            for name in ("metrics.jsonl", "summary.json"):  # a fresh run starts fresh logs
-                if os.path.exists(os.path.join(out, name)):
-                    os.remove(os.path.join(out, name))
-    r = _Run(cfg, info, stop, resume_state)
+    prov = r.provenance = record(cfg.dataset, argv) if info.is_main else {}
+    created = _open_out_dir(cfg, out, resume_state is not None, prov) if out else False
+    start_step = r.step
     writer = MetricsWriter(out, tensorboard=cfg.tensorboard,
                            resume_step=(r.step + (int(r.ft_state["step"]) if r.ft_state else 0))
                            if resume_state is not None else None)
-    result = RunResult(summary={}, out_dir=out)
+    result = RunResult(summary={}, out_dir=out, config=cfg)
+    discard = False
     try:
-        interrupted = r.run_train(writer, progress_mode)
-        if not interrupted:
-            interrupted = r.run_finetune(writer, progress_mode)
+        try:
+            interrupted = r.run_train(writer, progress_mode)
+            if not interrupted:
+                interrupted = r.run_finetune(writer, progress_mode)
+        except BaseException:
+            # a fresh run that failed before its first step finished leaves nothing behind
+            discard = resume_state is None and r.step == start_step == 0
+            raise
         if interrupted:
             result.interrupted, result.signame, result.step = True, stop.signame, r.step
             if r.phase == "finetune" and r.ft_state is not None:
@@ -499,7 +583,9 @@ def _run(cfg: TrainConfig, info: DistInfo, stop: StopRequest, resume_state: dict
             _write_json_atomic(summary, os.path.join(out, "summary.json"))
     finally:
         writer.close()
-        if out and cfg.plot:
+        if out and discard:
+            _discard_out_dir(out, created)
+        elif out and cfg.plot:
             from mplfast.train.plots import plot_curves
 
             plot_curves(os.path.join(out, "metrics.jsonl"), os.path.join(out, "curves.png"))
