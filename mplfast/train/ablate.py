@@ -247,7 +247,7 @@ def _row_config(base: TrainConfig, row: Row, seed: int, out: str) -> TrainConfig
 # Fields added to the config after runs may have been written, with the value that does
 # exactly what the code did before the field existed: a saved config without them still
 # describes the same run. (l_old_forward is NOT here: its default changed what a run does.)
-_NO_OP_FIELDS: dict[str, Any] = {"meta_scale": 1.0, "init_perturbation": 0.0}
+_NO_OP_FIELDS: dict[str, Any] = {"meta_scale": 1.0, "init_perturbation": 0.0, "check_memory": True}
 
 
 def _same_config(saved: dict[str, Any], current: dict[str, Any]) -> bool:

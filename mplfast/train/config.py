@@ -482,6 +482,8 @@ FIELD_DOCS: dict[str, tuple[str, str]] = {
     "seed": ("int", "seeds the labeled split, init, data order and augmentation"),
     "out": ("path or null", "output folder (default: a new runs/<dataset>-<method>-seed<seed>)"),
     "device": ("auto|cpu|cuda|cuda:N", "where to train (auto: CUDA if available)"),
+    "init_perturbation": ("finite float", "added to one student weight after init (the chaos "
+                          "control of `mplfast ablate`; 0: off)"),
     "dataset": ("|".join(DATASETS), "which data set to load"),
     "data": ("path or null", "root of the data set's files (mplfast never downloads)"),
     "unlabeled": ("path or null", "extra folder of unlabeled images (imagefolder only)"),
