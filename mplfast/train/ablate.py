@@ -152,7 +152,8 @@ def parse_scales(text: str | None) -> list[float] | None:
 def add_ablate_arguments(parser: argparse.ArgumentParser) -> None:
     """The ablation's own options (the CLI adds the data and config options)."""
     parser.add_argument("--seeds", default="10", metavar="N|LIST",
-                        help="a count N (seeds 0..N-1, default 10) or a list such as 0,1,2 or 0-9")
+                        help="a count N (seeds 0..N-1, default 10) or a list such as 0,1,2 or "
+                        "0-9 (one seed: 3-3)")
     parser.add_argument("--variants", default=",".join(DEFAULT_VARIANTS), metavar="LIST",
                         help=f"rows to run (default: {','.join(DEFAULT_VARIANTS)}; also "
                         "none:sample, none:soft, none:weak, which paired rows add themselves)")
