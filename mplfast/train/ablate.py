@@ -20,7 +20,8 @@ changes only what its name says. The rows (``VARIANTS``):
     chaos:none     the same for the h = 0 control
 
 Label modes other than hard (and the weak view of ``port``) are paired against an h = 0
-control with the same student labels (``none:sample``, ``none:soft``, ``none:weak``), added
+control with the same student labels (``none:sample``, ``none:soft``; ``none:port`` also reads
+L_old the port's way, which changes how the student's batch-norm buffers are updated), added
 automatically. Students are always compared as their EMA weights (the plain weights when
 ``ema_decay=0``); teachers' accuracies are reported in their own column. ``--meta-scale 1,10``
 repeats every row with an MPL term at each weight. Finished runs are reused (same resolved
@@ -77,13 +78,15 @@ VARIANTS: dict[str, Variant] = {
                         {**_MPL, "pseudo_label": "soft"}, control="none:soft", meta=True),
     "port": Variant("Port's configuration (meta_sign −1, weak view, L_old concat)",
                     {**_MPL, "meta_sign": -1, "pseudo_label_view": "weak",
-                     "l_old_forward": "concat"}, control="none:weak", meta=True),
+                     "l_old_forward": "concat"}, control="none:port", meta=True),
     "flip": Variant("Sign-flipped MPL (negative control), hard, meta_sign −1",
                     {**_MPL, "meta_sign": -1}, control="mpl:none", meta=True),
     "none:sample": Variant("h = 0 control, sampled labels", {**_UDA, "pseudo_label": "sample"}),
     "none:soft": Variant("h = 0 control, soft labels", {**_UDA, "pseudo_label": "soft"}),
-    "none:weak": Variant("h = 0 control, hard labels from the weak view",
-                         {**_UDA, "pseudo_label_view": "weak"}),
+    # with l_old_forward="concat" the L_new forward also updates the student's batch-norm
+    # running buffers, so the port's control must read L_old the same way to isolate h
+    "none:port": Variant("h = 0 control for the port: weak view, L_old concat",
+                         {**_UDA, "pseudo_label_view": "weak", "l_old_forward": "concat"}),
     "chaos": Variant("Chaos: mpl:loss_diff with 1e-7 added to one student weight",
                      {**_MPL, "init_perturbation": CHAOS_PERTURBATION}, meta=True,
                      chaos_of="mpl:loss_diff"),
@@ -156,7 +159,7 @@ def add_ablate_arguments(parser: argparse.ArgumentParser) -> None:
                         "0-9 (one seed: 3-3)")
     parser.add_argument("--variants", default=",".join(DEFAULT_VARIANTS), metavar="LIST",
                         help=f"rows to run (default: {','.join(DEFAULT_VARIANTS)}; also "
-                        "none:sample, none:soft, none:weak, which paired rows add themselves)")
+                        "none:sample, none:soft, none:port, which paired rows add themselves)")
     parser.add_argument("--meta-scale", dest="meta_scale", metavar="LIST",
                         help="weights of the MPL term to sweep, e.g. 1,10 (default: the config's)")
     parser.add_argument("--chaos-seeds", dest="chaos_seeds", metavar="LIST",
