@@ -204,6 +204,9 @@ def explore_settings(steps: int) -> list[Setting]:
         add(f"flip:{mode}:x100", mode=mode, meta_scale=100.0, meta_sign=-1)
     for mode in ("soft", "sample"):
         add(f"{mode}:steps{3 * steps}", mode=mode, steps=3 * steps)
+    for mode in ("soft", "sample"):  # the sign test of the momentum-free x10 settings
+        add(f"flip:{mode}:student_sgd:x10", mode=mode, student_momentum=0.0, student_lr=0.5,
+            meta_scale=10.0, meta_sign=-1)
     return out
 
 
@@ -356,6 +359,11 @@ def main(argv: list[str] | None = None) -> int:
                     help="processes (default: 2 or the CPU count)")
     ap.add_argument("--explore", action="store_true",
                     help="also run every setting of the search (explore.md / explore.json)")
+    ap.add_argument("--confirm", metavar="NAMES",
+                    help="rerun these explore settings (comma-separated) and their controls on "
+                    "fresh seeds --first-seed.. (fresh data and test draws): a setting picked "
+                    "because it looked good on seeds 0..N-1 is judged on seeds it was not picked on")
+    ap.add_argument("--first-seed", type=int, default=10, help="first seed of --confirm (default 10)")
     ap.add_argument("--cached-only", action="store_true",
                     help="train nothing: tabulate the settings whose runs are all in runs.jsonl "
                     "(and list the others as not run)")
@@ -364,10 +372,12 @@ def main(argv: list[str] | None = None) -> int:
         print("twomoon: error: --seeds must be >= 2, --steps and --workers >= 1", file=sys.stderr)
         return 2
     os.makedirs(args.out, exist_ok=True)
+    cache = os.path.join(args.out, "runs.jsonl")
+    if args.confirm:
+        return _confirm(args, cache)
     seeds = list(range(args.seeds))
     t0 = time.perf_counter()
     base = default_settings(args.steps)
-    cache = os.path.join(args.out, "runs.jsonl")
     res = run_all(base, seeds, args.workers, {s.name for s in base}, cache,
                   train=not args.cached_only)
     rows = summarize(base, res, seeds)
@@ -404,6 +414,32 @@ def main(argv: list[str] | None = None) -> int:
                       f, indent=1)
         print(md_ex)
         print(f"[twomoon] explore: {len(res_ex)} runs in {time.perf_counter() - t1:.0f} s")
+    return 0
+
+
+def _confirm(args: argparse.Namespace, cache: str) -> int:
+    """``--confirm``: the named explore settings and their controls on fresh seeds."""
+    known = {s.name: s for s in explore_settings(args.steps)}
+    names = [n.strip() for n in args.confirm.split(",") if n.strip()]
+    unknown = [n for n in names if n not in known]
+    if unknown or not names:
+        print(f"twomoon: error: --confirm: unknown setting(s) {unknown}; choose from "
+              f"{', '.join(known)}", file=sys.stderr)
+        return 2
+    seeds = list(range(args.first_seed, args.first_seed + args.seeds))
+    ex = _with_controls([known[n] for n in names])
+    res = run_all(ex, seeds, args.workers, set(), cache, train=not args.cached_only)
+    have = {s.name for s in ex if all((s.name, k) in res for k in seeds)}
+    rows = summarize([s for s in ex if s.control and s.name in have and s.control in have],
+                     res, seeds)
+    md = markdown(rows, seeds, f"TwoMoon confirmation on fresh seeds {seeds[0]}–{seeds[-1]} "
+                  "(settings chosen on seeds 0–9, each paired against its own h = 0 twin)")
+    stem = os.path.join(args.out, f"confirm-{seeds[0]}-{seeds[-1]}")
+    with open(stem + ".md", "w", encoding="utf-8") as f:
+        f.write(md + "\n")
+    with open(stem + ".json", "w", encoding="utf-8") as f:
+        json.dump({"seeds": seeds, "rows": _json_rows(rows)}, f, indent=1)
+    print(md)
     return 0
 
 

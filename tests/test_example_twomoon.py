@@ -50,6 +50,12 @@ def test_twomoon_smoke(twomoon, tmp_path, capsys):
                          "--explore", "--cached-only"]) == 0
     assert len((out / "runs.jsonl").read_text().splitlines()) == n_runs
     assert (out / "explore.md").read_text() == before and "Not run" not in before
+    # --confirm: chosen settings judged on fresh seeds, each against its own control
+    assert twomoon.main(["--out", str(out), "--seeds", "2", "--steps", "4", "--workers", "1",
+                         "--confirm", "soft:x10", "--first-seed", "5"]) == 0
+    conf = json.load(open(out / "confirm-5-6.json"))
+    assert conf["seeds"] == [5, 6] and [r["name"] for r in conf["rows"]] == ["soft:x10"]
+    assert twomoon.main(["--out", str(out), "--confirm", "nope"]) == 2
 
 
 def test_seeds_pair_data_and_init(twomoon):
