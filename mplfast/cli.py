@@ -179,15 +179,12 @@ def build_parser() -> argparse.ArgumentParser:
 
     _add_eval_parsers(sub)
 
-    a = sub.add_parser("ablate", help="supervised / UDA / MPL per meta signal over seeds: mean ± std")
+    from mplfast.train.ablate import add_ablate_arguments
+
+    a = sub.add_parser("ablate", help="does the MPL term help? every row over the same seeds, "
+                       "paired against the h = 0 control")
     _add_data_options(a)
-    a.add_argument("--seeds", default="0,1,2", metavar="LIST|N",
-                   help="comma-separated seeds, or a count N meaning 0..N-1 (default 0,1,2)")
-    a.add_argument("--variants", default="supervised,uda,mpl:none,mpl:loss_diff,mpl:grad_dot",
-                   metavar="LIST", help="runs per seed: supervised, uda, mpl:<meta_signal> "
-                   "(default: all of them)")
-    a.add_argument("--out", metavar="DIR", help="directory for the runs and the table "
-                   "(default runs/ablate-<dataset>)")
+    add_ablate_arguments(a)
     _add_config_options(a)
     _add_convert_parser(sub)
     return parser
@@ -391,16 +388,15 @@ def cmd_predict(args: argparse.Namespace) -> int:
 
 
 def cmd_ablate(args: argparse.Namespace) -> int:
-    """``mplfast ablate``."""
-    from mplfast.train.ablate import parse_seeds, parse_variants, run_ablation
+    """``mplfast ablate`` (its options and logic live in mplfast.train.ablate)."""
+    from mplfast.train import ablate
 
     flags = _flags(args, ("dataset", "data", "unlabeled", "labels", "strict_data", "steps", "device",
                           "test_fraction", "val_fraction", "stream"))
-    table = run_ablation(seeds=parse_seeds(args.seeds), variants=parse_variants(args.variants),
-                         preset=args.preset, config_file=args.config, flags=flags, sets=args.sets,
-                         out=args.out, argv=args.argv)
+    table = ablate.cmd_ablate(args, flags)
     print(table.markdown)
-    print(f"table written to {table.md_path} and {table.csv_path}")
+    print(f"table written to {table.md_path} and {table.json_path}"
+          + (f", plot {table.plot_path}" if table.plot_path else ""))
     return 0
 
 

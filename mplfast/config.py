@@ -14,6 +14,7 @@ META_SIGNALS = ("loss_diff", "grad_dot", "none")
 PSEUDO_LABELS = ("hard", "sample", "soft")
 PSEUDO_LABEL_VIEWS = ("strong", "weak")
 PRECISIONS = ("auto", "fp32", "bf16", "fp16")
+L_OLD_FORWARDS = ("labeled", "concat")
 
 
 def _real(name: str, value: Any) -> float:
@@ -43,9 +44,25 @@ class MPLConfig:
                         meta_signal only selects the reported h).
       meta_sign         +1 | -1: multiplies h (-1 reproduces L_new - L_old of the public code).
       meta_baseline_decay [0, 1): moving-baseline decay d (0 = no baseline).
+      meta_scale        >= 0 (default 1): weight of the teacher's MPL term, L_mpl = meta_scale *
+                        h * CE(z_us, y_hat) for hard/sampled labels, and the same factor on the
+                        exact soft meta-gradient. At its natural size |h| is about 1e-3 and the
+                        term is inert next to L_sup and L_uda; weighted up, it is strong enough
+                        to hurt: x10 with the wrong sign (meta_sign=-1) cost 77 points on digits.
+                        The reported h is not scaled.
       pseudo_label      "hard" | "sample" | "soft" (soft: exact JVP meta-gradient, needs a
                         torch.optim.SGD student optimizer; never the zero-gradient term).
       pseudo_label_view "strong" | "weak" (weak: the student's hard label comes from z_uw).
+      l_old_forward     "labeled" | "concat": where L_old (the student's labeled loss before its
+                        update) is read. "labeled" (default): a training-mode forward of the
+                        student on x_l alone, batch-norm statistics over x_l, running buffers
+                        untouched, dropout masks replayed by the L_new forward, so L_old - L_new
+                        measures the update and nothing else (a student that did not move gives
+                        h = 0 exactly). Costs one extra no-grad forward of the B labeled images.
+                        "concat": read from the update's [x_l; x_us] forward, as the official code
+                        and the most used PyTorch port do; its batch-norm statistics include the
+                        unlabeled images, which put an offset of about -0.08 into h on digits
+                        (against an update signal of about 0.009).
       grad_clip         None or > 0: max total grad norm for each model.
       precision         "auto" | "fp32" | "bf16" | "fp16".
     """
@@ -62,6 +79,8 @@ class MPLConfig:
     pseudo_label_view: str = "strong"
     grad_clip: float | None = None
     precision: str = "auto"
+    l_old_forward: str = "labeled"
+    meta_scale: float = 1.0
 
     def __post_init__(self) -> None:
         t = _real("temperature", self.temperature)
@@ -105,6 +124,11 @@ class MPLConfig:
                     f"MPLConfig.grad_clip must be None or in (0, inf), got {self.grad_clip!r}"
                 )
         _choice("precision", self.precision, PRECISIONS)
+        _choice("l_old_forward", self.l_old_forward, L_OLD_FORWARDS)
+        ms = _real("meta_scale", self.meta_scale)
+        if not (ms >= 0 and math.isfinite(ms)):
+            raise ValueError(f"MPLConfig.meta_scale must be in [0, inf), got {self.meta_scale!r}")
+        self.meta_scale = ms
 
     def to_dict(self) -> dict[str, Any]:
         """Plain dict of all fields (for checkpoints and config files)."""

@@ -108,7 +108,7 @@ class MPLStep:
 
     Semantics beyond the spec's text (all documented choices):
       - ``pseudo_label="soft"``: the teacher's MPL term is the exact first-order meta-gradient
-        d L_l(theta'(p)) / d theta_T (``_soft_meta_grad``), times ``meta_sign``; it needs a
+        d L_l(theta'(p)) / d theta_T (``_soft_meta_grad``), times ``meta_sign * meta_scale``; it needs a
         ``torch.optim.SGD`` student optimizer (fused/foreach fine; its update rule is what is
         differentiated), other optimizers raise ValueError. ``meta_signal`` then only selects
         the reported ``h`` (``"none"`` still disables the term: the plain-UDA ablation) and the
@@ -254,18 +254,28 @@ class MPLStep:
                 y_teacher = self._pseudo_labels(z_us)
                 target = y_teacher
 
-        # 5. Student forward once on [x_l; x_us].
+        # 5. L_old, then the student forward once on [x_l; x_us] for the update.
         want_meta = cfg.meta_signal != "none"
         soft_meta = soft and want_meta
+        labeled_l_old = cfg.l_old_forward == "labeled"
+        # fp32 logits for L_old and L_new: the op returns the loss in the logits' dtype, and
+        # h = L_old - L_new would be quantized to half precision (~1e-3 in fp16, ~1e-2 in bf16).
+        rng_old: _RngReplay | None = None
+        if labeled_l_old:
+            # Measured exactly as L_new is in step 7 (x_l alone, batch statistics over x_l,
+            # running buffers untouched, the same dropout masks), so L_old - L_new sees only
+            # the update: a student that did not move gives h = 0 exactly.
+            rng_old = _RngReplay(self.device)
+            with torch.no_grad(), _batch_stats_only(student), self._autocast():
+                l_old = soft_cross_entropy(student(x_l).float(), y_l)
         rng = _RngReplay(self.device) if soft_meta else None
         x_s = torch.cat([x_l, x_us])
         with self._autocast():
             s = student(x_s)
         s_l, s_us = s[:B], s[B:]
-        with torch.no_grad():
-            # fp32 logits: the op returns the loss in the logits' dtype, and h = L_old - L_new
-            # would be quantized to half precision (~1e-3 in fp16, ~1e-2 in bf16).
-            l_old = soft_cross_entropy(s_l.detach().float(), y_l)
+        if not labeled_l_old:  # "concat": read from the update's forward (official code, port)
+            with torch.no_grad():
+                l_old = soft_cross_entropy(s_l.detach().float(), y_l)
         l_s = soft_cross_entropy(s_us, target, label_smoothing=cfg.label_smoothing)
 
         # 6. Student update: backward, (unscale), clip, step, scheduler, EMA.
@@ -304,10 +314,14 @@ class MPLStep:
         for p in params:
             p.grad = None
 
-        # 7. L_new on the same labeled batch, training mode.
+        # 7. L_new on the same labeled batch, training mode ("labeled": as L_old was measured).
         need_v = cfg.meta_signal == "grad_dot" or soft_meta
-        with torch.set_grad_enabled(need_v), self._autocast():
-            s_new = student(x_l)
+        with contextlib.ExitStack() as same_as_l_old:
+            if rng_old is not None:
+                same_as_l_old.enter_context(rng_old.replay())
+                same_as_l_old.enter_context(_batch_stats_only(student))
+            with torch.set_grad_enabled(need_v), self._autocast():
+                s_new = student(x_l)
         l_new_t = soft_cross_entropy(s_new.float(), y_l)  # fp32, as L_old
         l_new = l_new_t.detach().float()
         v: list[Tensor] | None = None
@@ -354,12 +368,12 @@ class MPLStep:
             l_mpl = torch.zeros((), dtype=torch.float32, device=self.device)
         elif soft:
             G = self._soft_meta_grad(x_s, B, old, v, g_u, grad_norm, soft_info, rng, inv_scale)
-            G = G * (moved * cfg.meta_sign)
+            G = G * (moved * (cfg.meta_sign * cfg.meta_scale))
             G = torch.where(torch.isfinite(G).all(), G, torch.zeros_like(G))
             # d L_mpl / d z_us = softmax-Jacobian^T G, i.e. the chain rule through p = softmax(z_us).
             l_mpl = (G * torch.softmax(z_us.to(G.dtype), dim=-1)).sum().float()
         else:
-            l_mpl = h * soft_cross_entropy(z_us, y_teacher).float()
+            l_mpl = (cfg.meta_scale * h) * soft_cross_entropy(z_us, y_teacher).float()
 
         # 10. Teacher update.
         l_t = l_sup + w_uda * l_uda + l_mpl

@@ -130,7 +130,8 @@ def test_eager_reference_matches_mplstep_port_settings():
     step = MPLStep(t2, s2, t_opt, s_opt,
                    MPLConfig(temperature=cfg.temperature, threshold=0.3, lambda_u=cfg.lambda_u,
                              uda_steps=cfg.uda_steps, label_smoothing=cfg.label_smoothing,
-                             pseudo_label_view="weak", meta_sign=-1, precision="fp32"),
+                             pseudo_label_view="weak", meta_sign=-1, precision="fp32",
+                             l_old_forward="concat"),
                    teacher_scheduler=warmup_cosine_schedule(t_opt, warmup_steps=2, total_steps=20),
                    student_scheduler=warmup_cosine_schedule(s_opt, warmup_steps=2, total_steps=20, wait_steps=1),
                    student_ema=ModelEMA(s2, cfg.ema))

@@ -28,6 +28,11 @@ from mplfast import MPLConfig, MPLStep, create_model
     ("grad_clip", 0.0, r"grad_clip must be None or in \(0, inf\)"),
     ("precision", "fp8", "precision must be one of"),
     ("temperature", "0.7", "temperature must be a real number"),
+    ("l_old_forward", "joint", "l_old_forward must be one of"),
+    ("meta_scale", -0.5, r"meta_scale must be in \[0, inf\)"),
+    ("meta_scale", float("inf"), "meta_scale"),
+    ("meta_scale", float("nan"), "meta_scale"),
+    ("meta_scale", True, "meta_scale must be a real number"),
 ])
 def test_config_rejects_bad_values(field, value, msg):
     with pytest.raises(ValueError, match=msg):
@@ -38,6 +43,8 @@ def test_config_defaults_and_roundtrip():
     cfg = MPLConfig()
     assert (cfg.meta_signal, cfg.pseudo_label, cfg.pseudo_label_view, cfg.precision) == (
         "loss_diff", "hard", "strong", "auto")
+    assert (cfg.l_old_forward, cfg.meta_scale) == ("labeled", 1.0)
+    assert MPLConfig(meta_scale=10).meta_scale == 10.0 and isinstance(MPLConfig(meta_scale=10).meta_scale, float)
     assert MPLConfig.from_dict(cfg.to_dict()) == cfg
     with pytest.raises(ValueError, match="unknown field"):
         MPLConfig.from_dict({"tau": 1.0})

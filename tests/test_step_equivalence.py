@@ -33,6 +33,19 @@ def sgd(model, lr=0.05):
     return torch.optim.SGD(model.parameters(), lr=lr, momentum=0.9, nesterov=True, weight_decay=5e-4)
 
 
+def labeled_forward(S, x):
+    """Training-mode forward, and a function that puts the running buffers back as they were
+    (call it after any backward through the output: batch norm saves them for its backward)."""
+    saved = {k: b.clone() for k, b in S.named_buffers()}
+
+    def restore():
+        with torch.no_grad():
+            for k, b in S.named_buffers():
+                b.copy_(saved[k])
+
+    return S(x), restore
+
+
 class EagerMPL:
     """The spec, written out plainly (hard / sampled labels)."""
 
@@ -69,10 +82,17 @@ class EagerMPL:
         else:
             y_s = self.label(z_us)
             y_t = y_s
-        # 5. student forward
+        # 5. L_old and the student forward
+        if cfg.l_old_forward == "labeled":
+            rng = torch.get_rng_state()
+            with torch.no_grad():
+                out, restore = labeled_forward(S, x_l)
+                l_old = F.cross_entropy(out, y_l)
+                restore()
         s = S(torch.cat([x_l, x_us]))
         s_l, s_us = s[:B], s[B:]
-        l_old = F.cross_entropy(s_l.detach(), y_l)
+        if cfg.l_old_forward == "concat":
+            l_old = F.cross_entropy(s_l.detach(), y_l)
         l_s = F.cross_entropy(s_us, y_s, label_smoothing=cfg.label_smoothing)
         # 6. student update
         old = [p.detach().clone() for p in S.parameters()]
@@ -82,7 +102,14 @@ class EagerMPL:
             torch.nn.utils.clip_grad_norm_(S.parameters(), cfg.grad_clip)
         self.opt_s.step()
         # 7. L_new
-        l_new_t = F.cross_entropy(S(x_l), y_l)
+        if cfg.l_old_forward == "labeled":  # the same dropout masks and buffers as L_old's forward
+            live = torch.get_rng_state()
+            torch.set_rng_state(rng)
+            out, restore = labeled_forward(S, x_l)
+            torch.set_rng_state(live)
+        else:
+            out, restore = S(x_l), lambda: None
+        l_new_t = F.cross_entropy(out, y_l)
         # 8. h
         if cfg.meta_signal == "loss_diff":
             h = (l_old - l_new_t).detach()
@@ -91,6 +118,7 @@ class EagerMPL:
             h = -sum((gi * (p.detach() - o)).sum() for gi, p, o in zip(g, S.parameters(), old))
         else:
             h = torch.zeros(())
+        restore()
         h = cfg.meta_sign * h
         if cfg.meta_baseline_decay > 0:
             self.b = cfg.meta_baseline_decay * self.b + (1 - cfg.meta_baseline_decay) * h
@@ -115,6 +143,12 @@ def flat(model) -> torch.Tensor:
     return torch.cat([p.detach().reshape(-1) for p in model.parameters()])
 
 
+def buffers(model) -> torch.Tensor:
+    """Batch-norm running statistics and counters (training-mode forwards never read them, so
+    only this shows which forwards updated them)."""
+    return torch.cat([b.detach().double().reshape(-1) for b in model.buffers()])
+
+
 def run_both(cfg: MPLConfig, steps: int = 3, dtype=torch.float32, dropout: float = 0.2):
     T, S = make_models(dropout=dropout, dtype=dtype)
     T2, S2 = copy.deepcopy(T), copy.deepcopy(S)
@@ -133,19 +167,21 @@ def run_both(cfg: MPLConfig, steps: int = 3, dtype=torch.float32, dropout: float
 
 
 COMBOS = list(itertools.product(["loss_diff", "grad_dot", "none"], [1, -1], [0.0, 0.9],
-                                ["strong", "weak"], ["hard", "sample"]))
+                                ["strong", "weak"], ["hard", "sample"], ["labeled", "concat"]))
 
 
-@pytest.mark.parametrize("signal,sign,decay,view,label", COMBOS)
-def test_matches_eager_spec(signal, sign, decay, view, label):
+@pytest.mark.parametrize("signal,sign,decay,view,label,l_old_forward", COMBOS)
+def test_matches_eager_spec(signal, sign, decay, view, label, l_old_forward):
     cfg = MPLConfig(meta_signal=signal, meta_sign=sign, meta_baseline_decay=decay,
                     pseudo_label_view=view, pseudo_label=label, precision="fp32",
-                    lambda_u=1.0, uda_steps=4, threshold=0.3, label_smoothing=0.1)
+                    lambda_u=1.0, uda_steps=4, threshold=0.3, label_smoothing=0.1,
+                    l_old_forward=l_old_forward)
     T, S, T2, S2, hs = run_both(cfg)
     # Relative error of each model's whole parameter vector (per-tensor relative error is
     # meaningless for biases that are still ~1e-4 after a few steps).
     assert rel_err(flat(T), flat(T2)) < 1e-6
     assert rel_err(flat(S), flat(S2)) < 1e-6
+    assert rel_err(buffers(S), buffers(S2)) < 1e-6
     for h, h_ref, l_old, l_old_ref in hs:
         # h is a difference of O(1) losses: compare on the scale of those losses.
         assert abs(float(h - h_ref)) <= 1e-6 * (1 + abs(float(l_old_ref))), (h, h_ref)

@@ -95,3 +95,31 @@ def test_meta_signal_none_trains_teacher_as_plain_uda():
     m = step(*batch(4))
     assert float(m["h"]) == 0.0 and float(m["mpl_loss"]) == 0.0
     torch.testing.assert_close(m["teacher_loss"], m["teacher_loss_l"] + m["uda_weight"] * m["uda_loss"])
+
+
+def _teacher_after_one_step(cfg: MPLConfig, seed: int = 5) -> tuple[torch.Tensor, torch.Tensor, dict]:
+    T, S = tiny_cnn_pair(C, width=4, seed=seed, dropout=0.2, dtype=torch.float64)
+    T0 = torch.cat([p.detach().reshape(-1).clone() for p in T.parameters()])
+    step = MPLStep(T, S, torch.optim.SGD(T.parameters(), lr=0.1), torch.optim.SGD(S.parameters(), lr=0.5), cfg)
+    torch.manual_seed(11)  # the same dropout masks in every run
+    m = step(*batch(6))
+    return T0, torch.cat([p.detach().reshape(-1) for p in T.parameters()]), m
+
+
+@pytest.mark.parametrize("label,signal", [("hard", "loss_diff"), ("sample", "grad_dot"), ("soft", "grad_dot")])
+def test_meta_scale_multiplies_the_mpl_term(label, signal):
+    """Plain SGD, one step: the teacher's move is lr * (g_sup + w g_uda + meta_scale g_mpl), so
+    its part beyond the meta_scale=0 run is linear in meta_scale; h itself is not scaled."""
+    kw = dict(pseudo_label=label, meta_signal=signal, precision="fp32", threshold=0.2, label_smoothing=0.1)
+    _, t0, m0 = _teacher_after_one_step(MPLConfig(meta_scale=0.0, **kw))
+    _, t1, m1 = _teacher_after_one_step(MPLConfig(meta_scale=1.0, **kw))
+    _, t3, m3 = _teacher_after_one_step(MPLConfig(meta_scale=3.0, **kw))
+    d1, d3 = t1 - t0, t3 - t0
+    assert float(d1.norm()) > 1e-8 * float(t0.norm())  # the MPL term moved the teacher
+    torch.testing.assert_close(d3, 3.0 * d1, rtol=1e-6, atol=1e-12)
+    assert float(m0["mpl_loss"]) == 0.0
+    torch.testing.assert_close(m3["mpl_loss"], 3.0 * m1["mpl_loss"], rtol=1e-6, atol=0)
+    assert torch.equal(m1["h"], m3["h"]) and torch.equal(m0["h"], m1["h"])
+    # meta_scale=0 trains the teacher as meta_signal="none" does
+    _, tn, _ = _teacher_after_one_step(MPLConfig(**{**kw, "meta_signal": "none"}))
+    torch.testing.assert_close(t0, tn, rtol=0, atol=1e-14)

@@ -21,6 +21,7 @@ from __future__ import annotations
 import dataclasses
 import difflib
 import functools
+import math
 import os
 import re
 import types
@@ -58,6 +59,7 @@ class TrainConfig:
     seed: int = 0
     out: str | None = None            # output directory; None: nothing is written (the CLI picks runs/...)
     device: str = "auto"              # auto | cpu | cuda | cuda:N
+    init_perturbation: float = 0.0    # added to one student weight after init (ablate's chaos row)
 
     # --- data ------------------------------------------------------------------------------
     dataset: str = "digits"
@@ -418,6 +420,8 @@ def validate(cfg: TrainConfig) -> None:
                  "eval_interval", "ckpt_interval", "randaug_n", "cpu_threads"):
         v = getattr(cfg, name)
         _check(v >= 0, f"{name} must be >= 0, got {v}")
+    _check(math.isfinite(cfg.init_perturbation),
+           f"init_perturbation must be finite, got {cfg.init_perturbation}")
     _check(cfg.finetune_batch_size >= 1,
            f"finetune_batch_size must be >= 1, got {cfg.finetune_batch_size}")
     _check(cfg.image_size is None or cfg.image_size >= 1,
@@ -512,6 +516,8 @@ FIELD_DOCS: dict[str, tuple[str, str]] = {
     "seed": ("int", "seeds the labeled split, init, data order and augmentation"),
     "out": ("path or null", "output folder (default: a new runs/<dataset>-<method>-seed<seed>)"),
     "device": ("auto|cpu|cuda|cuda:N", "where to train (auto: CUDA if available)"),
+    "init_perturbation": ("finite float", "added to one student weight after init (the chaos "
+                          "control of `mplfast ablate`; 0: off)"),
     "dataset": ("|".join(DATASETS), "which data set to load"),
     "data": ("path or null", "root of the data set's files (mplfast never downloads)"),
     "unlabeled": ("path or null", "extra folder of unlabeled images (imagefolder only)"),

@@ -91,6 +91,9 @@ class _Run:
                                                  nesterov=cfg.nesterov, weight_decay=cfg.teacher_weight_decay)
             self.t_sched = builders.make_scheduler(self.t_opt, cfg, cfg.steps, 0)
         self.student = builders.build_model(cfg, cfg.model, self.data, self.device)
+        if cfg.init_perturbation:  # the chaos control: one weight moved, everything else equal
+            with torch.no_grad():
+                next(self.student.parameters()).view(-1)[0] += cfg.init_perturbation
         self.s_opt = builders.make_optimizer(self.student, lr=cfg.student_lr, momentum=cfg.momentum,
                                              nesterov=cfg.nesterov, weight_decay=cfg.student_weight_decay)
         wait = cfg.student_wait_steps if cfg.method != "supervised" else 0
