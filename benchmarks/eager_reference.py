@@ -10,7 +10,7 @@ port's costs instead of optimising them:
 - fp16 autocast with one ``GradScaler`` per model (``amp=True``, the port's ``--amp``);
 - one teacher forward on ``cat(x_l, x_uw, x_us)``, one student forward on ``cat(x_l, x_us)``,
   a student update, then a second student forward on ``x_l`` for L_new;
-- the port's meta signal ``h = L_new - L_old`` (its sign; see shared/docs/mpl-algorithm.md);
+- the port's meta signal ``h = L_new - L_old`` (its sign; see docs/algorithm.md);
 - label smoothing as an explicit one-hot mix, UDA loss as composite torch ops;
 - ``torch.optim.SGD`` (the default implementation torch picks), ``LambdaLR`` warmup + cosine,
   an EMA of the student updated tensor by tensor;
@@ -233,7 +233,9 @@ def smooth_cross_entropy(logits: torch.Tensor, targets: torch.Tensor, eps: float
 
 
 def _param_groups(model: nn.Module, weight_decay: float) -> list[dict[str, Any]]:
-    no_decay = ("bn", "bias")
+    # The port's grouping: only names containing "bn" escape weight decay, so biases decay
+    # (mplfast.param_groups(..., decay_biases=True) gives the same groups on mplfast's models).
+    no_decay = ("bn",)
     return [{"params": [p for n, p in model.named_parameters() if not any(k in n for k in no_decay)],
              "weight_decay": weight_decay},
             {"params": [p for n, p in model.named_parameters() if any(k in n for k in no_decay)],

@@ -10,13 +10,14 @@
 #   build     MPLFAST_CUDA=ON pip install --no-build-isolation --no-deps -e .   (CUDA kernels)
 #   ceilings  device-to-device copy bandwidth and 8192^3 bf16 matmul rate (mplfast.perf)
 #   step      benchmarks/step_throughput.py: eager vs mplfast at B=64 and B=128, mu=7, WRN-28-2,
-#             then mplfast without compile (both B), with compile but no CUDA graphs (B=64), and
+#             then mplfast without compile (both B), the whole step in one CUDA graph
+#             (MPLStep(cuda_graph=True), both B), with compile but no CUDA graphs (B=64), and
 #             the eager step without its data pipeline (B=64);
 #             JSON rewritten after each configuration; torch.profiler kernel breakdown of the
 #             mplfast step at B=64
 #   plot      benchmarks/plot_throughput.py -> benchmarks/plots/step_throughput.png
 #   tests     pytest -m "not slow" tests/   (the GPU paths of every module)
-#   opsbench  every other benchmarks/test_bench_*.py (ops, augmentation) with --benchmark-json
+#   opsbench  benchmarks/ops/bench_*.py and every other benchmarks/test_bench_*.py (augmentation) with --benchmark-json
 #   stepbench benchmarks/test_bench_step.py --benchmark-json (pytest-benchmark view of the step)
 #   summary   summary.md: versions, stage status, step table, ceilings, top kernels
 #
@@ -131,11 +132,11 @@ EOF
 stage_step() {
   if [[ "$DEVICE" == cuda ]]; then
     "$PY" benchmarks/step_throughput.py --device cuda --preset full --batch-sizes 64 128 \
-      --variants eager mplfast mplfast-eager mplfast-inductor@64 eager-prefetched@64 --steps 40 --eager-steps 15 --warmup 10 --repeats 3 \
+      --variants eager mplfast mplfast-eager mplfast-graph mplfast-inductor@64 eager-prefetched@64 --steps 40 --eager-steps 15 --warmup 10 --repeats 3 \
       --profile mplfast --profile-steps 5 \
       --json "$OUT/step.json" --markdown "$WORK/step.md" --profile-out "$OUT/profile.md"
   else
-    "$PY" benchmarks/step_throughput.py --device cpu --preset tiny --variants eager mplfast \
+    "$PY" benchmarks/step_throughput.py --device cpu --preset tiny --variants eager mplfast mplfast-graph \
       --steps 2 --warmup 1 --repeats 1 --num-images 64 --profile mplfast --profile-steps 2 \
       --json "$OUT/step.json" --markdown "$WORK/step.md" --profile-out "$OUT/profile.md"
   fi
@@ -154,7 +155,7 @@ stage_tests() {
 
 stage_opsbench() {
   local files=()
-  for f in benchmarks/test_bench_*.py; do
+  for f in benchmarks/ops/bench_*.py benchmarks/test_bench_*.py; do
     [[ "$f" == benchmarks/test_bench_step.py ]] || files+=("$f")
   done
   if (( ${#files[@]} == 0 )); then echo "no ops/augmentation benchmark files found"; return 0; fi

@@ -26,6 +26,12 @@ Variants:
 - ``mplfast-eager``: the same without torch.compile (how much the compiler buys).
 - ``mplfast-inductor``: torch.compile without CUDA graphs (mode "default"): how much of the
   compiler's gain is fusion and how much is the removed launch overhead.
+- ``mplfast-graph``: ``MPLStep(cuda_graph=True)``, the whole step (both forwards, backwards
+  and optimizer steps) captured in one CUDA graph without torch.compile: bf16, fused SGD with
+  tensor learning rates, the batcher writing each batch into the same static buffer. Its L_old
+  is the default unbiased one (``l_old_forward="labeled"``: one more forward of B images,
+  FLOPs/step F·(8B + 9μB)); the other mplfast variants read L_old as the port does
+  (``"concat"``), so they and ``eager`` do the same work. On CPU it falls back to eager.
 - ``eager-prefetched``: the eager step on a few batches loaded to the device beforehand and
   reused: the eager step's own cost, without its data pipeline (the gap to ``eager`` is what
   the CPU DataLoader and PIL augmentation cost the port).
@@ -57,9 +63,10 @@ import eager_reference as er  # noqa: E402
 
 from mplfast import perf  # noqa: E402
 
-VARIANTS = ("eager", "mplfast", "mplfast-eager", "mplfast-inductor", "eager-prefetched")
+VARIANTS = ("eager", "mplfast", "mplfast-eager", "mplfast-inductor", "mplfast-graph", "eager-prefetched")
 # torch.compile mode per mplfast variant; None: the --compile-mode given.
-_VARIANT_COMPILE = {"mplfast": None, "mplfast-eager": "none", "mplfast-inductor": "default"}
+_VARIANT_COMPILE = {"mplfast": None, "mplfast-eager": "none", "mplfast-inductor": "default",
+                    "mplfast-graph": "none"}
 
 # Both variants run the recipe's schedule shape without its lr-0 start (warmup from 0, the
 # student's 3,000-step wait): a step costs the same at any lr, and lr > 0 from the first step
@@ -181,9 +188,10 @@ def build_eager(cfg: BenchConfig, images: np.ndarray, labels: np.ndarray, lab_id
 
 
 def build_mplfast(cfg: BenchConfig, images: np.ndarray, labels: np.ndarray, lab_idx: np.ndarray,
-                  *, compile_mode: str) -> Runner:
+                  *, compile_mode: str, cuda_graph: bool = False) -> Runner:
     """mplfast's step: MPLBatcher (device-resident data, fused augmentation), channels-last,
-    bf16 autocast on CUDA, fused SGD, torch.compile, no host sync per step."""
+    bf16 autocast on CUDA, fused SGD, torch.compile, no host sync per step; ``cuda_graph``:
+    the whole step in one CUDA graph instead of torch.compile."""
     from mplfast import MPLConfig, MPLStep, ModelEMA, param_groups, warmup_cosine_schedule
     from mplfast.data import ImageDataset, MPLBatcher
 
@@ -199,17 +207,26 @@ def build_mplfast(cfg: BenchConfig, images: np.ndarray, labels: np.ndarray, lab_
         models.append(m)
     teacher, student = models
     kw = dict(lr=0.05, momentum=0.9, nesterov=True)
-    t_opt = perf.make_sgd(param_groups(teacher, 5e-4), **kw)
-    s_opt = perf.make_sgd(param_groups(student, 5e-4), **kw)
+    if cuda_graph:  # capturable: fused SGD, lr a device tensor the scheduler updates in place
+        def graph_sgd(m: torch.nn.Module) -> torch.optim.Optimizer:
+            return torch.optim.SGD(param_groups(m, 5e-4), lr=torch.tensor(0.05, device=device),
+                                   momentum=0.9, nesterov=True, fused=True)
+        t_opt, s_opt = graph_sgd(teacher), graph_sgd(student)
+    else:
+        t_opt = perf.make_sgd(param_groups(teacher, 5e-4), **kw)
+        s_opt = perf.make_sgd(param_groups(student, 5e-4), **kw)
     t_sched = warmup_cosine_schedule(t_opt, warmup_steps=_WARMUP, total_steps=300_000)
     s_sched = warmup_cosine_schedule(s_opt, warmup_steps=_WARMUP, total_steps=300_000, wait_steps=_WAIT)
     ema = ModelEMA(student, 0.995)  # before compiling: the EMA copy stays a plain module
     _, t_status = perf.maybe_compile(teacher, compile_mode)
     _, s_status = perf.maybe_compile(student, compile_mode)
+    # "concat" reads L_old as the eager reference (the port) does: the same work. The graph
+    # variant keeps the default unbiased L_old (concat with an EMA is not capturable).
     mcfg = MPLConfig(temperature=0.7, threshold=0.6, lambda_u=8.0, uda_steps=5000, label_smoothing=0.15,
-                     precision="auto")
+                     precision="bf16" if cuda_graph and device.type == "cuda" else "auto",
+                     l_old_forward="labeled" if cuda_graph else "concat")
     step = MPLStep(teacher, student, t_opt, s_opt, mcfg, teacher_scheduler=t_sched,
-                   student_scheduler=s_sched, student_ema=ema)
+                   student_scheduler=s_sched, student_ema=ema, cuda_graph=cuda_graph)
     ds = ImageDataset(name="synthetic-bench", train_images=torch.from_numpy(images),
                       train_labels=torch.from_numpy(labels), test_images=torch.from_numpy(images[:16]),
                       test_labels=torch.from_numpy(labels[:16]), num_classes=cfg.num_classes,
@@ -217,14 +234,25 @@ def build_mplfast(cfg: BenchConfig, images: np.ndarray, labels: np.ndarray, lab_
     batcher = MPLBatcher(ds, torch.from_numpy(lab_idx), batch_size=cfg.batch_size, mu=cfg.mu, seed=cfg.seed,
                          device=device, channels_last=device.type == "cuda")
     counter = [0]
+    static: list[torch.Tensor] = []  # cuda_graph: one input buffer and one label buffer, reused
 
     def run_one() -> dict[str, torch.Tensor]:
         perf.mark_step_begin()  # a new iteration for CUDA-graph trees (no-op otherwise)
-        x_l, y_l, x_uw, x_us = batcher.batch(counter[0])
+        if cuda_graph:
+            if not static:
+                x_l, y_l, x_uw, x_us = batcher.batch(counter[0])
+                static.extend([torch.cat([x_l, x_uw, x_us]), y_l.clone()])
+            buf, y_buf = static
+            x_l, y_l, x_uw, x_us = batcher.batch(counter[0], out=buf)
+            y_buf.copy_(y_l)
+            y_l = y_buf
+        else:
+            x_l, y_l, x_uw, x_us = batcher.batch(counter[0])
         counter[0] += 1
         return step(x_l, y_l, x_uw, x_us)  # 0-dim tensors: nothing here waits for the device
 
     info = {"precision": getattr(mcfg, "precision", "auto"), "optimizer": perf.sgd_impl(s_opt),
+            "cuda_graph": bool(cuda_graph and device.type == "cuda"), "l_old_forward": mcfg.l_old_forward,
             "data": "MPLBatcher (device-resident, fused augmentation)",
             "cudnn_benchmark": torch.backends.cudnn.benchmark,
             "compile": t_status if t_status == s_status else f"teacher: {t_status}, student: {s_status}"}
@@ -232,11 +260,13 @@ def build_mplfast(cfg: BenchConfig, images: np.ndarray, labels: np.ndarray, lab_
 
 
 def _flops_per_step(cfg: BenchConfig) -> tuple[float, float]:
-    """(forward FLOPs per image, FLOPs per MPL step = F·(7B + 9μB))."""
+    """(forward FLOPs per image, FLOPs per MPL step = F·(7B + 9μB), + F·B for mplfast-graph)."""
     model = _make_model(cfg)
     per_img = perf.forward_flops(model, torch.randn(1, 3, cfg.image_size, cfg.image_size))
     b, mu = cfg.batch_size, cfg.mu
-    return per_img, per_img * (7 * b + 9 * mu * b)
+    # the graph variant's unbiased L_old is one more student forward on the B labeled images
+    extra = b if cfg.variant == "mplfast-graph" else 0
+    return per_img, per_img * (7 * b + 9 * mu * b + extra)
 
 
 def _param_change(before: list[torch.Tensor], model: torch.nn.Module) -> float:
@@ -266,7 +296,8 @@ def measure(cfg: BenchConfig, images: np.ndarray, labels: np.ndarray, lab_idx: n
             runner = build_eager(cfg, images, labels, lab_idx, prefetch=4)
         elif cfg.variant in _VARIANT_COMPILE:
             runner = build_mplfast(cfg, images, labels, lab_idx,
-                                   compile_mode=_VARIANT_COMPILE[cfg.variant] or cfg.compile_mode)
+                                   compile_mode=_VARIANT_COMPILE[cfg.variant] or cfg.compile_mode,
+                                   cuda_graph=cfg.variant == "mplfast-graph")
         else:
             raise ValueError(f"unknown variant {cfg.variant!r}; choose from {VARIANTS}")
         result.update(runner.info)

@@ -17,12 +17,12 @@ Every contender turns uint8 images into the normalized float32 strong view (flip
   mplfast_triton    the fused kernel on GPU (skipped without CUDA; target >= 1e6 images/s on H100)
 
 PIL gets no cutout (torchvision has no PIL cutout), i.e. slightly less work than mplfast.
-``test_zz_ratios`` prints images/s per contender and the mplfast-vs-PIL ratios (target >= 3x
-per core); MPLFAST_BENCH_ASSERT=1 makes a missed 3x fail (off by default: shared CPUs are noisy).
+At the end of the session (benchmarks/conftest.py, whatever order the tests ran in) the summary
+prints images/s per contender and the mplfast-vs-PIL ratios (target >= 3x per core);
+MPLFAST_BENCH_ASSERT=1 makes a missed 3x fail the run (off by default: shared CPUs are noisy).
 """
 from __future__ import annotations
 
-import os
 import random
 
 import numpy as np
@@ -35,7 +35,8 @@ from mplfast.augment import params as P
 N = 512          # images per round
 S = 32
 MEAN, STD = (0.4914, 0.4822, 0.4465), (0.2471, 0.2435, 0.2616)
-_RATE: dict[str, float] = {}  # name -> images/s (from the min round time)
+GROUP = "strong_view_32px_per_core"
+_REC = None  # the session's ratio recorder (benchmarks/conftest.py), set by _targets
 
 try:
     import torchvision.transforms as T
@@ -61,8 +62,22 @@ def images() -> torch.Tensor:
     return torch.randint(1, 256, (N, S, S, 3), dtype=torch.uint8, generator=g)
 
 
-def _record(benchmark, name: str) -> None:
-    _RATE[name] = N / benchmark.stats.stats.min
+@pytest.fixture(scope="module", autouse=True)
+def _targets(ratios):
+    global _REC
+    _REC = ratios
+    ratios.target(GROUP, "mplfast_native", "pil_randaugment", 3.0)
+    for name in ("mplfast_torch", "tv2_tensor"):
+        ratios.target(GROUP, name, "pil_randaugment")
+
+
+def _record(benchmark, name: str, n: int = N, group: str = GROUP) -> None:
+    if benchmark.stats is None:  # --benchmark-disable
+        return
+    rate = n / benchmark.stats.stats.min
+    _REC.record(benchmark, group, name, note=f"{rate:,.0f} images/s")
+    _REC.notes.append(f"strong view, 32x32 RGB: {name:22s} {rate:12,.0f} images/s"
+                      + (" (1 core)" if group == GROUP else ""))
 
 
 STRONG = P.Policy(S, S, True, n_ops=2, magnitude=16.0, cutout=0.5)
@@ -208,7 +223,7 @@ def test_mplfast_triton_gpu(benchmark):
         torch.cuda.synchronize()
 
     benchmark.pedantic(run, rounds=10, warmup_rounds=2)
-    _RATE["mplfast_triton_gpu"] = n / benchmark.stats.stats.min
+    _record(benchmark, "mplfast_triton_gpu", n, "strong_view_32px_gpu")
 
 
 @cuda
@@ -234,23 +249,5 @@ def test_dali_rand_augment_gpu(benchmark):
     p = pipe()
     p.build()
     benchmark.pedantic(p.run, rounds=10, warmup_rounds=2)
-    _RATE["dali_gpu"] = bs / benchmark.stats.stats.min
+    _record(benchmark, "dali_gpu", bs, "strong_view_32px_gpu")
     del dali
-
-
-@pytest.mark.benchmark(group="zz_summary")
-def test_zz_ratios(benchmark):
-    # takes the benchmark fixture only so that --benchmark-only does not skip the summary
-    benchmark.pedantic(lambda: None, rounds=1)
-    if not _RATE:
-        pytest.skip("no benchmark ran")
-    print("\nstrong view, 32x32 RGB, images/s (1 core for CPU rows):")
-    for k, v in sorted(_RATE.items(), key=lambda kv: -kv[1]):
-        print(f"  {k:22s} {v:12,.0f}")
-    pil = _RATE.get("pil_randaugment")
-    if pil:
-        for k in ("mplfast_native", "mplfast_torch", "tv2_tensor"):
-            if k in _RATE:
-                print(f"  {k} / PIL = {_RATE[k] / pil:.2f}x")
-        if os.environ.get("MPLFAST_BENCH_ASSERT") == "1" and "mplfast_native" in _RATE:
-            assert _RATE["mplfast_native"] / pil >= 3.0

@@ -10,7 +10,8 @@ CPU at a tiny size (CI: only checks that the code path runs)::
 
 Environment: ``MPLFAST_BENCH_DEVICE`` (cuda|cpu; default cuda when available),
 ``MPLFAST_BENCH_SIZE`` (full|tiny; default full on CUDA, tiny on CPU),
-``MPLFAST_BENCH_VARIANTS`` (comma list of eager,mplfast,mplfast-eager; default eager,mplfast),
+``MPLFAST_BENCH_VARIANTS`` (comma list of eager,mplfast,mplfast-eager,mplfast-graph; default
+eager,mplfast),
 ``MPLFAST_BENCH_COMPILE`` (torch.compile mode of the mplfast variant; default reduce-overhead).
 
 Each benchmark round runs ``steps_per_round`` steps and synchronises once at the end, so the
@@ -69,7 +70,8 @@ def test_mpl_step(benchmark, data, variant: str, batch_size: int) -> None:
         runner = st.build_eager(cfg, images, labels, lab_idx)
     else:
         runner = st.build_mplfast(cfg, images, labels, lab_idx,
-                                  compile_mode=COMPILE if variant == "mplfast" else "none")
+                                  compile_mode=COMPILE if variant == "mplfast" else "none",
+                                  cuda_graph=variant == "mplfast-graph")
     try:
         before = [p.detach().float().cpu().clone() for p in runner.student.parameters()]
         for _ in range(cfg.warmup):  # compilation, CUDA-graph recording, cuDNN autotuning

@@ -18,7 +18,7 @@ _EXPORTS: dict[str, str] = {
     "uda_loss": "mplfast.ops",
     "grad_dot": "mplfast.ops",
     "grad_dot_delta": "mplfast.ops",
-    "backends": "mplfast.dispatch",
+    "backends": "mplfast._backends",
     # the MPL step and its pieces
     "MPLConfig": "mplfast.config",
     "MPLStep": "mplfast.step",

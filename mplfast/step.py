@@ -1,8 +1,9 @@
 """``MPLStep``: one Meta Pseudo Labels update of teacher and student, as a drop-in library step.
 
-The order of operations is exactly the one fixed by ``shared/docs/mpl-algorithm.md`` (steps
-1-10); comments below cite the step numbers. The hot path does not call ``.item()`` or any
-other host sync of its own (a GradScaler's ``step`` syncs internally, as it always does).
+The order of operations is exactly the one fixed by the algorithm page, ``docs/algorithm.md``
+(steps 1-10): ``MPLStep._step`` is that numbered list, one method per step. The hot path does
+not call ``.item()`` or any other host sync of its own (a GradScaler's ``step`` syncs
+internally, as it always does).
 
 Soft pseudo labels (``pseudo_label="soft"``) get the exact first-order meta-gradient instead
 of the released official code's zero-gradient term; see ``_soft_meta_grad`` for the math and
@@ -11,6 +12,7 @@ the choice of the step size.
 from __future__ import annotations
 
 import contextlib
+from dataclasses import dataclass, field
 from typing import Any, Iterator
 
 import torch
@@ -76,12 +78,17 @@ def _hi(t: Tensor) -> Tensor:
 
 
 class _RngReplay:
-    """Saves the RNG state before a forward so the JVP can redraw the same dropout masks."""
+    """Saves the RNG state before a forward so a later forward can redraw its dropout masks
+    (L_new replays L_old's; the soft-label JVP replays the update forward's)."""
 
     def __init__(self, device: torch.device) -> None:
         self.device = device
         self.cpu = torch.get_rng_state()
         self.cuda = torch.cuda.get_rng_state(device) if device.type == "cuda" else None
+
+    def first(self) -> contextlib.AbstractContextManager:
+        """The forward whose masks are replayed later runs on the live RNG stream."""
+        return contextlib.nullcontext()
 
     @contextlib.contextmanager
     def replay(self) -> Iterator[None]:
@@ -93,6 +100,21 @@ class _RngReplay:
             yield
 
 
+@dataclass
+class _SoftState:
+    """What steps 5-7 leave for step 9's exact soft meta-gradient (``_soft_meta_grad``)."""
+
+    x_s: Tensor                              # step 5: the update forward's input [x_l; x_us]
+    B: int                                   # rows of x_l in x_s
+    rng: Any                                 # step 5: replays that forward's dropout masks
+    old: list[Tensor] | None = None          # step 6: theta before the update
+    lr_k: list[float | Tensor] | None = None  # step 6: -d theta'/d g per parameter
+    g_u: list[Tensor | None] = field(default_factory=list)  # step 6: the (clipped) update gradient
+    grad_norm: Tensor | None = None          # step 6: its norm before clipping
+    v: list[Tensor] | None = None            # step 7: grad L_new(theta')
+    inv_scale: Tensor | None = None          # step 7: 1 / the fp16 loss scale of v
+
+
 class MPLStep:
     """One MPL update of ``teacher`` and ``student`` (both updated in place).
 
@@ -101,10 +123,16 @@ class MPLStep:
             may be DDP-wrapped. Both are put in training mode by each call.
         teacher_optimizer, student_optimizer: their optimizers.
         cfg: ``MPLConfig``.
-        teacher_scheduler, student_scheduler: stepped once per call, after the optimizer step.
+        teacher_scheduler, student_scheduler: stepped once per call, at its end (nothing in the
+            step reads a learning rate after its optimizer's step).
         student_ema: optional ``ModelEMA`` (anything with ``.update(model, step)``), updated
             after the student's step.
         seed: seed of the step's own generator for ``pseudo_label="sample"``.
+        cuda_graph: capture the whole step in one CUDA graph after ``cuda_graph_warmup`` eager
+            steps (``mplfast.cuda_graph``: static inputs, capturable optimizers with tensor lrs,
+            bf16 only; fp16 and other unsupported settings raise ValueError; without a CUDA
+            device it warns once and runs eagerly). The returned metrics are then the graph's
+            static outputs, overwritten by the next call: clone what you keep.
 
     Semantics beyond the spec's text (all documented choices):
       - ``pseudo_label="soft"``: the teacher's MPL term is the exact first-order meta-gradient
@@ -134,6 +162,8 @@ class MPLStep:
         student_ema: Any = None,
         *,
         seed: int = 0,
+        cuda_graph: bool = False,
+        cuda_graph_warmup: int = 3,
     ) -> None:
         if not isinstance(cfg, MPLConfig):
             raise TypeError(f"MPLStep: cfg must be an MPLConfig, got {type(cfg).__name__}")
@@ -152,8 +182,12 @@ class MPLStep:
         self.student_scaler = torch.amp.GradScaler(self.device.type) if fp16 else None
         self.generator = torch.Generator(device=self.device)
         self.generator.manual_seed(int(seed))
-        self.baseline = torch.zeros((), dtype=torch.float32, device=self.device)
         self._student_params = [p for p in student.parameters() if p.requires_grad]
+        # h, its baseline and the reported losses: at least float32, float64 for a float64 student
+        # (never rounded to float32: that left h with relative errors ~3e-5).
+        self._hdtype = torch.promote_types(self._student_params[0].dtype if self._student_params
+                                           else torch.float32, torch.float32)
+        self.baseline = torch.zeros((), dtype=self._hdtype, device=self.device)
         self._teacher_params = [p for p in teacher.parameters() if p.requires_grad]
         if cfg.pseudo_label == "soft" and cfg.meta_signal != "none":
             if not isinstance(student_optimizer, torch.optim.SGD):
@@ -167,10 +201,24 @@ class MPLStep:
             cfg.pseudo_label == "soft" and cfg.meta_signal != "none")
         self._snapshot: list[Tensor] | None = None  # per-parameter views of one flat buffer
         self._flat: list[Tensor] = []
+        self._ema_in_step = True  # the EMA update runs in step 6, right after the student's step
+        self._t_dev: Tensor | None = None  # device step counter (CUDA graphs: the UDA ramp reads it)
+        if not isinstance(cuda_graph, bool):
+            raise TypeError(f"MPLStep: cuda_graph must be a bool, got {cuda_graph!r}")
+        self._graphed = None
+        if cuda_graph:
+            from mplfast.cuda_graph import GraphedStep
+
+            self._graphed = GraphedStep(self, cuda_graph_warmup)
 
     # ------------------------------------------------------------------ helpers
     def _autocast(self) -> contextlib.AbstractContextManager:
         return autocast(self.precision, self.device)
+
+    def _rng_replay(self) -> Any:
+        """An object whose ``first()`` context runs a forward and whose ``replay()`` context
+        makes a later forward draw the same dropout masks."""
+        return _RngReplay(self.device)
 
     def _take_snapshot(self) -> list[Tensor]:
         """Copy the student's parameters into one flat buffer per dtype; returns shaped views."""
@@ -193,12 +241,17 @@ class MPLStep:
             torch._foreach_copy_(self._snapshot, params)
         return self._snapshot  # type: ignore[return-value]
 
-    def _pseudo_labels(self, z: Tensor) -> Tensor:
-        """Hard labels [N] int64 from logits z [N, C]: argmax, or a draw from softmax(z)."""
-        if self.cfg.pseudo_label == "sample":
-            probs = torch.softmax(z.detach().float(), dim=-1)
-            return torch.multinomial(probs, 1, generator=self.generator).squeeze(1)
-        return z.detach().argmax(dim=-1)
+    def _grad_dot_delta(self, v: list[Tensor], new: list[Tensor], old: list[Tensor] | None) -> Tensor:
+        """sum_i <v_i, new_i - old_i>, 0-dim, at least float32.
+
+        The fused op returns float32 by contract; a float64 student gets the same sum from
+        plain float64 torch ops instead, so h keeps float64 precision.
+        """
+        assert old is not None
+        if self._hdtype != torch.float64:
+            return grad_dot_delta(v, new, old)
+        delta = torch._foreach_sub(new, old)
+        return torch.stack([(d * g.to(d.dtype)).sum() for d, g in zip(delta, v)]).sum()
 
     # ------------------------------------------------------------------ the step
     def __call__(self, x_l: Tensor, y_l: Tensor, x_uw: Tensor, x_us: Tensor) -> dict[str, Tensor]:
@@ -208,82 +261,165 @@ class MPLStep:
             x_l: labeled images [B, C, H, W]; y_l: int64 labels [B].
             x_uw, x_us: weak and strong views of the same unlabeled images [muB, C, H, W].
         Returns:
-            dict of detached 0-dim float32 tensors: teacher_loss (L_T), teacher_loss_l (L_sup),
-            uda_loss (unweighted L_uda), uda_weight (w_t), mpl_loss (L_mpl), student_loss (L_S),
-            student_loss_l_old, student_loss_l_new, h (as applied to the teacher, after sign,
-            baseline and distributed mean), mask_rate, student_moved (1, or 0 for a skipped step).
+            dict of detached 0-dim tensors, float32 (float64 for float64 models): teacher_loss
+            (L_T), teacher_loss_l (L_sup), uda_loss (unweighted L_uda), uda_weight (w_t),
+            mpl_loss (L_mpl), student_loss (L_S), student_loss_l_old, student_loss_l_new,
+            h (as applied to the teacher, after sign, baseline and distributed mean),
+            mask_rate, student_moved (1, or 0 for a skipped step).
         """
-        cfg = self.cfg
         B, M = x_l.shape[0], x_uw.shape[0]
         if x_us.shape[0] != M:
             raise ValueError(f"MPLStep: x_uw has {M} rows but x_us has {x_us.shape[0]}")
         if y_l.shape != (B,):
             raise ValueError(f"MPLStep: y_l must have shape [{B}], got {tuple(y_l.shape)}")
-        teacher, student = self.teacher, self.student
-        teacher.train()
-        student.train()
-        self.teacher_optimizer.zero_grad(set_to_none=True)
+        if self._graphed is not None:
+            return self._graphed(x_l, y_l, x_uw, x_us)
+        out = self._step(x_l, y_l, x_uw, x_us)
+        self._after_step()
+        return out
 
+    def _step(self, x_l: Tensor, y_l: Tensor, x_uw: Tensor, x_us: Tensor) -> dict[str, Tensor]:
+        """Steps 1-10 of the spec, one call each; no host sync."""
+        cfg = self.cfg
+        self.teacher.train()
+        self.student.train()
         # 1. One teacher forward on [x_l; x_uw; x_us] (batch-norm statistics over all three).
+        z_l, z_uw, z_us = self._teacher_forward(x_l, x_uw, x_us)
+        # 2. Teacher supervised loss with label smoothing.
+        l_sup = _hi(soft_cross_entropy(z_l, y_l, label_smoothing=cfg.label_smoothing))
+        # 3. UDA consistency loss (fused op; divisor is the full muB), ramped weight.
+        l_uda, mask_rate = uda_loss(z_uw, z_us, temperature=cfg.temperature, threshold=cfg.threshold)
+        l_uda, w_uda = _hi(l_uda), self._uda_weight()
+        # 4. Pseudo labels: the student's target and the label the teacher's MPL term uses.
+        target, y_teacher = self._pseudo_labels(z_uw, z_us)
+        # 5. L_old, and the student forward on [x_l; x_us] with its loss L_S.
+        l_old, l_s, same_as_l_old, soft = self._student_forward(x_l, x_us, y_l, target)
+        # 6. Student update (backward, clip, step, EMA); the snapshot theta for h and soft.
+        old, moved = self._student_update(l_s, soft)
+        # 7. L_new on the same labeled batch (and its gradient v when h or soft needs it).
+        l_new, v, inv_scale = self._student_l_new(x_l, y_l, same_as_l_old, soft)
+        # 8. Meta signal h (never differentiated through).
+        h = self._meta_signal(l_old, l_new, v, old, moved, inv_scale)
+        # 9. Teacher MPL loss.
+        l_mpl = self._mpl_loss(h, z_us, y_teacher, soft, moved)
+        # 10. Teacher update.
+        l_t = self._teacher_update(l_sup + w_uda * l_uda + l_mpl)
+        return {
+            "teacher_loss": _hi(l_t.detach()),
+            "teacher_loss_l": l_sup.detach(),
+            "uda_loss": l_uda.detach(),
+            "uda_weight": torch.as_tensor(w_uda, dtype=torch.float32, device=self.device).reshape(()),
+            "mpl_loss": _hi(l_mpl.detach()),
+            "student_loss": _hi(l_s.detach()),
+            "student_loss_l_old": l_old,
+            "student_loss_l_new": l_new,
+            "h": h.detach(),
+            "mask_rate": mask_rate.detach().to(torch.float32),
+            "student_moved": moved,
+        }
+
+    def _after_step(self) -> None:
+        """Host-side bookkeeping once the step's work is queued: schedulers and the counter
+        (and, under a CUDA graph, the student's EMA).
+
+        Stepping the schedulers here rather than right after each optimizer step changes
+        nothing: nothing later in the step reads either learning rate.
+        """
+        if self.student_ema is not None and not self._ema_in_step:
+            self.student_ema.update(self.student, self.t)
+        if self._t_dev is not None:
+            self._t_dev.add_(1)
+        if self.student_scheduler is not None:
+            self.student_scheduler.step()
+        if self.teacher_scheduler is not None:
+            self.teacher_scheduler.step()
+        self.t += 1
+
+    # ------------------------------------------------------------------ steps 1-10
+    def _teacher_forward(self, x_l: Tensor, x_uw: Tensor, x_us: Tensor) -> tuple[Tensor, Tensor, Tensor]:
+        """Step 1: logits (z_l, z_uw, z_us) from one forward over the concatenated batch."""
+        self.teacher_optimizer.zero_grad(set_to_none=True)
         x_all = _consecutive((x_l, x_uw, x_us))
         if x_all is None:
             x_all = torch.cat([x_l, x_uw, x_us])
         with self._autocast():
-            z = teacher(x_all)
-        z_l, z_uw, z_us = z[:B], z[B:B + M], z[B + M:]
+            z = self.teacher(x_all)
+        B, M = x_l.shape[0], x_uw.shape[0]
+        return z[:B], z[B:B + M], z[B + M:]
 
-        # 2. Teacher supervised loss with label smoothing.
-        l_sup = soft_cross_entropy(z_l, y_l, label_smoothing=cfg.label_smoothing).float()
-        # 3. UDA consistency loss (fused op; divisor is the full muB), ramped weight.
-        l_uda, mask_rate = uda_loss(z_uw, z_us, temperature=cfg.temperature, threshold=cfg.threshold)
-        l_uda = l_uda.float()
-        w_uda = cfg.lambda_u * min(1.0, (self.t + 1) / cfg.uda_steps)
+    def _uda_weight(self) -> float | Tensor:
+        """Step 3: w_t = lambda_u * min(1, (t + 1) / uda_steps)."""
+        cfg = self.cfg
+        if self._t_dev is not None:  # a device tensor, so that a captured graph follows t
+            return ((self._t_dev + 1) / cfg.uda_steps).clamp(max=1.0) * cfg.lambda_u
+        return cfg.lambda_u * min(1.0, (self.t + 1) / cfg.uda_steps)
 
-        # 4. Pseudo labels from the teacher.
-        soft = cfg.pseudo_label == "soft"
-        if soft:
-            target: Tensor = torch.softmax(z_us.detach().float(), dim=-1)
-            y_teacher = None
-        else:
-            if cfg.pseudo_label_view == "weak":
-                # The student's label comes from z_uw; the teacher's MPL term keeps argmax z_us
-                # (spec step 4; reproduces the most used PyTorch port).
-                target = self._pseudo_labels(z_uw)
-                y_teacher = z_us.detach().argmax(dim=-1)
-            else:  # the student trains on exactly the label the teacher is rewarded for
-                y_teacher = self._pseudo_labels(z_us)
-                target = y_teacher
+    def _pseudo_labels(self, z_uw: Tensor, z_us: Tensor) -> tuple[Tensor, Tensor | None]:
+        """Step 4: (the student's target, the teacher's MPL label; None for soft targets).
 
-        # 5. L_old, then the student forward once on [x_l; x_us] for the update.
-        want_meta = cfg.meta_signal != "none"
-        soft_meta = soft and want_meta
-        labeled_l_old = cfg.l_old_forward == "labeled"
-        # fp32 logits for L_old and L_new: the op returns the loss in the logits' dtype, and
-        # h = L_old - L_new would be quantized to half precision (~1e-3 in fp16, ~1e-2 in bf16).
-        rng_old: _RngReplay | None = None
-        if labeled_l_old:
+        Soft: softmax(z_us) [muB, C], at least fp32. Hard: argmax, or a draw from the softmax
+        (``sample``), int64 [muB]; ``pseudo_label_view="weak"`` takes the student's label from
+        z_uw while the teacher's MPL term keeps argmax z_us (reproduces the most used port).
+        """
+        cfg = self.cfg
+        if cfg.pseudo_label == "soft":
+            return torch.softmax(_hi(z_us.detach()), dim=-1), None
+        if cfg.pseudo_label_view == "weak":
+            return self._hard_labels(z_uw), z_us.detach().argmax(dim=-1)
+        y = self._hard_labels(z_us)  # the student trains on exactly the label the teacher is rewarded for
+        return y, y
+
+    def _hard_labels(self, z: Tensor) -> Tensor:
+        """Hard labels [N] int64 from logits z [N, C]: argmax, or a draw from softmax(z)."""
+        if self.cfg.pseudo_label == "sample":
+            probs = torch.softmax(_hi(z.detach()), dim=-1)
+            return torch.multinomial(probs, 1, generator=self.generator).squeeze(1)
+        return z.detach().argmax(dim=-1)
+
+    def _student_forward(self, x_l: Tensor, x_us: Tensor, y_l: Tensor, target: Tensor
+                         ) -> tuple[Tensor, Tensor, Any, _SoftState | None]:
+        """Step 5: (L_old, L_S, how to repeat L_old's forward in step 7, soft-label state).
+
+        L_old and L_new are losses of at-least-fp32 logits: the op returns the loss in the
+        logits' dtype, and h = L_old - L_new would otherwise be quantized to half precision
+        (~1e-3 in fp16, ~1e-2 in bf16).
+        """
+        cfg, student = self.cfg, self.student
+        B = x_l.shape[0]
+        same_as_l_old = None
+        if cfg.l_old_forward == "labeled":
             # Measured exactly as L_new is in step 7 (x_l alone, batch statistics over x_l,
             # running buffers untouched, the same dropout masks), so L_old - L_new sees only
             # the update: a student that did not move gives h = 0 exactly.
-            rng_old = _RngReplay(self.device)
-            with torch.no_grad(), _batch_stats_only(student), self._autocast():
-                l_old = soft_cross_entropy(student(x_l).float(), y_l)
-        rng = _RngReplay(self.device) if soft_meta else None
+            same_as_l_old = self._rng_replay()
+            with same_as_l_old.first(), torch.no_grad(), _batch_stats_only(student), self._autocast():
+                l_old = soft_cross_entropy(_hi(student(x_l)), y_l)
+        soft = None
         x_s = torch.cat([x_l, x_us])
-        with self._autocast():
+        if cfg.pseudo_label == "soft" and cfg.meta_signal != "none":
+            # The JVP of step 9 replays this forward (its input, batch statistics, masks).
+            soft = _SoftState(x_s=x_s, B=B, rng=self._rng_replay())
+        with (soft.rng.first() if soft is not None else contextlib.nullcontext()), self._autocast():
             s = student(x_s)
         s_l, s_us = s[:B], s[B:]
-        if not labeled_l_old:  # "concat": read from the update's forward (official code, port)
+        if same_as_l_old is None:  # "concat": read from the update's forward (official code, port)
             with torch.no_grad():
-                l_old = soft_cross_entropy(s_l.detach().float(), y_l)
+                l_old = soft_cross_entropy(_hi(s_l.detach()), y_l)
         l_s = soft_cross_entropy(s_us, target, label_smoothing=cfg.label_smoothing)
+        return l_old, l_s, same_as_l_old, soft
 
-        # 6. Student update: backward, (unscale), clip, step, scheduler, EMA.
-        params = self._student_params
+    def _student_update(self, l_s: Tensor, soft: _SoftState | None) -> tuple[list[Tensor] | None, Tensor]:
+        """Step 6: backward L_S, (unscale), clip, optimizer step, EMA.
+
+        Returns (a snapshot of theta before the step when h or soft needs it, moved): moved is
+        a 0-dim float 1, or 0 when an fp16 GradScaler skipped the step.
+        """
+        cfg, params = self.cfg, self._student_params
         for p in params:
             p.grad = None
         old = self._take_snapshot() if self._need_snapshot else None
-        soft_info = self._sgd_derivative() if soft_meta else None
+        if soft is not None:
+            soft.old, soft.lr_k = old, self._sgd_derivative()  # read before the step changes them
         s_scaler = self.student_scaler
         if s_scaler is not None:
             s_scaler.scale(l_s).backward()
@@ -300,114 +436,113 @@ class MPLStep:
             before = s_scaler._scale.clone()
             s_scaler.step(self.student_optimizer)
             s_scaler.update()
-            moved = (s_scaler._scale >= before).float().reshape(())
+            moved = (s_scaler._scale >= before).to(torch.float32).reshape(())
         else:
             self.student_optimizer.step()
             moved = torch.ones((), device=self.device)
-        if self.student_scheduler is not None:
-            self.student_scheduler.step()
-        if self.student_ema is not None:
-            self.student_ema.update(student, self.t)
-        # The (clipped) update gradient is needed only for the soft meta-gradient's clipping
-        # Jacobian; otherwise drop it now rather than hold a gradient's worth of memory.
-        g_u = [p.grad for p in params] if soft_meta else []
-        for p in params:
+        if self.student_ema is not None and self._ema_in_step:
+            self.student_ema.update(self.student, self.t)
+        if soft is not None:
+            # The (clipped) update gradient enters the clipping Jacobian of the soft meta-gradient.
+            soft.g_u, soft.grad_norm = [p.grad for p in params], grad_norm
+        for p in params:  # otherwise drop it now rather than hold a gradient's worth of memory
             p.grad = None
+        return old, moved
 
-        # 7. L_new on the same labeled batch, training mode ("labeled": as L_old was measured).
-        need_v = cfg.meta_signal == "grad_dot" or soft_meta
-        with contextlib.ExitStack() as same_as_l_old:
-            if rng_old is not None:
-                same_as_l_old.enter_context(rng_old.replay())
-                same_as_l_old.enter_context(_batch_stats_only(student))
+    def _student_l_new(self, x_l: Tensor, y_l: Tensor, same_as_l_old: Any, soft: _SoftState | None
+                       ) -> tuple[Tensor, list[Tensor] | None, Tensor | None]:
+        """Step 7: (L_new, v = grad L_new(theta') or None, 1/loss-scale of v or None).
+
+        Training mode; with ``l_old_forward="labeled"`` the forward repeats L_old's exactly
+        (batch statistics over x_l, running buffers untouched, L_old's dropout masks).
+        """
+        cfg, student, params = self.cfg, self.student, self._student_params
+        need_v = cfg.meta_signal == "grad_dot" or soft is not None
+        with contextlib.ExitStack() as same:
+            if same_as_l_old is not None:
+                same.enter_context(same_as_l_old.replay())
+                same.enter_context(_batch_stats_only(student))
             with torch.set_grad_enabled(need_v), self._autocast():
                 s_new = student(x_l)
-        l_new_t = soft_cross_entropy(s_new.float(), y_l)  # fp32, as L_old
-        l_new = l_new_t.detach().float()
-        v: list[Tensor] | None = None
-        inv_scale = None
-        if need_v:
-            if s_scaler is not None:
-                # Scale like the update's backward so fp16 gradients do not underflow.
-                s_scaler.scale(l_new_t).backward()
-                inv_scale = s_scaler._scale.double().reciprocal().float()
-            else:
-                l_new_t.backward()
-            v = [p.grad if p.grad is not None else torch.zeros_like(p) for p in params]
-            for p in params:
-                p.grad = None
-
-        # 8. Meta signal h (never differentiated through).
-        with torch.no_grad():
-            if cfg.meta_signal == "loss_diff":
-                h = l_old - l_new
-            elif cfg.meta_signal == "grad_dot":
-                h = -grad_dot_delta(v, params, old)
-                if inv_scale is not None:
-                    h = h * inv_scale
-            else:
-                h = torch.zeros((), dtype=torch.float32, device=self.device)
-            h = h.float().reshape(())
-            # A skipped student step (or non-finite fp16 gradients of L_new) gives h = 0.
-            ok = moved.bool() & torch.isfinite(h)
-            h = torch.where(ok, h, torch.zeros_like(h))
-            # Distributed mean first: sign and baseline are linear in h, so averaging before
-            # them gives the same h as averaging after, and keeps the baseline state identical
-            # on every rank (a checkpoint written by rank 0 then resumes every rank exactly).
-            all_reduce_mean_(h)
-            h = h * cfg.meta_sign
-            if cfg.meta_baseline_decay > 0:
-                d = cfg.meta_baseline_decay
-                new_b = d * self.baseline + (1.0 - d) * h
-                # A skipped step leaves the baseline alone and keeps h = 0.
-                self.baseline = torch.where(ok, new_b, self.baseline)
-                h = torch.where(ok, h - new_b, torch.zeros_like(h))
-
-        # 9. Teacher MPL loss.
-        if not want_meta:
-            l_mpl = torch.zeros((), dtype=torch.float32, device=self.device)
-        elif soft:
-            G = self._soft_meta_grad(x_s, B, old, v, g_u, grad_norm, soft_info, rng, inv_scale)
-            G = G * (moved * (cfg.meta_sign * cfg.meta_scale))
-            G = torch.where(torch.isfinite(G).all(), G, torch.zeros_like(G))
-            # d L_mpl / d z_us = softmax-Jacobian^T G, i.e. the chain rule through p = softmax(z_us).
-            l_mpl = (G * torch.softmax(z_us.to(G.dtype), dim=-1)).sum().float()
+        l_new_t = soft_cross_entropy(_hi(s_new), y_l)
+        if not need_v:
+            return l_new_t.detach(), None, None
+        s_scaler, inv_scale = self.student_scaler, None
+        if s_scaler is not None:
+            # Scale like the update's backward so fp16 gradients do not underflow.
+            s_scaler.scale(l_new_t).backward()
+            inv_scale = s_scaler._scale.double().reciprocal().float()
         else:
-            l_mpl = (cfg.meta_scale * h) * soft_cross_entropy(z_us, y_teacher).float()
+            l_new_t.backward()
+        v = [p.grad if p.grad is not None else torch.zeros_like(p) for p in params]
+        for p in params:
+            p.grad = None
+        if soft is not None:
+            soft.v, soft.inv_scale = v, inv_scale
+        return l_new_t.detach(), v, inv_scale
 
-        # 10. Teacher update.
-        l_t = l_sup + w_uda * l_uda + l_mpl
+    @torch.no_grad()
+    def _meta_signal(self, l_old: Tensor, l_new: Tensor, v: list[Tensor] | None,
+                     old: list[Tensor] | None, moved: Tensor, inv_scale: Tensor | None) -> Tensor:
+        """Step 8: h, 0-dim, after the distributed mean, meta_sign and the baseline."""
+        cfg = self.cfg
+        if cfg.meta_signal == "loss_diff":
+            h = l_old - l_new
+        elif cfg.meta_signal == "grad_dot":
+            assert v is not None
+            h = -self._grad_dot_delta(v, self._student_params, old)
+            if inv_scale is not None:
+                h = h * inv_scale
+        else:
+            h = torch.zeros((), dtype=self._hdtype, device=self.device)
+        h = h.to(self._hdtype).reshape(())
+        # A skipped student step (or non-finite fp16 gradients of L_new) gives h = 0.
+        ok = moved.bool() & torch.isfinite(h)
+        h = torch.where(ok, h, torch.zeros_like(h))
+        # Distributed mean first: sign and baseline are linear in h, so averaging before
+        # them gives the same h as averaging after, and keeps the baseline state identical
+        # on every rank (a checkpoint written by rank 0 then resumes every rank exactly).
+        all_reduce_mean_(h)
+        h = h * cfg.meta_sign
+        if cfg.meta_baseline_decay > 0:
+            d = cfg.meta_baseline_decay
+            new_b = d * self.baseline + (1.0 - d) * h
+            # A skipped step leaves the baseline alone and keeps h = 0.
+            self.baseline.copy_(torch.where(ok, new_b, self.baseline))
+            h = torch.where(ok, h - new_b, torch.zeros_like(h))
+        return h
+
+    def _mpl_loss(self, h: Tensor, z_us: Tensor, y_teacher: Tensor | None, soft: _SoftState | None,
+                  moved: Tensor) -> Tensor:
+        """Step 9: meta_scale * h * CE(z_us, y_hat), or the exact soft meta-gradient term."""
+        cfg = self.cfg
+        if cfg.meta_signal == "none":
+            return torch.zeros((), dtype=self._hdtype, device=self.device)
+        if soft is None:
+            assert y_teacher is not None
+            return (cfg.meta_scale * h) * _hi(soft_cross_entropy(z_us, y_teacher))
+        G = self._soft_meta_grad(soft)
+        G = G * (moved * (cfg.meta_sign * cfg.meta_scale))
+        G = torch.where(torch.isfinite(G).all(), G, torch.zeros_like(G))
+        # d L_mpl / d z_us = softmax-Jacobian^T G, i.e. the chain rule through p = softmax(z_us).
+        return (G * torch.softmax(z_us.to(G.dtype), dim=-1)).sum()
+
+    def _teacher_update(self, l_t: Tensor) -> Tensor:
+        """Step 10: backward L_T = L_sup + w_t L_uda + L_mpl, (unscale), clip, step; returns L_T."""
         t_scaler = self.teacher_scaler
         if t_scaler is not None:
             t_scaler.scale(l_t).backward()
             t_scaler.unscale_(self.teacher_optimizer)
         else:
             l_t.backward()
-        if cfg.grad_clip is not None:
-            torch.nn.utils.clip_grad_norm_(self._teacher_params, cfg.grad_clip)
+        if self.cfg.grad_clip is not None:
+            torch.nn.utils.clip_grad_norm_(self._teacher_params, self.cfg.grad_clip)
         if t_scaler is not None:
             t_scaler.step(self.teacher_optimizer)
             t_scaler.update()
         else:
             self.teacher_optimizer.step()
-        if self.teacher_scheduler is not None:
-            self.teacher_scheduler.step()
-        self.t += 1
-
-        f32 = torch.float32
-        return {
-            "teacher_loss": l_t.detach().to(f32),
-            "teacher_loss_l": l_sup.detach(),
-            "uda_loss": l_uda.detach(),
-            "uda_weight": torch.full((), w_uda, dtype=f32, device=self.device),
-            "mpl_loss": l_mpl.detach().to(f32),
-            "student_loss": l_s.detach().to(f32),
-            "student_loss_l_old": l_old,
-            "student_loss_l_new": l_new,
-            "h": h.detach(),
-            "mask_rate": mask_rate.detach().to(f32),
-            "student_moved": moved,
-        }
+        return l_t
 
     # ------------------------------------------------------------------ soft-label meta-gradient
     def _sgd_derivative(self) -> list[float | Tensor]:
@@ -435,10 +570,7 @@ class MPLStep:
                 coef[id(p)] = sign * lr * k
         return [coef.get(id(p), 0.0) for p in self._student_params]
 
-    def _soft_meta_grad(self, x_s: Tensor, B: int, old: list[Tensor] | None, v: list[Tensor] | None,
-                        g_u: list[Tensor | None], grad_norm: Tensor | None,
-                        lr_k: list[float | Tensor] | None, rng: _RngReplay | None,
-                        inv_scale: Tensor | None) -> Tensor:
+    def _soft_meta_grad(self, st: _SoftState) -> Tensor:
         """G[n, c] = d L_l(theta') / d p[n, c] for the soft targets p = softmax(z_us), [muB, C] fp32.
 
         With L_S = CE_eps(S(x_us; theta), p) = -(1/muB) sum_nc ((1-eps) p_nc + eps/C) log s_nc,
@@ -451,7 +583,9 @@ class MPLStep:
         for momentum/Nesterov, per-group lrs, clipping and smoothing. The forward replays the
         step-5 forward: same input [x_l; x_us], batch statistics over it, same dropout masks.
         """
-        assert old is not None and v is not None and lr_k is not None and rng is not None
+        old, v, lr_k, g_u, grad_norm, inv_scale = st.old, st.v, st.lr_k, st.g_u, st.grad_norm, st.inv_scale
+        x_s, B, rng = st.x_s, st.B, st.rng
+        assert old is not None and v is not None and lr_k is not None
         cfg = self.cfg
         if inv_scale is not None:
             v = [t * inv_scale for t in v]
@@ -495,7 +629,7 @@ class MPLStep:
         """Counter, meta-signal baseline, grad scalers and the sampling generator's state."""
         return {
             "t": self.t,
-            "baseline": self.baseline.detach().cpu(),
+            "baseline": self.baseline.detach().clone().cpu(),
             "teacher_scaler": self.teacher_scaler.state_dict() if self.teacher_scaler else None,
             "student_scaler": self.student_scaler.state_dict() if self.student_scaler else None,
             "generator": self.generator.get_state(),
@@ -503,7 +637,10 @@ class MPLStep:
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
         self.t = int(state["t"])
-        self.baseline = state["baseline"].to(device=self.device, dtype=torch.float32).reshape(())
+        if self._t_dev is not None:
+            self._t_dev.fill_(self.t)
+        # In place: a captured CUDA graph holds this tensor.
+        self.baseline.copy_(state["baseline"].to(device=self.device, dtype=self._hdtype).reshape(()))
         for name in ("teacher_scaler", "student_scaler"):
             scaler, s = getattr(self, name), state.get(name)
             if scaler is not None and s is not None:

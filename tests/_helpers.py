@@ -11,7 +11,7 @@ import os
 import pytest
 import torch
 
-from mplfast.dispatch import backends
+from mplfast._backends import backends
 
 BACKENDS = ["reference", "native", "triton"]
 DEVICES = ["cpu", "cuda"]  # cuda cases skip without a GPU

@@ -11,7 +11,7 @@ import torch
 import torch.nn.functional as F
 
 import mplfast
-import mplfast.dispatch as B
+import mplfast._backends as B
 
 
 @pytest.fixture
@@ -133,3 +133,130 @@ print("ok")
     env_out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
     assert env_out.returncode == 0, env_out.stderr
     assert env_out.stdout.strip() == "ok"
+
+
+# ---------------------------------------------------------------------------------------------
+# one registry for ops and augmentation
+
+
+def test_augment_uses_the_same_registry(fresh, monkeypatch):
+    """augment's backends come from mplfast._backends: "torch" is the vectorized path (its old
+    name "cpu" still accepted), the fallback warns with FallbackWarning."""
+    from mplfast import augment
+
+    rep = mplfast.backends("augment")
+    assert set(rep) == {"reference", "torch", "native", "triton"}
+    assert rep["torch"]["cpu"] is True and rep["reference"]["cpu"] is True
+    assert isinstance(rep["native"]["cuda"], str) and "cpu" in rep["native"]["cuda"]
+    assert augment.resolve_backend("cpu", torch.device("cpu")) == "torch"
+    assert augment.resolve_backend("torch", torch.device("cpu")) == "torch"
+    with pytest.raises(ValueError, match="unknown backend 'bogus'"):
+        augment.resolve_backend("bogus", torch.device("cpu"))
+    with pytest.raises(ValueError, match="unknown backend 'torch'"):
+        B.resolve_backend("torch", "cpu", "soft_cross_entropy")  # not a fused-op backend
+    monkeypatch.setattr(B, "_probe", lambda b, d: f"simulated {b} outage" if b == "native" else True)
+    B.refresh()
+    with pytest.warns(B.FallbackWarning, match=r"augment: no fast backend on cpu .*using the torch backend"):
+        assert augment.resolve_backend(None, torch.device("cpu")) == "torch"
+    with pytest.raises(ValueError, match="kind must be"):
+        mplfast.backends("kernels")
+
+
+def test_loader_reports_and_raises_with_the_reason(monkeypatch):
+    from mplfast import _native
+
+    text = _native.report()
+    assert text.startswith("mplfast._C: ") and "cpu:" in text and "cuda:" in text
+    monkeypatch.setattr(_native, "_C", None)
+    monkeypatch.setattr(_native, "_IMPORT_ERROR", "mplfast._C failed to load (ImportError: test)")
+    _native._cuda_status.cache_clear()
+    try:
+        with pytest.raises(RuntimeError, match=r"grad_dot: native backend unavailable on cpu: .*ImportError: test"):
+            _native.lib("grad_dot", "cpu")
+        assert _native.missing("augment_cpu") == "mplfast._C failed to load (ImportError: test)"
+        assert not _native.has("soft_ce_cpu")
+        assert "ImportError: test" in _native.report()
+    finally:
+        _native._cuda_status.cache_clear()
+
+
+# ---------------------------------------------------------------------------------------------
+# import layering: no cycle, no backend importing upward
+
+
+def _mplfast_imports(path):
+    """Every mplfast module a file imports (module level and inside functions)."""
+    import ast
+
+    tree = ast.parse(path.read_text())
+    out = set()
+    for node in ast.walk(tree):
+        if isinstance(node, ast.Import):
+            out |= {a.name for a in node.names if a.name.startswith("mplfast")}
+        elif isinstance(node, ast.ImportFrom) and node.module and node.module.startswith("mplfast"):
+            out.add(node.module)
+            out |= {f"{node.module}.{a.name}" for a in node.names}
+    return out
+
+
+def test_layering_of_loader_registry_contract_and_backends():
+    from pathlib import Path
+
+    root = Path(mplfast.__file__).resolve().parent
+    repo = root.parent
+    allowed = {
+        "_native.py": {"mplfast", "mplfast._C"},                        # the loader: nothing else
+        "_backends.py": {"mplfast", "mplfast._native"},                 # the registry
+        "ops/contract.py": {"mplfast", "mplfast._backends"},
+    }
+    for rel, ok in allowed.items():
+        got = _mplfast_imports(root / rel)
+        assert got <= ok, (rel, got - ok)
+    for op in ("soft_ce", "uda", "grad_dot"):
+        for part in ("reference.py", "native.py"):
+            got = _mplfast_imports(root / "ops" / op / part)
+            assert got <= {"mplfast", "mplfast._native"}, (op, part, got)
+    for kernel in (repo / "kernels").glob("*.py"):
+        got = _mplfast_imports(kernel)
+        bad = {m for m in got if m.startswith(("mplfast.ops", "mplfast._backends", "mplfast._native"))}
+        assert not bad, (kernel.name, bad)
+    # only the loader imports the extension itself
+    for path in root.rglob("*.py"):
+        if path.name != "_native.py":
+            assert not any(m.startswith("mplfast._C") for m in _mplfast_imports(path)), path
+
+
+# ---------------------------------------------------------------------------------------------
+# backward's in-place scaling on CUDA (issue 9, defect 6), driven on CPU tensors
+
+
+def test_cuda_backward_scales_the_saved_gradient_in_place(monkeypatch, seeded):
+    """With _C.scale_inplace_cuda present, backward hands it the saved gradient's pointer, dtype
+    code, size, the scale's pointer and dtype code and the current stream (no host read, no
+    copy); without it, grad.mul_(scale) in place. Never grad * grad_out."""
+    import contextlib
+
+    from mplfast import _native
+    from mplfast.ops import _backward
+
+    grad = torch.randn(6, 9, generator=seeded).to(torch.bfloat16)
+    scale = torch.tensor(2.5)
+    calls = []
+
+    class FakeC:
+        def scale_inplace_cuda(self, data, dtype, numel, scale_ptr, scale_dtype, stream):
+            calls.append((data, dtype, numel, scale_ptr, scale_dtype, stream))
+
+    monkeypatch.setattr(_native, "_C", FakeC())
+    monkeypatch.setattr(_native, "stream", lambda device: (0, 1234))
+    monkeypatch.setattr(torch.cuda, "device", lambda device: contextlib.nullcontext())
+    out = _backward._scale_inplace_cuda(grad, scale)
+    assert out is grad
+    assert calls == [(grad.data_ptr(), 2, grad.numel(), scale.data_ptr(), 0, 1234)]
+
+    monkeypatch.setattr(_native, "_C", None)  # an extension without the kernel: mul_ in place
+    before = grad.clone()
+    ptr = grad.data_ptr()
+    out = _backward._scale_inplace_cuda(grad, scale)
+    assert out is grad and out.data_ptr() == ptr
+    assert torch.equal(out, (before.float() * 2.5).to(torch.bfloat16))

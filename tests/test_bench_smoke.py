@@ -125,8 +125,8 @@ def test_eager_reference_matches_mplstep_port_settings():
     cfg = er.EagerConfig(warmup_steps=2, student_wait_steps=1, total_steps=20, uda_steps=3)
     ref = er.EagerMPL(teacher, student, "cpu", cfg)
     kw = dict(lr=cfg.lr, momentum=cfg.momentum, nesterov=cfg.nesterov)
-    t_opt = torch.optim.SGD(param_groups(t2, cfg.weight_decay), **kw)
-    s_opt = torch.optim.SGD(param_groups(s2, cfg.weight_decay), **kw)
+    t_opt = torch.optim.SGD(param_groups(t2, cfg.weight_decay, decay_biases=True), **kw)
+    s_opt = torch.optim.SGD(param_groups(s2, cfg.weight_decay, decay_biases=True), **kw)
     step = MPLStep(t2, s2, t_opt, s_opt,
                    MPLConfig(temperature=cfg.temperature, threshold=0.3, lambda_u=cfg.lambda_u,
                              uda_steps=cfg.uda_steps, label_smoothing=cfg.label_smoothing,
@@ -254,3 +254,23 @@ def test_pytest_benchmark_step_suite_runs_disabled(tmp_path):
                           cwd=tmp_path, env=env, capture_output=True, text=True, timeout=600)
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
     assert "2 passed" in proc.stdout
+
+
+@pytest.mark.slow
+def test_ops_benchmarks_run_disabled(tmp_path):
+    """benchmarks/ops/bench_*.py (collected only when named): each benchmark body runs once with
+    --benchmark-disable (correctness asserts included), in a subprocess; the ratios summary of
+    benchmarks/conftest.py must not need any test order. torch.compile's variant is skipped here
+    (compile time, not the benchmark, would dominate)."""
+    import os
+    import subprocess
+
+    files = sorted(str(p) for p in (BENCH / "ops").glob("bench_*.py"))
+    assert [Path(f).name for f in files] == ["bench_grad_dot.py", "bench_soft_ce.py", "bench_uda.py"]
+    env = dict(os.environ, OMP_NUM_THREADS="1")
+    proc = subprocess.run([sys.executable, "-m", "pytest", "-q", *files, "--benchmark-disable",
+                           "-k", "not torch_compile and not busy", "-p", "no:cacheprovider",
+                           "--rootdir", str(BENCH.parent)],
+                          cwd=tmp_path, env=env, capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    assert " passed" in proc.stdout and "failed" not in proc.stdout

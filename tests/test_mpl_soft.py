@@ -50,7 +50,7 @@ def test_soft_meta_gradient_matches_finite_differences(warm, clip, dropout):
     opt_state = copy.deepcopy(opt_s.state_dict())
     x_l, y_l, x_uw, x_us = batch(1)
     # The teacher has no dropout and hard-label sampling is off, so after this seed the student's
-    # update forward and its L_new forward draw the same masks here and in the reference below.
+    # L_old, update and L_new forwards draw the same masks here and in the reference below.
     torch.manual_seed(77)
     step(x_l, y_l, x_uw, x_us)
     got = torch.cat([p.grad.reshape(-1) for p in T.parameters()])
@@ -60,6 +60,8 @@ def test_soft_meta_gradient_matches_finite_differences(warm, clip, dropout):
         oc = torch.optim.SGD(Sc.parameters(), **SGD_KW)
         oc.load_state_dict(copy.deepcopy(opt_state))  # load_state_dict shares the buffers
         torch.manual_seed(77)
+        with torch.no_grad():
+            Sc(x_l)  # MPLStep's L_old forward (l_old_forward="labeled") draws the first masks
         s = Sc(torch.cat([x_l, x_us]))
         loss = F.cross_entropy(s[B:], p, label_smoothing=eps)
         oc.zero_grad()
@@ -69,6 +71,7 @@ def test_soft_meta_gradient_matches_finite_differences(warm, clip, dropout):
             assert norm > 2 * clip  # clipping really active: its Jacobian is being tested
         oc.step()
         with torch.no_grad():
+            torch.manual_seed(77)  # L_new replays the L_old forward's dropout masks
             return F.cross_entropy(Sc(x_l), y_l)
 
     T0.train()

@@ -16,8 +16,19 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from mplfast import _native as nat
-from mplfast.ops import reference as ref
+from types import SimpleNamespace
+
+from mplfast import _native as nat  # the one loader of _C: status(), _C
+from mplfast.ops.primitives import checked
+from mplfast.ops.grad_dot import reference as _ref_dot
+from mplfast.ops.soft_ce import reference as _ref_ce
+from mplfast.ops.uda import reference as _ref_uda
+
+# the native primitives behind the op contract's checks (what the public ops run), and the references
+native = SimpleNamespace(**{p: checked("native", p)
+                            for p in ("soft_ce_forward", "uda_forward", "grad_dot", "grad_dot_delta")})
+ref = SimpleNamespace(soft_ce_forward=_ref_ce.soft_ce_forward, uda_forward=_ref_uda.uda_forward,
+                      grad_dot=_ref_dot.grad_dot, grad_dot_delta=_ref_dot.grad_dot_delta)
 
 pytestmark = pytest.mark.skipif(nat.status()["cpu"] is not True, reason=f"native backend: {nat.status()['cpu']}")
 
@@ -64,7 +75,7 @@ def test_soft_ce_matches_reference(seeded, dtype, shape, kind):
         # unnormalised on purpose: torch does not renormalise soft targets
         target = torch.rand(n, c, generator=seeded, dtype=torch.float64).to(dtype) + 0.01
     for eps, scale in [(0.0, 1.0), (0.15, 0.37), (1.0, None)]:
-        loss, grad = nat.soft_ce_forward(z, target, eps, scale)
+        loss, grad = native.soft_ce_forward(z, target, eps, scale)
         loss_r, grad_r = ref.soft_ce_forward(z, target, eps, scale)
         assert loss.dtype == (torch.float64 if dtype == torch.float64 else torch.float32)
         _close(loss, loss_r, LOSS_TOL[dtype], f"loss eps={eps}")
@@ -83,13 +94,13 @@ def test_soft_ce_and_uda_large_batch(seeded, dtype):
     y = torch.randint(0, c, (n,), generator=seeded)
     t = torch.rand(n, c, generator=seeded)
     for target in (y, t):
-        loss, grad = nat.soft_ce_forward(z, target, 0.1, 1.0)
+        loss, grad = native.soft_ce_forward(z, target, 0.1, 1.0)
         loss_r, grad_r = ref.soft_ce_forward(z, target, 0.1, 1.0)
         _close(loss, loss_r, LOSS_TOL[dtype], "loss")
         _close(grad, grad_r, GRAD_TOL[dtype], "grad")
     weak = _logits(seeded, n, c, dtype, 12.0)
     thr = _threshold_between(weak, 0.7)
-    loss, mask, grad = nat.uda_forward(weak, z, 0.7, thr, 1.0)
+    loss, mask, grad = native.uda_forward(weak, z, 0.7, thr, 1.0)
     loss_r, mask_r, grad_r = ref.uda_forward(weak, z, 0.7, thr, 1.0)
     assert torch.equal(mask, mask_r) and 0 < float(mask.sum()) < n
     _close(loss, loss_r, LOSS_TOL[dtype], "uda loss")
@@ -108,7 +119,7 @@ def test_soft_ce_float64_equals_cross_entropy_autograd(seeded, kind, eps):
         target = torch.rand(n, c, generator=seeded, dtype=torch.float64) * 0.9  # rows do not sum to 1
     expected = F.cross_entropy(z, target, label_smoothing=eps, reduction="none")
     (g_expected,) = torch.autograd.grad(expected.sum() * 0.5, z)
-    loss, grad = nat.soft_ce_forward(z.detach(), target, eps, 0.5)
+    loss, grad = native.soft_ce_forward(z.detach(), target, eps, 0.5)
     _close(loss, expected.detach(), 1e-12, "loss")
     _close(grad, g_expected, 1e-12, "grad")
 
@@ -127,7 +138,7 @@ def test_soft_ce_huge_logits(seeded, dtype):
     y[1::4] = 0
     y[3::4] = 5                                          # target on the hugely negative logit
     for eps in (0.0, 0.1):
-        loss, grad = nat.soft_ce_forward(z, y, eps, 1.0)
+        loss, grad = native.soft_ce_forward(z, y, eps, 1.0)
         assert torch.isfinite(loss).all() and torch.isfinite(grad.float()).all()
         zz = z.double().clone().requires_grad_()
         expected = F.cross_entropy(zz, y, label_smoothing=eps, reduction="none")
@@ -153,7 +164,7 @@ def test_masked_classes_minus_inf(seeded, dtype):
         z = z.to(dtype)
         y = torch.tensor([1, 2, 3, 4, 6])
         for eps in (0.0, 0.1):
-            loss, grad = nat.soft_ce_forward(z, y, eps, 1.0)
+            loss, grad = native.soft_ce_forward(z, y, eps, 1.0)
             zz = z.double().clone().requires_grad_()
             expected = F.cross_entropy(zz, y, label_smoothing=eps, reduction="none")
             (g_expected,) = torch.autograd.grad(expected.sum(), zz)
@@ -167,7 +178,7 @@ def test_masked_classes_minus_inf(seeded, dtype):
         weak[:, 0] = float("-inf")
         strong = z.double().clone()
         weak, strong = weak.to(dtype), strong.to(dtype)
-        loss, mask, grad = nat.uda_forward(weak, strong, 0.7, 0.0, 1.0)
+        loss, mask, grad = native.uda_forward(weak, strong, 0.7, 0.0, 1.0)
         floor = lambda t: t.double().clamp(min=-1e30).to(dtype)  # noqa: E731
         loss_r, mask_r, grad_r = ref.uda_forward(floor(weak), floor(strong), 0.7, 0.0, 1.0)
         assert torch.isfinite(loss).all() and torch.isfinite(grad.float()).all()
@@ -178,7 +189,7 @@ def test_soft_ce_prob_targets_mixed_dtypes(seeded):
     z = _logits(seeded, 9, 17, torch.bfloat16)
     for tdt in (torch.float32, torch.float64, torch.float16, torch.bfloat16):
         t = torch.softmax(torch.randn(9, 17, generator=seeded), 1).to(tdt)
-        loss, grad = nat.soft_ce_forward(z, t, 0.05, 2.0)
+        loss, grad = native.soft_ce_forward(z, t, 0.05, 2.0)
         loss_r, grad_r = ref.soft_ce_forward(z, t, 0.05, 2.0)
         _close(loss, loss_r, 2e-5, f"loss target {tdt}")
         _close(grad, grad_r, GRAD_TOL[torch.bfloat16], f"grad target {tdt}")
@@ -188,12 +199,12 @@ def test_soft_ce_non_contiguous_inputs(seeded):
     base = _logits(seeded, 20, 30, torch.float32)
     z = base[::2, ::3]                                   # strided view
     y = torch.randint(0, z.shape[1], (z.shape[0] * 2,), generator=seeded)[::2]
-    loss, grad = nat.soft_ce_forward(z, y, 0.1, 1.0)
+    loss, grad = native.soft_ce_forward(z, y, 0.1, 1.0)
     loss_r, grad_r = ref.soft_ce_forward(z, y, 0.1, 1.0)
     _close(loss, loss_r, 2e-5, "loss")
     _close(grad, grad_r, 2e-5, "grad")
     t = torch.rand(30, 20, generator=seeded).t()         # transposed prob target
-    loss, grad = nat.soft_ce_forward(base, t, 0.0, 1.0)
+    loss, grad = native.soft_ce_forward(base, t, 0.0, 1.0)
     loss_r, grad_r = ref.soft_ce_forward(base, t, 0.0, 1.0)
     _close(loss, loss_r, 2e-5, "loss prob")
     _close(grad, grad_r, 2e-5, "grad prob")
@@ -202,7 +213,7 @@ def test_soft_ce_non_contiguous_inputs(seeded):
 def test_soft_ce_ignores_requires_grad(seeded):
     z = _logits(seeded, 4, 6, torch.float32).requires_grad_()
     y = torch.randint(0, 6, (4,), generator=seeded)
-    loss, grad = nat.soft_ce_forward(z, y, 0.0, 1.0)
+    loss, grad = native.soft_ce_forward(z, y, 0.0, 1.0)
     assert not loss.requires_grad and not grad.requires_grad
 
 
@@ -236,7 +247,7 @@ def test_uda_matches_reference(seeded, dtype, shape):
     weak, strong = _uda_inputs(seeded, n, c, dtype, spread)
     thr = _threshold_between(weak, tau)
     for scale in (1.0, 0.125, None):
-        loss, mask, grad = nat.uda_forward(weak, strong, tau, thr, scale)
+        loss, mask, grad = native.uda_forward(weak, strong, tau, thr, scale)
         loss_r, mask_r, grad_r = ref.uda_forward(weak, strong, tau, thr, scale)
         assert torch.equal(mask, mask_r), "mask differs"
         if n >= 7:
@@ -253,10 +264,10 @@ def test_uda_matches_reference(seeded, dtype, shape):
 
 def test_uda_threshold_extremes(seeded):
     weak, strong = _uda_inputs(seeded, 50, 10, torch.float32)
-    _, mask, _ = nat.uda_forward(weak, strong, 1.0, 0.0, 1.0)
+    _, mask, _ = native.uda_forward(weak, strong, 1.0, 0.0, 1.0)
     assert bool((mask == 1).all())
     weak[:, 0] = 1e4                                     # max q == 1 exactly
-    _, mask, grad = nat.uda_forward(weak, strong, 1.0, 1.0, 1.0)
+    _, mask, grad = native.uda_forward(weak, strong, 1.0, 1.0, 1.0)
     assert bool((mask == 1).all()) and torch.isfinite(grad).all()
 
 
@@ -270,7 +281,7 @@ def test_uda_huge_logits(seeded, dtype):
     weak[::2, 3] = 50.0                                   # confident rows
     strong[1::4] = 1e4
     weak, strong = weak.to(dtype), strong.to(dtype)
-    loss, mask, grad = nat.uda_forward(weak, strong, 0.5, 0.6, 1.0)
+    loss, mask, grad = native.uda_forward(weak, strong, 0.5, 0.6, 1.0)
     loss_r, mask_r, grad_r = ref.uda_forward(weak, strong, 0.5, 0.6, 1.0)
     assert torch.equal(mask, mask_r)
     assert torch.isfinite(loss).all() and torch.isfinite(grad.float()).all()
@@ -286,7 +297,7 @@ def test_uda_gradient_equals_autograd_float64(seeded):
     keep = (q.amax(1) >= thr).double()
     expected = keep * -(q * torch.log_softmax(s, 1)).sum(1)
     (g_expected,) = torch.autograd.grad(expected.sum() * 3.0, s)
-    loss, mask, grad = nat.uda_forward(weak, strong, 0.5, thr, 3.0)
+    loss, mask, grad = native.uda_forward(weak, strong, 0.5, thr, 3.0)
     _close(loss, expected.detach(), 1e-12, "loss")
     _close(grad, g_expected, 1e-12, "grad")
     assert torch.equal(mask, keep)
@@ -319,10 +330,10 @@ def _assert_sum_close(got: float, exact: float, abs_sum: float, tol: float = 1e-
 @pytest.mark.parametrize("dtype", DTYPES, ids=str)
 def test_grad_dot_ragged(seeded, dtype):
     xs, ys, zs = (_ragged(seeded, RAGGED, dtype) for _ in range(3))
-    out = nat.grad_dot(xs, ys)
+    out = native.grad_dot(xs, ys)
     assert out.dtype == torch.float32 and out.dim() == 0
     _assert_sum_close(float(out), _dot64(xs, ys), _abs64(xs, ys))
-    delta = nat.grad_dot_delta(xs, ys, zs)
+    delta = native.grad_dot_delta(xs, ys, zs)
     ds = [a.double() - b.double() for a, b in zip(ys, zs)]
     explicit = _dot64(xs, ds)
     _assert_sum_close(float(delta), explicit, _abs64(xs, ds))
@@ -336,15 +347,15 @@ def test_grad_dot_many_tensors_mixed_dtypes_and_determinism(seeded):
     dts = [DTYPES[i % 4] for i in range(700)]
     xs = [torch.randn(s, generator=seeded).to(d) for s, d in zip(shapes, dts)]
     ys = [torch.randn(s, generator=seeded).to(d) for s, d in zip(shapes, dts)]
-    a = nat.grad_dot(xs, ys)
-    b = nat.grad_dot(xs, ys)
+    a = native.grad_dot(xs, ys)
+    b = native.grad_dot(xs, ys)
     assert torch.equal(a, b) and a.numpy().tobytes() == b.numpy().tobytes()  # bitwise
     _assert_sum_close(float(a), _dot64(xs, ys), _abs64(xs, ys))
     # thread count must not change the result (fixed chunking, ordered final sum)
     nthreads = torch.get_num_threads()
     try:
         torch.set_num_threads(1)
-        c = nat.grad_dot(xs, ys)
+        c = native.grad_dot(xs, ys)
     finally:
         torch.set_num_threads(nthreads)
     assert torch.equal(a, c)
@@ -360,16 +371,16 @@ def test_grad_dot_every_half_and_bfloat16_value(seeded):
         ones = torch.ones_like(x)
         w = torch.rand(x.shape, generator=seeded).to(dtype)
         for y in (ones, w):
-            got = float(nat.grad_dot([x], [y]))
+            got = float(native.grad_dot([x], [y]))
             _assert_sum_close(got, _dot64([x], [y]), _abs64([x], [y]))
 
 
 def test_grad_dot_non_contiguous_and_empty_list(seeded):
     x = torch.randn(50, 40, generator=seeded)
     y = torch.randn(40, 50, generator=seeded).t()
-    _assert_sum_close(float(nat.grad_dot([x], [y])), _dot64([x], [y]), _abs64([x], [y]))
-    assert float(nat.grad_dot([], [])) == 0.0
-    assert float(nat.grad_dot_delta([], [], [])) == 0.0
+    _assert_sum_close(float(native.grad_dot([x], [y])), _dot64([x], [y]), _abs64([x], [y]))
+    assert float(native.grad_dot([], [])) == 0.0
+    assert float(native.grad_dot_delta([], [], [])) == 0.0
 
 
 # --------------------------------------------------------------------------------------------
@@ -380,55 +391,55 @@ def test_errors(seeded):
     z = _logits(seeded, 4, 5, torch.float32)
     y = torch.randint(0, 5, (4,), generator=seeded)
     with pytest.raises(ValueError, match="class index out of range"):
-        nat.soft_ce_forward(z, torch.tensor([0, 1, 5, 2]), 0.0, 1.0)
+        native.soft_ce_forward(z, torch.tensor([0, 1, 5, 2]), 0.0, 1.0)
     with pytest.raises(ValueError, match="class index out of range"):
-        nat.soft_ce_forward(z, torch.tensor([0, -1, 2, 2]), 0.0, None)
+        native.soft_ce_forward(z, torch.tensor([0, -1, 2, 2]), 0.0, None)
     with pytest.raises(ValueError, match="mixed devices"):
-        nat.soft_ce_forward(z, y.to("meta"), 0.0, 1.0)
+        native.soft_ce_forward(z, y.to("meta"), 0.0, 1.0)
     with pytest.raises(ValueError, match="shape"):
-        nat.soft_ce_forward(z, y[:3], 0.0, 1.0)
+        native.soft_ce_forward(z, y[:3], 0.0, 1.0)
     with pytest.raises(ValueError, match="shape"):
-        nat.soft_ce_forward(z, torch.rand(4, 6), 0.0, 1.0)
+        native.soft_ce_forward(z, torch.rand(4, 6), 0.0, 1.0)
     with pytest.raises(TypeError, match="unsupported dtype"):
-        nat.soft_ce_forward(z.to(torch.int32), y, 0.0, 1.0)
+        native.soft_ce_forward(z.to(torch.int32), y, 0.0, 1.0)
     with pytest.raises(TypeError, match="int64"):
-        nat.soft_ce_forward(z, y.to(torch.int32), 0.0, 1.0)
+        native.soft_ce_forward(z, y.to(torch.int32), 0.0, 1.0)
     with pytest.raises(ValueError, match="2-D"):
-        nat.soft_ce_forward(z[0], y, 0.0, 1.0)
+        native.soft_ce_forward(z[0], y, 0.0, 1.0)
     with pytest.raises(ValueError, match="label_smoothing"):
-        nat.soft_ce_forward(z, y, 1.5, 1.0)
+        native.soft_ce_forward(z, y, 1.5, 1.0)
     with pytest.raises(ValueError, match="no classes"):
-        nat.soft_ce_forward(torch.empty(3, 0), torch.zeros(3, dtype=torch.int64), 0.0, 1.0)
+        native.soft_ce_forward(torch.empty(3, 0), torch.zeros(3, dtype=torch.int64), 0.0, 1.0)
     with pytest.raises(TypeError, match="torch.Tensor"):
-        nat.soft_ce_forward(z.tolist(), y, 0.0, 1.0)
+        native.soft_ce_forward(z.tolist(), y, 0.0, 1.0)
 
     w = _logits(seeded, 4, 5, torch.float32)
     with pytest.raises(ValueError, match="shape mismatch"):
-        nat.uda_forward(w, z[:, :4], 1.0, 0.5, 1.0)
+        native.uda_forward(w, z[:, :4], 1.0, 0.5, 1.0)
     with pytest.raises(TypeError, match="dtype mismatch"):
-        nat.uda_forward(w, z.double(), 1.0, 0.5, 1.0)
+        native.uda_forward(w, z.double(), 1.0, 0.5, 1.0)
     with pytest.raises(ValueError, match="temperature"):
-        nat.uda_forward(w, z, 0.0, 0.5, 1.0)
+        native.uda_forward(w, z, 0.0, 0.5, 1.0)
     with pytest.raises(ValueError, match="threshold"):
-        nat.uda_forward(w, z, 1.0, 1.5, 1.0)
+        native.uda_forward(w, z, 1.0, 1.5, 1.0)
     with pytest.raises(ValueError, match="mixed devices"):
-        nat.uda_forward(w, z.to("meta"), 1.0, 0.5, 1.0)
+        native.uda_forward(w, z.to("meta"), 1.0, 0.5, 1.0)
 
     xs = _ragged(seeded, [(3,), (4,)])
     with pytest.raises(ValueError, match="list-length mismatch"):
-        nat.grad_dot(xs, xs[:1])
+        native.grad_dot(xs, xs[:1])
     with pytest.raises(ValueError, match="list-length mismatch"):
-        nat.grad_dot_delta(xs, xs, xs[:1])
+        native.grad_dot_delta(xs, xs, xs[:1])
     with pytest.raises(ValueError, match="shape mismatch"):
-        nat.grad_dot(xs, [xs[0], torch.randn(5)])
+        native.grad_dot(xs, [xs[0], torch.randn(5)])
     with pytest.raises(TypeError, match="dtype mismatch"):
-        nat.grad_dot(xs, [xs[0], xs[1].half()])
+        native.grad_dot(xs, [xs[0], xs[1].half()])
     with pytest.raises(TypeError, match="unsupported dtype"):
-        nat.grad_dot([torch.ones(3, dtype=torch.int64)], [torch.ones(3, dtype=torch.int64)])
+        native.grad_dot([torch.ones(3, dtype=torch.int64)], [torch.ones(3, dtype=torch.int64)])
     with pytest.raises(ValueError, match="mixed devices"):
-        nat.grad_dot(xs, [xs[0], xs[1].to("meta")])
+        native.grad_dot(xs, [xs[0], xs[1].to("meta")])
     with pytest.raises(TypeError, match="sequence"):
-        nat.grad_dot(xs[0], xs[0])
+        native.grad_dot(xs[0], xs[0])
 
 
 def test_status_and_no_denormal_flush():
@@ -451,9 +462,9 @@ def test_status_when_extension_missing(monkeypatch, seeded):
         assert st["cpu"] == st["cuda"] == "mplfast._C failed to load (ImportError: test)"
         z = _logits(seeded, 2, 3, torch.float32)
         with pytest.raises(RuntimeError, match="ImportError: test"):
-            nat.soft_ce_forward(z, torch.tensor([0, 1]), 0.0, 1.0)
+            native.soft_ce_forward(z, torch.tensor([0, 1]), 0.0, 1.0)
         with pytest.raises(RuntimeError, match="ImportError: test"):
-            nat.grad_dot([z], [z])
+            native.grad_dot([z], [z])
     finally:
         nat._cuda_status.cache_clear()
 
@@ -475,13 +486,13 @@ def test_cuda_matches_reference(seeded, dtype, shape):
     tol_g = max(GRAD_TOL[dtype], 1e-4)  # fast-math exp on the GPU
     for target in (y, t, t.to(dtype)):
         for eps, scale in ((0.0, 1.0), (0.1, 0.5)):
-            loss, grad = nat.soft_ce_forward(z, target, eps, scale)
+            loss, grad = native.soft_ce_forward(z, target, eps, scale)
             loss_r, grad_r = ref.soft_ce_forward(z, target, eps, scale)
             _close(loss, loss_r, 1e-4, "cuda loss")
             _close(grad, grad_r, tol_g, "cuda grad")
     weak = _logits(seeded, n, c, dtype, 12.0).cuda()
     thr = _threshold_between(weak, 0.7)
-    loss, mask, grad = nat.uda_forward(weak, z, 0.7, thr, 2.0)
+    loss, mask, grad = native.uda_forward(weak, z, 0.7, thr, 2.0)
     loss_r, mask_r, grad_r = ref.uda_forward(weak, z, 0.7, thr, 2.0)
     assert torch.equal(mask, mask_r)
     _close(loss, loss_r, 1e-4, "cuda uda loss")
@@ -495,7 +506,7 @@ def test_cuda_misaligned_and_huge(seeded):
     z = buf[0, 1:].view(8, 1000)                          # 4-byte offset: scalar path
     z[::2] *= 2500.0                                      # |z| ~ 1e4
     y = torch.randint(0, 1000, (8,), generator=seeded).cuda()
-    loss, grad = nat.soft_ce_forward(z, y, 0.1, 1.0)
+    loss, grad = native.soft_ce_forward(z, y, 0.1, 1.0)
     loss_r, grad_r = ref.soft_ce_forward(z, y, 0.1, 1.0)
     _close(loss, loss_r, 1e-5, "loss")
     _close(grad, grad_r, 1e-4, "grad")
@@ -509,13 +520,13 @@ def test_cuda_invalid_label_gives_nan_rows(seeded, monkeypatch):
     for c in (10, 2000):
         zz = z[:, :c].contiguous()
         y = torch.tensor([0, c, -3, 1], device="cuda")
-        loss, grad = nat.soft_ce_forward(zz, y, 0.0, 1.0)
+        loss, grad = native.soft_ce_forward(zz, y, 0.0, 1.0)
         bad = torch.tensor([False, True, True, False], device="cuda")
         assert bool(torch.isnan(loss[bad]).all()) and bool(torch.isnan(grad[bad]).all())
         assert bool(torch.isfinite(loss[~bad]).all()) and bool(torch.isfinite(grad[~bad]).all())
     monkeypatch.setenv("MPLFAST_DEBUG", "1")
     with pytest.raises(ValueError, match="class index out of range"):
-        nat.soft_ce_forward(z, torch.tensor([0, 2000, 1, 1], device="cuda"), 0.0, 1.0)
+        native.soft_ce_forward(z, torch.tensor([0, 2000, 1, 1], device="cuda"), 0.0, 1.0)
 
 
 @gpu
@@ -530,12 +541,12 @@ def test_cuda_grad_dot(seeded):
     xs[3] = xs[3][1:]                                       # misaligned: scalar path
     ys[3] = ys[3][1:]
     zs[3] = zs[3][1:]
-    a, b = nat.grad_dot(xs, ys), nat.grad_dot(xs, ys)
+    a, b = native.grad_dot(xs, ys), native.grad_dot(xs, ys)
     assert a.device.type == "cuda" and torch.equal(a, b)
     # fp32 sums of <= 32 products per thread and chunk, then fp64: well inside 5e-6 * sum|xy|
     _assert_sum_close(float(a), _dot64(xs, ys), _abs64(xs, ys), 5e-6)
-    d = nat.grad_dot_delta(xs, ys, zs)
+    d = native.grad_dot_delta(xs, ys, zs)
     ds = [y.double() - z.double() for y, z in zip(ys, zs)]
     _assert_sum_close(float(d), float(ref.grad_dot_delta(xs, ys, zs)), _abs64(xs, ds), 5e-6)
     with pytest.raises(TypeError, match="unsupported dtype"):
-        nat.grad_dot([xs[0].double()], [ys[0].double()])
+        native.grad_dot([xs[0].double()], [ys[0].double()])

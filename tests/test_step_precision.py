@@ -123,3 +123,32 @@ def test_fp16_skipped_step_leaves_baseline_alone():
     poison["on"] = True
     m = step(*batch(1))
     assert float(m["h"]) == 0.0 and torch.equal(step.baseline, b)
+
+
+def test_supervised_step_float64_is_not_rounded_to_float32():
+    """SupervisedStep (the supervised baseline and the finetune stage) on a float64 model: the
+    loss and the update are float64, equal to a plain float64 step to ~1e-15."""
+    import torch.nn.functional as F
+
+    from mplfast.train.supervised import SupervisedStep
+
+    T, _ = tiny_cnn_pair(C, width=4, seed=3, dropout=0.2)
+    T = T.double()
+    ref = copy.deepcopy(T)
+    opt = torch.optim.SGD(T.parameters(), lr=0.3, momentum=0.9)
+    opt_ref = torch.optim.SGD(ref.parameters(), lr=0.3, momentum=0.9)
+    step = SupervisedStep(T, opt, label_smoothing=0.1, precision="fp32")
+    for i in range(3):
+        x, y, _, _ = mpl_batch(40 + i, B, 1, C, torch.float64)
+        torch.manual_seed(i)
+        loss = step(x, y)["loss"]
+        torch.manual_seed(i)
+        ref.train()
+        want = F.cross_entropy(ref(x), y, label_smoothing=0.1)
+        opt_ref.zero_grad()
+        want.backward()
+        opt_ref.step()
+        assert loss.dtype == torch.float64
+        assert abs(float(loss - want)) <= 1e-14 * float(want)
+    for p, q in zip(T.parameters(), ref.parameters()):
+        torch.testing.assert_close(p, q, rtol=1e-13, atol=1e-15)

@@ -1,74 +1,40 @@
-"""Augmentation views of MPL (weak, strong) and their dispatch.
+"""Augmentation views of MPL (weak, strong) and which backend writes them.
 
-Semantics: ``docs/augmentation.md``. Implementations, all bit-compatible with each other:
+Semantics: ``docs/augmentation.md``. Implementations, all bit-compatible with each other; the
+choice is made by the backend registry ``mplfast._backends`` (op ``"augment"``), the same one
+that serves the fused ops:
 
 - ``reference``: ``mplfast.augment.reference``, image by image, op by op (always available);
 - ``native``:    ``csrc/augment/augment.cpp`` in ``mplfast._C``, C++/OpenMP (CPU default);
-- ``cpu``:       ``mplfast.augment.cpu``, batched vectorized torch (any device; the fallback);
+- ``torch``:     ``mplfast.augment.cpu``, batched vectorized torch (any device; the fallback;
+                 ``"cpu"``, its former name, is still accepted);
 - ``triton``:    ``mplfast.kernels.augment``, one fused kernel per view (CUDA default; on CPU
                  only when ``TRITON_INTERPRET=1`` and asked for by name).
 """
 from __future__ import annotations
 
-import os
 import warnings
 from typing import Sequence
 
 import torch
 from torch import Tensor
 
+from mplfast import _backends
+
 from . import params, rng
 from .params import Policy
 
 __all__ = ["Policy", "augment_view", "resolve_backend", "params", "rng", "BACKENDS"]
 
-BACKENDS = ("reference", "cpu", "native", "triton")
+BACKENDS = _backends.OPS["augment"].backends
 _warned: set[str] = set()
-
-
-def _triton_reason(device: torch.device) -> str | None:
-    """None when the Triton kernel can run on ``device``, else why not."""
-    try:
-        import triton  # noqa: F401
-    except Exception as e:  # noqa: BLE001 - any import failure means "not available"
-        return f"triton is not importable ({e})"
-    if device.type == "cuda":
-        return None
-    if os.environ.get("TRITON_INTERPRET") == "1":
-        return None
-    return f"triton needs a CUDA device (got {device.type}; set TRITON_INTERPRET=1 to interpret)"
-
-
-def _native_reason(device: torch.device) -> str | None:
-    if device.type != "cpu":
-        return f"the C++ augment kernel runs on CPU tensors (got {device.type})"
-    from .native import unavailable_reason
-
-    return unavailable_reason()
-
-
-def _warn_once(why: str) -> None:
-    if why not in _warned:
-        _warned.add(why)
-        warnings.warn(f"augment: falling back to the torch path: {why}", stacklevel=4)
 
 
 def resolve_backend(requested: str | None, device: torch.device) -> str:
     """None: triton on CUDA, native (C++) on CPU; either falls back to the vectorized torch
-    path ("cpu") with one warning. A named backend that cannot run raises RuntimeError."""
-    if requested is not None:
-        if requested not in BACKENDS:
-            raise ValueError(f"augment backend must be one of {BACKENDS}, got {requested!r}")
-        check = {"triton": _triton_reason, "native": _native_reason}.get(requested)
-        why = check(device) if check else None
-        if why:
-            raise RuntimeError(f"augment backend {requested!r} unavailable: {why}")
-        return requested
-    why = _triton_reason(device) if device.type == "cuda" else _native_reason(device)
-    if why is None:
-        return "triton" if device.type == "cuda" else "native"
-    _warn_once(why)
-    return "cpu"
+    path (``"torch"``) with one ``FallbackWarning``. A named backend that cannot run raises
+    RuntimeError; an unknown name ValueError. ``"cpu"`` means ``"torch"``."""
+    return _backends.resolve_backend(requested, device, "augment")
 
 
 def augment_view(out: Tensor, images: Tensor, index: Tensor, policy: Policy, *, seed: int,
@@ -102,14 +68,14 @@ def augment_view(out: Tensor, images: Tensor, index: Tensor, policy: Policy, *, 
         if why not in _warned:
             _warned.add(why)
             warnings.warn(f"augment: using the torch path: {why}", stacklevel=2)
-        name = "cpu"
+        name = "torch"
     if name == "triton":
         from mplfast.kernels.augment import augment as triton_augment
         triton_augment(images, index, out, policy, key, id_offset, mean, std)
     elif name == "native":
         from . import native
         native.augment(images, index, out, policy, key, ids, mean, std)
-    elif name == "cpu":
+    elif name in ("torch", "cpu"):  # "cpu": the torch path's former name
         from . import cpu
         cpu.augment(images, index, out, policy, key, ids, mean, std)
     else:

@@ -11,27 +11,20 @@ from typing import Sequence
 import torch
 from torch import Tensor
 
+from mplfast import _native
+
 from . import params as P
 from .reference import normalize_constants
 
 
 def _lib():
-    try:
-        from mplfast import _C
-    except Exception:  # noqa: BLE001 - extension missing or broken: the torch path is used
-        return None
-    return _C if hasattr(_C, "augment_cpu") else None
+    return _native._C if _native.has("augment_cpu") else None
 
 
 def unavailable_reason() -> str | None:
-    """None if the C++ kernel is built into mplfast._C, else why not."""
-    try:
-        from mplfast import _C
-    except Exception as e:  # noqa: BLE001
-        return f"mplfast._C does not import ({e})"
-    if not hasattr(_C, "augment_cpu"):
-        return "mplfast._C was built without csrc/augment (rebuild: pip install -e .)"
-    return None
+    """None if the C++ kernel is built into mplfast._C, else why not (from the one loader,
+    ``mplfast._native``)."""
+    return _native.missing("augment_cpu")
 
 
 def augment(images: Tensor, index: Tensor, out: Tensor, policy: P.Policy, key: int,

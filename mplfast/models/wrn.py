@@ -1,8 +1,9 @@
 """Pre-activation Wide ResNet (WRN-depth-k) as used by MPL / UDA / FixMatch on CIFAR and SVHN.
 
 Follows the most used PyTorch MPL port: leaky ReLU (slope 0.1 there, 0.2 in the official TF
-code), batch-norm momentum 0.01 (TF's decay 0.99), no dropout inside the blocks, "dense"
-dropout before the classifier (0.2 in the CIFAR recipe). One deliberate difference: the port
+code), no dropout inside the blocks, "dense" dropout before the classifier (0.2 in the CIFAR
+recipe). Batch-norm momentum defaults to 0.01, the official TF code's (its decay 0.99); the port
+uses 0.001 (decay 0.999): pass ``bn_momentum=0.001`` to reproduce it. One deliberate difference: the port
 feeds the *un-activated* input to conv1 in the first block of groups 2 and 3 (its bn1 is then
 unused, which also breaks DDP without find_unused_parameters); here every block's residual
 branch starts from bn-relu(x), as in a true pre-activation network. Parameter count is

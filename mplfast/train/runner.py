@@ -34,7 +34,7 @@ from mplfast.train.evaluate import accuracy
 from mplfast.train.metrics import MetricsWriter, RunningMean
 from mplfast.train.progress import Progress
 from mplfast.train.signals import StopRequest
-from mplfast.train.supervised import SupervisedStep
+from mplfast.train.supervised import SupervisedStep, without_dropout
 
 CKPT_VERSION = ckpt_io.CKPT_VERSION  # the checkpoint format checkpoint.py reads
 
@@ -444,7 +444,7 @@ class _Run:
             return False
         self.phase = "finetune"
         per_rank_bs = max(1, bs // self.info.world_size)
-        model = copy.deepcopy(unwrap(self.headline_model()))
+        model = without_dropout(copy.deepcopy(unwrap(self.headline_model())))  # as the port
         model.requires_grad_(True)
         opt = builders.make_optimizer(model, lr=cfg.finetune_lr, momentum=cfg.finetune_momentum,
                                       nesterov=cfg.nesterov, weight_decay=cfg.finetune_weight_decay)

@@ -13,6 +13,22 @@ from torch import nn
 from mplfast.precision import autocast
 
 
+def without_dropout(model: nn.Module) -> nn.Module:
+    """Replace every dropout module of ``model`` by ``nn.Identity``, in place; returns ``model``.
+
+    The finetune stage trains without dropout, as the PyTorch port does (``model.drop =
+    nn.Identity()`` before finetuning; its WRN's only dropout is that dense one, as in
+    mplfast's models). Dropout modules hold no parameters or buffers, so the state dict and
+    checkpoints are unchanged.
+    """
+    for name, child in list(model.named_children()):
+        if isinstance(child, nn.modules.dropout._DropoutNd):
+            setattr(model, name, nn.Identity())
+        else:
+            without_dropout(child)
+    return model
+
+
 class SupervisedStep:
     """CE_eps(model(x), y); backward; optional clipping; optimizer, scheduler and EMA steps.
 
@@ -37,7 +53,9 @@ class SupervisedStep:
         self.model.train()
         with autocast(self.precision, self.device):
             logits = self.model(x)
-        loss = self._ce(logits.float(), y, label_smoothing=self.label_smoothing)
+        # At least float32 (a float64 model keeps float64; half-precision logits are widened).
+        loss = self._ce(logits.to(torch.promote_types(logits.dtype, torch.float32)), y,
+                        label_smoothing=self.label_smoothing)
         self.optimizer.zero_grad(set_to_none=True)
         self.scaler.scale(loss).backward()
         if self.grad_clip is not None:

@@ -1,4 +1,4 @@
-"""uda_loss on every backend against the unfused composite of mpl-algorithm.md, step 3.
+"""uda_loss on every backend × device × dtype against the unfused composite (the spec's UDA step).
 
 The expected values are the composite in float64 on the same (rounded) inputs. Tolerances (max
 abs error relative to the largest expected magnitude): fp32 1e-5, fp16 2e-3, bf16 1.6e-2.
