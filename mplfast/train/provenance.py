@@ -87,12 +87,10 @@ def gpu_info() -> dict[str, Any] | None:
 
 def native_build() -> dict[str, Any] | str:
     """The compile-time flags of ``mplfast._C`` (its ``with_*`` attributes), or why it is absent."""
-    try:
-        from mplfast import _C  # type: ignore[attr-defined]
-    except ImportError as e:
-        return f"not available ({type(e).__name__})"
-    return {k: getattr(_C, k) for k in sorted(dir(_C))
-            if not k.startswith("_") and isinstance(getattr(_C, k), (bool, int, str))}
+    from mplfast import _native  # the one loader of mplfast._C
+
+    flags = _native.build_flags()
+    return flags if isinstance(flags, dict) else f"not available ({flags})"
 
 
 def image_decoder(dataset: str) -> str:
