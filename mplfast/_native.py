@@ -20,8 +20,7 @@ from types import ModuleType
 
 import torch
 
-__all__ = ["status", "lib", "has", "missing", "report", "build_flags", "stream", "DTYPE_CODES",
-           "INDEX_TARGET"]
+__all__ = ["status", "lib", "has", "missing", "report", "stream", "DTYPE_CODES", "INDEX_TARGET"]
 
 try:
     from mplfast import _C  # type: ignore[attr-defined]
@@ -100,15 +99,6 @@ def lib(op: str = "native", device_type: str = "cpu") -> ModuleType:
     if st is not True:
         raise RuntimeError(f"{op}: native backend unavailable on {device_type}: {st}")
     return _C  # type: ignore[return-value]
-
-
-def build_flags() -> dict[str, bool | int | str] | str:
-    """The compile-time flags of ``_C`` (its public bool/int/str attributes, e.g. ``with_cuda``),
-    or why it did not load (for the reproducibility record)."""
-    if _C is None:
-        return _load_error()
-    return {k: getattr(_C, k) for k in sorted(dir(_C))
-            if not k.startswith("_") and isinstance(getattr(_C, k), (bool, int, str))}
 
 
 def report() -> str:

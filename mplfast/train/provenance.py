@@ -87,10 +87,14 @@ def gpu_info() -> dict[str, Any] | None:
 
 def native_build() -> dict[str, Any] | str:
     """The compile-time flags of ``mplfast._C`` (its ``with_*`` attributes), or why it is absent."""
-    from mplfast import _native  # the one loader of mplfast._C
+    from mplfast import _native  # the one module that imports the extension
 
-    flags = _native.build_flags()
-    return flags if isinstance(flags, dict) else f"not available ({flags})"
+    try:
+        _C = _native.lib()
+    except Exception as e:  # not built, or failed to load: say so, never fail a run over it
+        return f"not available ({type(e).__name__})"
+    return {k: getattr(_C, k) for k in sorted(dir(_C))
+            if not k.startswith("_") and isinstance(getattr(_C, k), (bool, int, str))}
 
 
 def image_decoder(dataset: str) -> str:
