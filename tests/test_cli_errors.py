@@ -28,11 +28,15 @@ def _assert_one_line(rc: int, err: str, expect: str) -> None:
 
 
 @pytest.fixture(autouse=True)
-def _cwd_outside_the_tree(tmp_path, monkeypatch):
-    """The CLI's default output directory is runs/ under the current directory, and a failing
-    `train` may already have written its config.yaml there: run from a temporary directory so
-    the suite never writes inside the work tree."""
-    monkeypatch.chdir(tmp_path)
+def _in_tmp_cwd(tmp_path, monkeypatch):
+    """Run every case from a scratch directory: a default `runs/` must never land in the
+    repository, and a failed run must leave no folder behind (checked after each case)."""
+    cwd = tmp_path / "cwd"
+    cwd.mkdir()
+    monkeypatch.chdir(cwd)
+    yield
+    assert not (cwd / "runs").exists() or not any((cwd / "runs").iterdir()), \
+        f"a failed run left {sorted(p.name for p in (cwd / 'runs').iterdir())}"
 
 
 @pytest.fixture
@@ -67,6 +71,11 @@ def empty_dir(tmp_path):
     (["eval", "--checkpoint", "/no/such/ckpt.pt"], "checkpoint not found"),
     (["ablate", "--seeds", "x"], "--seeds"),
     (["ablate", "--variants", "mpl:magic"], "--variants"),
+    (["train", "--stpes", "3"], "did you mean --steps"),
+    (["train", "--step", "3"], "unrecognized arguments: --step"),  # no abbreviations
+    (["train", "--set", "mpl.thresold=0.5"], "did you mean mpl.threshold"),
+    (["train", "--set", "mpl.threshold=2.5"], "threshold must be in [0, 1]"),
+    (["train", "--dataset", "synthetic", "--labels", "100000"], "more than the"),
 ])
 def test_bad_input_one_line(argv, expect, capsys):
     rc, err = _run_inprocess(argv, capsys)
@@ -115,5 +124,20 @@ def test_subprocess_no_traceback():
     env = {**os.environ, "PYTHONWARNINGS": "ignore"}
     for argv in (["train", "--set", "threshold=2.5"], ["train", "--labels", "100000"]):
         p = subprocess.run([sys.executable, "-m", "mplfast", *argv], capture_output=True,
-                           text=True, env=env, timeout=120)
+                           text=True, env=env, timeout=120, cwd=os.getcwd())
         _assert_one_line(p.returncode, p.stderr, "")
+
+
+def test_error_names_no_number_the_user_never_typed(tmp_path, capsys):
+    """Without --labels, a data set smaller than a preset's label count is never reported as
+    `labels=128000`: a bare --dataset derives the count; a named preset says it set it."""
+    rc, err = _run_inprocess(["train", "--dataset", "synthetic", "--set", "synthetic_kw={num_train: 40}",
+                              "--preset", "imagenet-10pct", "--steps", "1"], capsys)
+    _assert_one_line(rc, err, "comes from --preset imagenet-10pct")
+
+
+def test_memory_estimate_refuses_before_an_oom_kill(capsys, monkeypatch):
+    monkeypatch.setenv("MPLFAST_MEMORY_LIMIT_MB", "1")
+    rc, err = _run_inprocess(["train", "--steps", "1"], capsys)
+    _assert_one_line(rc, err, "lower --set batch_size")
+    assert not os.path.exists("runs")

@@ -53,7 +53,8 @@ def _write_imagefolder(root: str, classes: int = 3, per_class: int = 6) -> str:
 
 
 def _check_outputs(out: str, *, steps: int, method: str, dataset: str) -> dict:
-    for name in ("config.yaml", "metrics.jsonl", "summary.json", "checkpoint.pt", "curves.png"):
+    for name in ("config.yaml", "metrics.jsonl", "summary.json", "checkpoint.pt", "curves.png",
+                 "last.pt", "best.pt", "confusion.png"):
         assert os.path.isfile(os.path.join(out, name)), name
     assert any(f.startswith("events.out.tfevents") for f in os.listdir(os.path.join(out, "tb")))
     with open(os.path.join(out, "summary.json")) as f:
@@ -98,10 +99,14 @@ def test_imagefolder_trains_supervised_and_eval(tmp_path, capsys):
     s = _check_outputs(out, steps=4, method="supervised", dataset="imagefolder")
     assert "teacher_acc" not in s
     capsys.readouterr()
-    # eval reproduces the accuracies from the checkpoint
-    assert main(["eval", "--checkpoint", os.path.join(out, "checkpoint.pt")]) == 0
-    printed = dict(line.split() for line in capsys.readouterr().out.splitlines()[1:])
-    assert float(printed["ema_acc"]) == pytest.approx(s["ema_acc"], abs=0.005)
+    # eval reproduces the accuracies from the resume checkpoint and from last.pt
+    for f in ("checkpoint.pt", "last.pt"):
+        rep = str(tmp_path / f"{f}.json")
+        assert main(["eval", "--checkpoint", os.path.join(out, f), "--json", rep]) == 0
+        with open(rep) as fh:
+            r = json.load(fh)
+        assert r["models"]["ema"]["top1"] == pytest.approx(s["ema_acc"], abs=0.005)
+        assert r["images"] == s["test_images"] and r["split"] == "test"
 
 
 def test_uda_with_finetune(tmp_path, capsys):
@@ -117,9 +122,12 @@ def test_uda_with_finetune(tmp_path, capsys):
     # 2 epochs over 50 labels at batch 25: 4 finetune steps logged after the 4 training steps
     assert [r["step"] for r in records if r["phase"] == "finetune"] == [6, 8]
     capsys.readouterr()
-    assert main(["eval", "--checkpoint", os.path.join(out, "checkpoint.pt")]) == 0
-    printed = dict(line.split() for line in capsys.readouterr().out.splitlines()[1:])
-    assert float(printed["finetune_acc"]) == pytest.approx(s["finetune_acc"], abs=0.005)
+    rep = str(tmp_path / "eval.json")
+    assert main(["eval", "--checkpoint", os.path.join(out, "checkpoint.pt"), "--json", rep]) == 0
+    with open(rep) as fh:
+        r = json.load(fh)
+    assert r["headline"] == "finetuned"
+    assert r["models"]["finetuned"]["top1"] == pytest.approx(s["finetune_acc"], abs=0.005)
 
 
 def test_default_out_dir_is_fresh_and_never_reused(tmp_path, monkeypatch, capsys):

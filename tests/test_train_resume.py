@@ -63,7 +63,7 @@ def test_sigterm_and_resume_is_bitwise_identical(tmp_path):
         time.sleep(0.02)
     proc.send_signal(sig)
     _, err = proc.communicate(timeout=240)
-    assert proc.returncode == 0, err
+    assert proc.returncode == 143, err  # 128 + SIGTERM: schedulers see an interruption
     assert "Traceback" not in err
     assert f"stopped by {signal.Signals(sig).name}" in err, err
     stopped = torch.load(os.path.join(cut, "checkpoint.pt"), weights_only=False)
@@ -90,23 +90,50 @@ def test_sigterm_and_resume_is_bitwise_identical(tmp_path):
     assert sa["test_acc"] == sb["test_acc"]
 
 
-def test_resume_of_finished_run_changes_nothing(tmp_path):
-    """--resume on a finished run: no training, same weights, summary rewritten."""
+def test_resume_of_finished_run_changes_nothing(tmp_path, capsys):
+    """--resume on a finished run says so and touches nothing: same weights, same logs, no
+    second TensorBoard events file (TensorBoard would drop points)."""
     out = str(tmp_path / "run")
     quick = ["--steps", "3", "--set", "model_kwargs={width: 4}", "--set", "eval_interval=0",
-             "--set", "tensorboard=false", "--set", "plot=false", "--set", "progress=none"]
+             "--set", "plot=false", "--set", "progress=none"]
     from mplfast.cli import main
 
     assert main(["train", "--out", out, *quick]) == 0
-    before = torch.load(os.path.join(out, "checkpoint.pt"), weights_only=False)
+    capsys.readouterr()
+
+    def snapshot() -> dict:
+        files = {}
+        for root, _, names in os.walk(out):
+            for n in names:
+                p = os.path.join(root, n)
+                files[os.path.relpath(p, out)] = open(p, "rb").read()
+        return files
+
+    before = snapshot()
+    assert any(k.startswith("tb" + os.sep) for k in before)
     assert main(["train", "--out", out, "--resume"]) == 0
-    after = torch.load(os.path.join(out, "checkpoint.pt"), weights_only=False)
-    _assert_same_state(before, after)
-    assert after["phase"] == "done"
+    assert "finished run" in capsys.readouterr().out
+    assert snapshot() == before
+
+
+def test_resume_with_other_steps_refuses(tmp_path, capsys):
+    """--resume --steps N with another N would silently rescale the lr schedule: refused."""
+    out = str(tmp_path / "run")
+    from mplfast.cli import main
+
+    args = ["--set", "model_kwargs={width: 4}", "--set", "eval_interval=0", "--set", "plot=false",
+            "--set", "progress=none", "--set", "tensorboard=false"]
+    assert main(["train", "--out", out, "--steps", "3", *args]) == 0
+    capsys.readouterr()
+    before = open(os.path.join(out, "checkpoint.pt"), "rb").read()
+    assert main(["train", "--out", out, "--resume", "--steps", "6"]) == 2
+    err = [ln for ln in capsys.readouterr().err.splitlines() if ln.strip()]
+    assert len(err) == 1 and "3-step learning-rate schedule" in err[0] and "--steps 6" in err[0]
+    assert open(os.path.join(out, "checkpoint.pt"), "rb").read() == before
 
 
 def test_sigint_stops_cleanly_in_process(tmp_path, capsys):
-    """Ctrl-C: the current step finishes, the checkpoint is written, main returns 0."""
+    """Ctrl-C: the current step finishes, the checkpoint is written, main returns 130."""
     import threading
 
     from mplfast.cli import main
@@ -126,7 +153,7 @@ def test_sigint_stops_cleanly_in_process(tmp_path, capsys):
                "--set", "log_interval=1", "--set", "eval_interval=0", "--set", "tensorboard=false",
                "--set", "progress=none"])
     t.join()
-    assert rc == 0
+    assert rc == 130
     assert "stopped by SIGINT" in capsys.readouterr().err
     ckpt = torch.load(os.path.join(out, "checkpoint.pt"), weights_only=False)
     assert 2 <= ckpt["step"] < 100000
@@ -153,7 +180,7 @@ def test_sigterm_during_finetune_resumes_bitwise(tmp_path):
         time.sleep(0.01)
     proc.send_signal(signal.SIGTERM)
     _, err = proc.communicate(timeout=240)
-    assert proc.returncode == 0 and "after finetune step" in err, err
+    assert proc.returncode == 143 and "after finetune step" in err, err
     stopped = torch.load(os.path.join(cut, "checkpoint.pt"), weights_only=False)
     assert stopped["phase"] == "finetune" and 20 <= stopped["finetune"]["step"] < 240
     done = subprocess.run([sys.executable, "-m", "mplfast", "train", "--out", cut, "--resume"],

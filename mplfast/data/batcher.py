@@ -170,7 +170,7 @@ class MPLBatcher:
     def eval_batches(self, split: str = "test", batch_size: int = 512
                      ) -> Iterator[tuple[Tensor, Tensor]]:
         """Normalized, un-augmented (x [b,C,H,W] model dtype, y int64 [b]) batches of ``split``
-        ("test" or "train"), in order; rank r gets rows r, r + world_size, ..."""
+        ("test", "val" or "train"), in order; rank r gets rows r, r + world_size, ..."""
         if split == "test":
             if not hasattr(self, "_test_images"):
                 self._test_images = self.dataset.test_images.to(self.device)
@@ -178,8 +178,15 @@ class MPLBatcher:
             images, labels = self._test_images, self._test_labels
         elif split == "train":
             images, labels = self.train_images, self.train_labels
+        elif split == "val":
+            if self.dataset.val_images is None:
+                raise ValueError("this data set has no validation split (val_fraction=0)")
+            if not hasattr(self, "_val_images"):
+                self._val_images = self.dataset.val_images.to(self.device)
+                self._val_labels = self.dataset.val_labels.to(self.device)
+            images, labels = self._val_images, self._val_labels
         else:
-            raise ValueError(f"split must be 'test' or 'train', got {split!r}")
+            raise ValueError(f"split must be 'test', 'val' or 'train', got {split!r}")
         rows = torch.arange(self.rank, images.shape[0], self.world_size, device=self.device)
         for i in range(0, rows.numel(), batch_size):
             r = rows[i:i + batch_size]

@@ -6,7 +6,6 @@ and layout expected (the CLI prints it as one line).
 from __future__ import annotations
 
 import os
-import pickle
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -39,9 +38,13 @@ class ImageDataset:
     std: tuple[float, ...]
     hflip: bool               # flip is part of the weak view (False for digits)
     unlabeled_images: Tensor | None = None   # extra unlabeled images (imagefolder --unlabeled)
+    class_names: tuple[str, ...] | None = None  # label order; None: see data.splits.class_names
+    val_images: Tensor | None = None          # validation split (never trained on), uint8 NHWC
+    val_labels: Tensor | None = None          # int64 [V]
+    storage: str = ""                         # how an image folder is held (in memory or streamed), and why
 
     def __post_init__(self) -> None:
-        for nm in ("train_images", "test_images", "unlabeled_images"):
+        for nm in ("train_images", "test_images", "unlabeled_images", "val_images"):
             t = getattr(self, nm)
             if t is not None and (t.dtype != torch.uint8 or t.dim() != 4):
                 raise TypeError(f"{nm} must be uint8 [N, H, W, C], got {t.dtype} {tuple(t.shape)}")
@@ -49,6 +52,9 @@ class ImageDataset:
             raise ValueError("train_images and train_labels differ in length")
         if self.test_images.shape[0] != self.test_labels.shape[0]:
             raise ValueError("test_images and test_labels differ in length")
+        if (self.val_images is None) != (self.val_labels is None) or (
+                self.val_images is not None and self.val_images.shape[0] != self.val_labels.shape[0]):
+            raise ValueError("val_images and val_labels must both be given, of equal length")
 
     @property
     def image_shape(self) -> tuple[int, int, int]:
@@ -95,10 +101,40 @@ def load_digits(test_fraction: float = 0.25, seed: int = 0) -> ImageDataset:
                         10, mean, std, hflip=False)
 
 
-def _unpickle(path: Path) -> dict[str, Any]:
-    with open(path, "rb") as f:
-        d = pickle.load(f, encoding="bytes")
-    return {(k.decode() if isinstance(k, bytes) else k): v for k, v in d.items()}
+def _unpickle(path: Path, what: str) -> dict[str, Any]:
+    """A CIFAR python batch through the restricted unpickler (no code from the file runs);
+    keys as str. ``UserError`` naming the file if it is not a dict."""
+    from .safe_pickle import load_file
+
+    d = load_file(path, what)
+    if not isinstance(d, dict):
+        raise UserError(f"{path}: not a {what} (holds a {type(d).__name__}, not a dict)")
+    return {(k.decode("latin1") if isinstance(k, bytes) else k): v for k, v in d.items()}
+
+
+def _cifar_batch(path: Path, label_key: str, num_classes: int, what: str) -> tuple[Tensor, Tensor]:
+    """(uint8 [N, 32, 32, 3], int64 [N]) of one CIFAR batch, after checking that ``data`` is a
+    uint8 N x 3072 array and ``label_key`` N integers in [0, num_classes)."""
+    p = _unpickle(path, what)
+    for key in ("data", label_key):
+        if key not in p:
+            raise UserError(f"{path}: not a {what} (no {key!r} entry)")
+    data = p["data"]
+    if not isinstance(data, np.ndarray) or data.dtype != np.uint8 or data.ndim != 2 or \
+            data.shape[1] != 3072 or data.shape[0] < 1:
+        desc = (f"{data.dtype} {data.shape}" if isinstance(data, np.ndarray) else type(data).__name__)
+        raise UserError(f"{path}: 'data' must be a uint8 N x 3072 array (32 x 32 RGB), got {desc}")
+    try:
+        labels = np.asarray(p[label_key])
+    except (ValueError, TypeError):
+        labels = np.asarray([None])
+    if labels.dtype.kind not in "iu" or labels.shape != (data.shape[0],):
+        raise UserError(f"{path}: {label_key!r} must be {data.shape[0]} integers (one per image), "
+                        f"got {labels.dtype} {labels.shape}")
+    if labels.min() < 0 or labels.max() >= num_classes:
+        raise UserError(f"{path}: {label_key!r} must lie in [0, {num_classes}), found "
+                        f"{int(labels.min())}..{int(labels.max())}")
+    return _cifar_images(data), torch.from_numpy(labels.astype(np.int64))
 
 
 def _cifar_images(data: np.ndarray) -> Tensor:
@@ -107,51 +143,97 @@ def _cifar_images(data: np.ndarray) -> Tensor:
         np.asarray(data, dtype=np.uint8).reshape(-1, 3, 32, 32).transpose(0, 2, 3, 1)))
 
 
+def _find_dir(root: Path, marker: str, subdir: str, layout: str) -> Path:
+    """The directory holding ``marker``: ``root`` itself (the extracted folder, whatever its
+    name) or ``root/subdir`` (its parent); else the not-found error naming both."""
+    for d in (root, root / subdir):
+        if (d / marker).is_file():
+            return d
+    raise FileNotFoundError(
+        f"data set not found: expected {root / marker} or {root / subdir / marker} ({layout}); "
+        f"mplfast never downloads, put the files there or pass --data DIR")
+
+
 def load_cifar10(root: str | None) -> ImageDataset:
-    d = _resolve_root(root)
-    d = d if d.name == "cifar-10-batches-py" else d / "cifar-10-batches-py"
+    """CIFAR-10 python batches from ``root`` (the ``cifar-10-batches-py`` folder or its parent),
+    read without running code from them and checked (see :func:`_cifar_batch`)."""
     layout = "the python-pickle CIFAR-10 directory with data_batch_1..data_batch_5 and test_batch"
+    d = _find_dir(_resolve_root(root), "data_batch_1", "cifar-10-batches-py", layout)
     files = [d / f"data_batch_{i}" for i in range(1, 6)] + [d / "test_batch"]
     for f in files:
         if not f.is_file():
             raise _missing(f, layout)
-    parts = [_unpickle(f) for f in files]
-    xs = [_cifar_images(p["data"]) for p in parts]
-    ys = [torch.tensor(p["labels"], dtype=torch.int64) for p in parts]
+    parts = [_cifar_batch(f, "labels", 10, "CIFAR-10 batch") for f in files]
+    xs, ys = [x for x, _ in parts], [y for _, y in parts]
     return ImageDataset("cifar10", torch.cat(xs[:5]), torch.cat(ys[:5]), xs[5], ys[5], 10,
                         CIFAR10_MEAN, CIFAR10_STD, hflip=True)
 
 
 def load_cifar100(root: str | None) -> ImageDataset:
-    d = _resolve_root(root)
-    d = d if d.name == "cifar-100-python" else d / "cifar-100-python"
+    """CIFAR-100 ``train``/``test`` from ``root`` (the ``cifar-100-python`` folder or its
+    parent), read without running code from them and checked; fine labels."""
     layout = "the python-pickle CIFAR-100 directory with files 'train' and 'test'"
+    d = _find_dir(_resolve_root(root), "train", "cifar-100-python", layout)
     out = []
     for split in ("train", "test"):
         f = d / split
         if not f.is_file():
             raise _missing(f, layout)
-        p = _unpickle(f)
-        out.append((_cifar_images(p["data"]), torch.tensor(p["fine_labels"], dtype=torch.int64)))
+        out.append(_cifar_batch(f, "fine_labels", 100, "CIFAR-100 file"))
     return ImageDataset("cifar100", out[0][0], out[0][1], out[1][0], out[1][1], 100,
                         CIFAR100_MEAN, CIFAR100_STD, hflip=True)
 
 
-def load_svhn(root: str | None) -> ImageDataset:
-    """train_32x32.mat / test_32x32.mat: X uint8 [32, 32, 3, N], y [N, 1] with 10 meaning 0."""
-    from scipy.io import loadmat
+SVHN_MAX_IMAGES = 2_000_000   # train + extra is 604,388; the cap bounds what a header may claim
 
-    d = _resolve_root(root)
-    d = d if (d / "train_32x32.mat").exists() or d.name == "svhn" else d / "svhn"
+
+def _svhn_split(f: Path) -> tuple[Tensor, Tensor]:
+    """X uint8 [32, 32, 3, N] and y [N, 1] in 1..10 (10 is the digit 0) of one SVHN .mat file;
+    the header's shapes and classes are checked before any array is read."""
+    from scipy.io import loadmat, whosmat
+
+    what = "SVHN .mat file (MATLAB v5 with X uint8 [32, 32, 3, N] and y [N, 1])"
+    try:
+        info = {name: (tuple(shape), cls) for name, shape, cls in whosmat(str(f))}
+    except Exception as e:  # noqa: BLE001 - any parse failure: not such a file
+        raise UserError(f"{f}: not a readable {what}: {type(e).__name__}") from None
+    if "X" not in info or "y" not in info:
+        raise UserError(f"{f}: not an {what}: it holds {sorted(info)[:5]}")
+    xs, xc = info["X"]
+    ys, _ = info["y"]
+    if len(xs) != 4 or xs[:3] != (32, 32, 3) or not 1 <= xs[3] <= SVHN_MAX_IMAGES or xc != "uint8":
+        raise UserError(f"{f}: X must be uint8 [32, 32, 3, N] with 1 <= N <= {SVHN_MAX_IMAGES}, "
+                        f"its header says {xc} {list(xs)}")
+    n = xs[3]
+    if ys not in ((n, 1), (1, n), (n,)):
+        raise UserError(f"{f}: y must hold {n} labels (one per image), its header says {list(ys)}")
+    try:
+        m = loadmat(str(f), variable_names=["X", "y"])
+    except Exception as e:  # noqa: BLE001
+        raise UserError(f"{f}: not a readable {what}: {type(e).__name__}") from None
+    x, y = m.get("X"), m.get("y")
+    if not isinstance(x, np.ndarray) or x.dtype != np.uint8 or x.shape != (32, 32, 3, n) or \
+            not isinstance(y, np.ndarray) or y.size != n or y.dtype.kind not in "iuf":
+        raise UserError(f"{f}: X or y do not match the header (X {getattr(x, 'shape', None)}, "
+                        f"y {getattr(y, 'shape', None)})")
+    y = y.reshape(-1)
+    if not np.all(np.isfinite(y)) or not np.all(y == np.round(y)) or y.min() < 0 or y.max() > 10:
+        raise UserError(f"{f}: labels must be integers in 1..10 (10 is the digit 0)")
+    x = np.ascontiguousarray(x.transpose(3, 0, 1, 2))
+    return torch.from_numpy(x), torch.from_numpy(y.astype(np.int64) % 10)  # label 10 is digit 0
+
+
+def load_svhn(root: str | None) -> ImageDataset:
+    """train_32x32.mat / test_32x32.mat from ``root`` (the folder holding them or its parent
+    with an ``svhn`` folder): X uint8 [32, 32, 3, N], y [N, 1] with 10 meaning 0, checked."""
+    layout = "SVHN cropped-digits files train_32x32.mat and test_32x32.mat"
+    d = _find_dir(_resolve_root(root), "train_32x32.mat", "svhn", layout)
     out = []
     for split in ("train", "test"):
         f = d / f"{split}_32x32.mat"
         if not f.is_file():
-            raise _missing(f, "SVHN cropped-digits files train_32x32.mat and test_32x32.mat")
-        m = loadmat(str(f))
-        x = np.ascontiguousarray(np.asarray(m["X"], dtype=np.uint8).transpose(3, 0, 1, 2))
-        y = np.asarray(m["y"], dtype=np.int64).reshape(-1) % 10  # label 10 is the digit 0
-        out.append((torch.from_numpy(x), torch.from_numpy(y)))
+            raise _missing(f, layout)
+        out.append(_svhn_split(f))
     # no flip: digits are not mirror symmetric (as in the MPL/UDA SVHN recipe)
     return ImageDataset("svhn", out[0][0], out[0][1], out[1][0], out[1][1], 10, SVHN_MEAN,
                         SVHN_STD, hflip=False)
@@ -181,7 +263,7 @@ def make_synthetic(num_train: int = 1024, num_test: int = 256, image_size: int =
 
 def load_dataset(name: str, root: str | None = None, *, unlabeled: str | None = None,
                  image_size: int | None = None, strict: bool = False,
-                 **synthetic_kw: Any) -> ImageDataset:
+                 test_fraction: float = 0.2, **synthetic_kw: Any) -> ImageDataset:
     """Load a data set by name (``DATASETS``); ``root`` defaults to $MPLFAST_DATA or ./data.
 
     ``unlabeled`` and ``strict`` apply to ``imagefolder`` (extra unlabeled image tree; corrupt
@@ -206,10 +288,10 @@ def load_dataset(name: str, root: str | None = None, *, unlabeled: str | None = 
         from .imagefolder import load_imagefolder
 
         if root is None:
-            raise UserError("imagefolder needs a root directory (--data DIR with DIR/train/"
-                            "<class>/*.jpg and DIR/val/<class>/*.jpg)")
+            raise UserError("imagefolder needs a root directory (--data DIR with DIR/<class>/"
+                            "*.jpg, or DIR/train/<class>/*.jpg and DIR/val/<class>/*.jpg)")
         return load_imagefolder(root, unlabeled=unlabeled, image_size=image_size or 32,
-                                strict=strict)
+                                strict=strict, test_fraction=test_fraction)
     raise UserError(f"unknown data set {name!r}; choose one of {', '.join(DATASETS)}")
 
 

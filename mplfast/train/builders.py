@@ -32,16 +32,36 @@ class DataBundle:
     per_rank_batch: int
     num_classes: int
     in_chans: int
+    stream: bool = False    # image folder streamed from disk (data.stream), not held in memory
 
 
 def load_data(cfg: TrainConfig) -> Any:
+    """The data set of ``cfg``, its validation split already carved out of the training pool
+    (``val_fraction``; see ``data.splits.carve_validation``). An image folder is first sized up:
+    one too large for memory (or ``stream=True``) comes back as a ``data.stream.StreamDataset``
+    (file lists, decoded by DALI at every step). Missing files and bad data are UserErrors."""
+    from mplfast.data.splits import carve_validation
+
+    import dataclasses
+
+    if cfg.dataset == "imagefolder" and cfg.data is not None:
+        reason, streamed = _load_streamed(cfg)
+        if streamed is not None:
+            return streamed
+        ds = carve_validation(_load_in_memory(cfg), cfg.val_fraction, cfg.seed)
+        return dataclasses.replace(ds, storage=reason)
+    return carve_validation(_load_in_memory(cfg), cfg.val_fraction, cfg.seed)
+
+
+def _load_in_memory(cfg: TrainConfig) -> Any:
     """``mplfast.data.load_dataset`` for ``cfg``; missing files and bad data become UserErrors."""
     from mplfast.data import load_dataset
 
     kw: dict[str, Any] = dict(cfg.synthetic_kw) if cfg.dataset == "synthetic" else {}
     try:
         return load_dataset(cfg.dataset, cfg.data, unlabeled=cfg.unlabeled,
-                            image_size=cfg.image_size, strict=cfg.strict_data, **kw)
+                            image_size=cfg.image_size, strict=cfg.strict_data,
+                            test_fraction=cfg.test_fraction, **kw)
     except FileNotFoundError as e:
         raise UserError(_first_line(e)) from None
     except TypeError as e:
@@ -52,25 +72,75 @@ def load_data(cfg: TrainConfig) -> Any:
         raise UserError(f"cannot load data set {cfg.dataset}: {_first_line(e)}") from None
 
 
+def default_labels(train_labels: torch.Tensor, num_classes: int, *, extra_unlabeled: bool) -> int:
+    """The labeled count of a recipe sized to the data (``labels=None``).
+
+    With a separate unlabeled set (``--unlabeled``) every training image keeps its label
+    (class-balanced: the smallest class sets the per-class count). Without one, the labeled
+    data set doubles as the semi-supervised benchmark the method is made for: a class-balanced
+    10 % (at least 4 per class) is labeled and every training image serves as unlabeled.
+    """
+    counts = torch.bincount(train_labels.to(torch.int64).cpu(), minlength=num_classes)
+    smallest = int(counts.min()) if counts.numel() else 0
+    if extra_unlabeled:
+        per = smallest
+    else:
+        per = min(max(4, int(train_labels.numel()) // 10 // max(1, num_classes)), smallest)
+    return max(1, per) * num_classes
+
+
+def fit_to_data(cfg: TrainConfig, ds: Any) -> TrainConfig:
+    """``cfg`` with the fields left to the data (``labels=None``) filled in from ``ds``.
+
+    The result is concrete, so the run's saved config.yaml reproduces it as is.
+    """
+    if cfg.labels is not None:
+        return cfg
+    from dataclasses import replace
+
+    # extra unlabeled images: decoded in memory, or listed as files by a streamed folder
+    extra = getattr(ds, "unlabeled_images", None) is not None or bool(getattr(ds, "unlabeled_files", None))
+    n = default_labels(ds.train_labels, int(ds.num_classes), extra_unlabeled=extra)
+    return replace(cfg, labels=n)
+
+
+def _labels_origin(cfg: TrainConfig) -> str:
+    # a count the user never typed must say where it came from (issue: `labels=128000`)
+    if cfg.preset not in ("digits", "auto"):
+        return f" (labels={cfg.labels} comes from --preset {cfg.preset}; pass --labels N)"
+    return ""
+
+
 def build_data(cfg: TrainConfig, info: DistInfo, *, dataset: Any = None) -> DataBundle:
     """Data set, class-balanced labeled split (keyed by seed) and this rank's batcher."""
     from mplfast.data import MPLBatcher, labeled_split
+    from mplfast.data.splits import carve_validation, check_labels_per_class, class_names
+    from mplfast.data.stream import StreamDataset
 
     ds = dataset if dataset is not None else load_data(cfg)
+    if isinstance(ds, StreamDataset):
+        return _build_stream_data(cfg, info, ds)
+    # the validation split (best.pt) leaves the training pool before the labeled split is drawn
+    # (a no-op for a data set load_data carved already)
+    ds = carve_validation(ds, cfg.val_fraction, cfg.seed)
     n_train = int(ds.train_labels.numel())
+    cfg = fit_to_data(cfg, ds)  # labels=None: from the images the labeled split is drawn from
+    assert cfg.labels is not None
     if cfg.labels > n_train:
         raise UserError(f"labels={cfg.labels} is more than the {n_train} training images of "
-                        f"{cfg.dataset}")
+                        f"{cfg.dataset}{_labels_origin(cfg)}")
     if cfg.labels < ds.num_classes:
         raise UserError(f"labels={cfg.labels} is fewer than the {ds.num_classes} classes of "
-                        f"{cfg.dataset} (the split is class-balanced)")
+                        f"{cfg.dataset} (the split is class-balanced){_labels_origin(cfg)}")
     if cfg.batch_size % info.world_size != 0:
         raise UserError(f"batch_size={cfg.batch_size} must be divisible by the number of ranks "
                         f"({info.world_size})")
+    check_labels_per_class(ds.train_labels, cfg.labels, class_names(ds))
     try:
         labeled_idx = labeled_split(ds.train_labels, cfg.labels, ds.num_classes, cfg.seed)
     except ValueError as e:  # e.g. a class with fewer images than its share of the labels
-        raise UserError(f"cannot draw {cfg.labels} class-balanced labels: {_first_line(e)}") from None
+        raise UserError(f"cannot draw {cfg.labels} class-balanced labels: {_first_line(e)}"
+                        f"{_labels_origin(cfg)}") from None
     per_rank = cfg.batch_size // info.world_size
     batcher = MPLBatcher(ds, labeled_idx, batch_size=per_rank, mu=cfg.mu, seed=cfg.seed,
                          device=info.device, randaug_n=cfg.randaug_n, randaug_m=cfg.randaug_m,
@@ -120,5 +190,60 @@ def make_scheduler(opt: torch.optim.Optimizer, cfg: TrainConfig, total: int, wai
 
 def finetune_steps(cfg: TrainConfig) -> tuple[int, int]:
     """(steps, batch size) of the finetune stage: epochs over the labeled set."""
+    assert cfg.labels is not None, "fit_to_data fills labels before the run"
     bs = min(cfg.finetune_batch_size, cfg.labels)
     return cfg.finetune_epochs * math.ceil(cfg.labels / bs), bs
+
+
+def _load_streamed(cfg: TrainConfig) -> tuple[str, Any]:
+    """Decide in memory vs streamed from the file counts: (the decision in words, the
+    ``StreamDataset`` to stream or None)."""
+    from mplfast.data.stream import load_stream_dataset, plan_imagefolder
+
+    try:
+        scan, choice = plan_imagefolder(str(cfg.data), image_size=cfg.image_size or 32,
+                                        requested=cfg.stream, unlabeled=cfg.unlabeled)
+        if not choice.stream:
+            return choice.reason, None
+        ds = load_stream_dataset(scan, image_size=cfg.image_size or 32, strict=cfg.strict_data,
+                                 test_fraction=cfg.test_fraction, val_fraction=cfg.val_fraction,
+                                 seed=cfg.seed, unlabeled=cfg.unlabeled)
+        ds.storage = choice.reason
+        return choice.reason, ds
+    except FileNotFoundError as e:
+        raise UserError(_first_line(e)) from None
+    except (ValueError, OSError) as e:
+        raise UserError(f"cannot load data set {cfg.dataset}: {_first_line(e)}") from None
+
+
+def _build_stream_data(cfg: TrainConfig, info: DistInfo, ds: Any) -> DataBundle:
+    """The streamed counterpart of ``build_data`` (file lists + DALI, nothing held decoded)."""
+    from mplfast.data import labeled_split
+    from mplfast.data.splits import check_labels_per_class
+    from mplfast.data.stream import StreamBatcher
+
+    n_train = int(ds.train_labels.numel())
+    cfg = fit_to_data(cfg, ds)  # labels=None (the auto recipe): derived from the file lists
+    assert cfg.labels is not None
+    if cfg.labels > n_train:
+        raise UserError(f"labels={cfg.labels} is more than the {n_train} training images of "
+                        f"{cfg.dataset}{_labels_origin(cfg)}")
+    if cfg.labels < ds.num_classes:
+        raise UserError(f"labels={cfg.labels} is fewer than the {ds.num_classes} classes of "
+                        f"{cfg.dataset} (the split is class-balanced){_labels_origin(cfg)}")
+    if cfg.batch_size % info.world_size != 0:
+        raise UserError(f"batch_size={cfg.batch_size} must be divisible by the number of ranks "
+                        f"({info.world_size})")
+    check_labels_per_class(ds.train_labels, cfg.labels, list(ds.class_names))
+    try:
+        labeled_idx = labeled_split(ds.train_labels, cfg.labels, ds.num_classes, cfg.seed)
+    except ValueError as e:
+        raise UserError(f"cannot draw {cfg.labels} class-balanced labels: {_first_line(e)}") from None
+    per_rank = cfg.batch_size // info.world_size
+    batcher = StreamBatcher(ds, labeled_idx, batch_size=per_rank, mu=cfg.mu, seed=cfg.seed,
+                            device=info.device, randaug_n=cfg.randaug_n, randaug_m=cfg.randaug_m,
+                            cutout=cfg.cutout, backend=cfg.aug_backend, rank=info.rank,
+                            world_size=info.world_size)
+    return DataBundle(dataset=ds, labeled_idx=labeled_idx, batcher=batcher, per_rank_batch=per_rank,
+                      num_classes=int(ds.num_classes), in_chans=3, stream=True)
+

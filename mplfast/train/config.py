@@ -8,6 +8,11 @@ A run's configuration is built in layers, each applied on top of the previous on
 4. the dedicated CLI flags (``--dataset``, ``--steps``, ...),
 5. ``--set key=value`` pairs, in the order given.
 
+The MPL step's settings are nested (``TrainConfig.mpl`` is a :class:`mplfast.MPLConfig`), so
+every MPLConfig field is configurable without being listed here: ``mpl: {threshold: 0.9}`` in
+YAML, ``--set mpl.threshold=0.9``, or the flat alias ``threshold`` (YAML, ``--set``, presets,
+``TrainConfig(threshold=0.9)``, ``dataclasses.replace``; ``cfg.threshold`` reads it).
+
 Every user mistake (unknown key, wrong type, out-of-range value, incompatible options) raises
 :class:`mplfast.errors.UserError` with one line that says what is wrong and what is allowed.
 """
@@ -15,7 +20,10 @@ from __future__ import annotations
 
 import dataclasses
 import difflib
+import functools
+import math
 import os
+import re
 import types
 import typing
 from dataclasses import asdict, dataclass, field, fields
@@ -23,11 +31,16 @@ from typing import Any
 
 import yaml
 
+from mplfast import safe_yaml
 from mplfast.errors import UserError
+from mplfast.config import MPLConfig  # noqa: I001 - kept apart from the line above for merges
+
+MPL_FIELD_NAMES: tuple[str, ...] = tuple(f.name for f in fields(MPLConfig))
 
 DATASETS = ("digits", "cifar10", "cifar100", "svhn", "imagefolder", "synthetic")
 METHODS = ("mpl", "uda", "supervised")
 PROGRESS = ("auto", "rich", "plain", "none")
+DATA_ENV = "MPLFAST_DATA"  # default --data root when the option is not given
 COMPILE_MODES = ("none", "default", "reduce-overhead", "max-autotune", "max-autotune-no-cudagraphs")
 
 
@@ -46,14 +59,18 @@ class TrainConfig:
     seed: int = 0
     out: str | None = None            # output directory; None: nothing is written (the CLI picks runs/...)
     device: str = "auto"              # auto | cpu | cuda | cuda:N
+    init_perturbation: float = 0.0    # added to one student weight after init (ablate's chaos row)
 
     # --- data ------------------------------------------------------------------------------
     dataset: str = "digits"
     data: str | None = None           # root of the data set files (not needed for digits/synthetic)
     unlabeled: str | None = None      # extra unlabeled image folder (imagefolder only)
-    labels: int = 50                  # size of the class-balanced labeled subset
+    labels: int | None = 50           # size of the class-balanced labeled subset; None: from the data
     image_size: int | None = None     # resize for image folders
     strict_data: bool = False         # imagefolder: fail on unreadable files instead of skipping
+    test_fraction: float = 0.2        # imagefolder without val/ or test/: part of each class held out for testing
+    val_fraction: float = 0.1         # part of each class of the training pool held out (never trained on) to pick best.pt; 0: no best.pt
+    stream: bool | None = None        # imagefolder: stream from disk with DALI; None: when it would not fit in RAM
     synthetic_kw: dict[str, Any] = field(default_factory=dict)  # passed to load_dataset
     batch_size: int = 16              # labeled images per step, summed over all ranks
     mu: int = 3                       # unlabeled batch = mu * batch_size
@@ -80,18 +97,12 @@ class TrainConfig:
     ema_decay: float = 0.995          # 0 disables the EMA student
     eval_ema: bool = True             # evaluate (and finetune) the EMA weights
 
-    # --- MPL (mapped one to one onto mplfast.MPLConfig) -------------------------------------
-    temperature: float = 0.7
-    threshold: float = 0.6
-    lambda_u: float = 8.0
-    uda_steps: int = 200
-    label_smoothing: float = 0.15
-    meta_signal: str = "loss_diff"    # loss_diff | grad_dot | none
-    meta_sign: int = 1
-    meta_baseline_decay: float = 0.0
-    pseudo_label: str = "hard"        # hard | sample | soft
-    pseudo_label_view: str = "strong"  # strong | weak
-    grad_clip: float | None = None
+    # --- MPL: the step's settings, nested so every MPLConfig field is configurable ---------
+    # Set as `mpl: {threshold: 0.9}` in YAML, `--set mpl.threshold=0.9`, or by the flat alias
+    # `threshold` (YAML, --set, presets). `precision` lives at the top level (it also drives
+    # evaluation and finetuning) and is copied into the step's config by mpl_config().
+    # uda_steps: 200 suits the digits recipe's 1,000 steps (MPLConfig's own default is 5000).
+    mpl: MPLConfig = field(default_factory=lambda: MPLConfig(uda_steps=200))
 
     # --- precision and speed ---------------------------------------------------------------
     precision: str = "auto"           # auto | fp32 | bf16 | fp16
@@ -112,20 +123,23 @@ class TrainConfig:
     log_interval: int = 50
     eval_interval: int = 250          # 0: evaluate only at the end
     ckpt_interval: int = 500          # 0: checkpoint only at the end and on interruption
+    keep: int = 0                     # also keep the N latest step-<N>.pt model files of the checkpoint intervals
     eval_batch_size: int = 512
     tensorboard: bool = True
     plot: bool = True
+    check_memory: bool = True         # refuse a step estimated not to fit in memory
     progress: str = "auto"            # auto (rich on a TTY, else plain lines) | rich | plain | none
 
+    def __getattr__(self, name: str) -> Any:
+        # read-only flat aliases of the nested MPL fields (cfg.threshold == cfg.mpl.threshold);
+        # only reached when normal lookup fails, so real fields are never shadowed
+        if name in MPL_FIELD_NAMES and "mpl" in self.__dict__:
+            return getattr(self.__dict__["mpl"], name)
+        raise AttributeError(f"{type(self).__name__!r} object has no attribute {name!r}")
+
     def mpl_kwargs(self) -> dict[str, Any]:
-        """The keyword arguments of ``mplfast.MPLConfig`` taken from this config."""
-        meta_signal = "none" if self.method == "uda" else self.meta_signal
-        return dict(temperature=self.temperature, threshold=self.threshold,
-                    lambda_u=self.lambda_u, uda_steps=self.uda_steps,
-                    label_smoothing=self.label_smoothing, meta_signal=meta_signal,
-                    meta_sign=self.meta_sign, meta_baseline_decay=self.meta_baseline_decay,
-                    pseudo_label=self.pseudo_label, pseudo_label_view=self.pseudo_label_view,
-                    grad_clip=self.grad_clip, precision=self.precision)
+        """The keyword arguments of ``mplfast.MPLConfig`` for this run's step."""
+        return effective_mpl(self).to_dict()
 
     def to_dict(self) -> dict[str, Any]:
         """Plain dict (YAML/JSON-safe) of every field."""
@@ -135,12 +149,70 @@ class TrainConfig:
 FIELD_NAMES: tuple[str, ...] = tuple(f.name for f in fields(TrainConfig))
 
 
+def _accept_flat_mpl_kwargs(init: Any) -> Any:
+    # TrainConfig(threshold=0.9) and dataclasses.replace(cfg, meta_signal="grad_dot") keep
+    # working: flat MPL keyword arguments are applied on top of the nested `mpl`
+    @functools.wraps(init)
+    def __init__(self: TrainConfig, *args: Any, **kwargs: Any) -> None:
+        flat = {k: kwargs.pop(k) for k in list(kwargs) if k in MPL_FIELD_NAMES and k not in FIELD_NAMES}
+        init(self, *args, **kwargs)
+        if flat:
+            self.mpl = dataclasses.replace(self.mpl, **flat)
+    return __init__
+
+
+TrainConfig.__init__ = _accept_flat_mpl_kwargs(TrainConfig.__init__)  # type: ignore[method-assign]
+# MPL fields that TrainConfig also has at its top level: the top-level one is the authority
+SHARED_MPL_FIELDS: tuple[str, ...] = tuple(n for n in MPL_FIELD_NAMES if n in FIELD_NAMES)
+# every key a user may write: top-level fields, flat MPL aliases and dotted mpl.<field>
+ALL_KEYS: tuple[str, ...] = tuple(dict.fromkeys(
+    [n for n in FIELD_NAMES if n != "mpl"] + list(MPL_FIELD_NAMES)
+    + [f"mpl.{n}" for n in MPL_FIELD_NAMES]))
+
+
+def effective_mpl(cfg: TrainConfig) -> MPLConfig:
+    """The step's MPLConfig: cfg.mpl with the shared top-level fields and ``--method uda``."""
+    changes: dict[str, Any] = {n: getattr(cfg, n) for n in SHARED_MPL_FIELDS}
+    if cfg.method == "uda":
+        changes["meta_signal"] = "none"  # uda trains the teacher with h = 0
+    return _build_mpl(cfg.mpl, changes)
+
+
+def _user_message(e: BaseException) -> str:
+    # MPLConfig names its fields `MPLConfig.threshold`; the user wrote `threshold`
+    msg = str(e).splitlines()[0] if str(e) else type(e).__name__
+    return re.sub(r"\bMPLConfig\.", "", msg).replace("MPLConfig: ", "")
+
+
+def _build_mpl(base: MPLConfig, changes: dict[str, Any]) -> MPLConfig:
+    """``dataclasses.replace(base, **changes)`` with MPLConfig's ValueError as a UserError."""
+    try:
+        return dataclasses.replace(base, **changes)
+    except (ValueError, TypeError) as e:
+        raise UserError(_user_message(e)) from None
+
+
 # ----------------------------------------------------------------------------------------
 # typed parsing
 # ----------------------------------------------------------------------------------------
+def canonical_key(key: str) -> str | None:
+    """The field a user's key names: a top-level field, or ``mpl.<field>`` (flat alias or
+    dotted); shared fields (``precision``) map to the top level. None if unknown."""
+    name = key[4:] if key.startswith("mpl.") else key
+    if name in SHARED_MPL_FIELDS:
+        return name
+    if key.startswith("mpl."):
+        return key if name in MPL_FIELD_NAMES else None
+    if key in FIELD_NAMES:
+        return key
+    return f"mpl.{key}" if key in MPL_FIELD_NAMES else None
+
+
 def _field_type(name: str) -> Any:
-    hints = typing.get_type_hints(TrainConfig)
-    return hints[name]
+    key = canonical_key(name) or name
+    if key.startswith("mpl."):
+        return typing.get_type_hints(MPLConfig)[key[4:]]
+    return typing.get_type_hints(TrainConfig)[key]
 
 
 def _split_optional(tp: Any) -> tuple[Any, bool]:
@@ -164,6 +236,7 @@ def coerce_value(name: str, value: Any) -> Any:
     Strings are first parsed as YAML so ``--set lr=1e-3``, ``--set nesterov=false`` and
     ``--set model_kwargs={dropout: 0.2}`` all work; the result must then fit the field's type.
     """
+    name = name[4:] if name.startswith("mpl.") else name  # messages name the user's field
     tp = _field_type(name)
     inner, optional = _split_optional(tp)
     if name == "compile" and str(value).lower() in ("true", "yes", "on", "1", "false", "no", "off", "0"):
@@ -171,7 +244,7 @@ def coerce_value(name: str, value: Any) -> Any:
         return "default" if str(value).lower() in ("true", "yes", "on", "1") else "none"
     if isinstance(value, str) and inner is not str:
         try:
-            value = yaml.safe_load(value) if value.strip() else None
+            value = safe_yaml.load(value) if value.strip() else None
         except yaml.YAMLError:
             raise UserError(f"{name}: cannot parse {value!r} as {_type_name(tp)}") from None
     if value is None or (isinstance(value, str) and value.lower() in ("none", "null") and optional):
@@ -219,19 +292,45 @@ def coerce_value(name: str, value: Any) -> Any:
 
 def unknown_key_error(key: str, where: str = "config") -> UserError:
     """A UserError for an unknown field, listing the closest field names."""
-    close = difflib.get_close_matches(key, FIELD_NAMES, n=3, cutoff=0.7)
+    close = difflib.get_close_matches(key, ALL_KEYS, n=3, cutoff=0.7)
     hint = f"; did you mean {', '.join(close)}?" if close else "; see `mplfast train --help-config`"
     return UserError(f"unknown {where} key {key!r}{hint}")
 
 
 def apply_overrides(cfg: TrainConfig, overrides: dict[str, Any], where: str = "config") -> TrainConfig:
-    """Return a copy of ``cfg`` with ``overrides`` applied, each value typed and checked."""
+    """Return a copy of ``cfg`` with ``overrides`` applied, each value typed and checked.
+
+    Keys are top-level fields, ``mpl`` (a mapping, merged into the current MPL settings),
+    ``mpl.<field>`` or a flat MPL field name (``threshold``).
+    """
     changes: dict[str, Any] = {}
+    mpl_changes: dict[str, Any] = {}
     for key, value in overrides.items():
-        if key not in FIELD_NAMES:
-            raise unknown_key_error(key, where)
-        changes[key] = coerce_value(key, value)
-    return dataclasses.replace(cfg, **changes)
+        if key == "mpl":
+            if isinstance(value, str):
+                try:  # user text: plain data only, bounded depth and size
+                    value = safe_yaml.load(value)
+                except yaml.YAMLError:
+                    value = None
+            if isinstance(value, MPLConfig):
+                value = value.to_dict()
+            if not isinstance(value, dict):
+                raise UserError(f"mpl: expected a mapping of MPL fields, got {value!r}")
+            items = [(f"mpl.{k}", v) for k, v in value.items()]
+        else:
+            items = [(key, value)]
+        for k, v in items:
+            canon = canonical_key(str(k))
+            if canon is None:
+                raise unknown_key_error(str(k), where)
+            if canon.startswith("mpl."):
+                mpl_changes[canon[4:]] = coerce_value(canon, v)
+            else:
+                changes[canon] = coerce_value(canon, v)
+    new = dataclasses.replace(cfg, **changes)
+    mpl_changes.update({n: getattr(new, n) for n in SHARED_MPL_FIELDS})  # keep mpl.precision in sync
+    new.mpl = _build_mpl(new.mpl, mpl_changes)
+    return new
 
 
 def parse_set_args(pairs: list[str]) -> dict[str, Any]:
@@ -252,7 +351,7 @@ def load_yaml(path: str) -> dict[str, Any]:
         raise UserError(f"config file not found: {path}")
     try:
         with open(path, encoding="utf-8") as f:
-            data = yaml.safe_load(f)
+            data = safe_yaml.load(f)
     except (yaml.YAMLError, UnicodeDecodeError) as e:
         first = str(e).splitlines()[0] if str(e) else type(e).__name__
         raise UserError(f"cannot parse config file {path}: {first}") from None
@@ -260,13 +359,31 @@ def load_yaml(path: str) -> dict[str, Any]:
         return {}
     if not isinstance(data, dict):
         raise UserError(f"config file {path} must hold a mapping of field: value")
+    bad = [k for k in data if not isinstance(k, str)]
+    if bad:  # `1: x` or `null: x` is no field name (and difflib's hints need strings)
+        raise UserError(f"config file {path}: {bad[0]!r} is not a field name")
     return data
 
 
-def save_yaml(cfg: TrainConfig, path: str) -> None:
-    """Write the resolved config so ``--config path`` reproduces the run."""
+def save_yaml(cfg: TrainConfig, path: str, header: str = "") -> None:
+    """Write the resolved config so ``--config path`` reproduces the run.
+
+    ``header``: comment lines written first (the run's reproducibility record).
+    """
     with open(path, "w", encoding="utf-8") as f:
+        f.write(header)
         yaml.safe_dump(cfg.to_dict(), f, sort_keys=False)
+
+
+def _drop_own_out(overrides: dict[str, Any], config_file: str) -> dict[str, Any]:
+    # a run's own config.yaml names its own folder as `out`; reusing the file to reproduce the
+    # run must start a new run elsewhere, not collide with the finished one
+    out = overrides.get("out")
+    if isinstance(out, str):
+        here = os.path.dirname(os.path.abspath(config_file))
+        if os.path.abspath(os.path.expanduser(out)) == here:
+            return {k: v for k, v in overrides.items() if k != "out"}
+    return overrides
 
 
 # ----------------------------------------------------------------------------------------
@@ -284,8 +401,11 @@ def validate(cfg: TrainConfig) -> None:
            f"dataset: unknown {cfg.dataset!r}; choose from {', '.join(DATASETS)}")
     _check(cfg.progress in PROGRESS, f"progress: choose from {', '.join(PROGRESS)}")
     _check(cfg.compile in COMPILE_MODES, f"compile: choose from {', '.join(COMPILE_MODES)}")
+    # torch, numpy and the augmentation streams take 32-bit seeds (numpy refuses negative
+    # ones, torch overflows past 64 bits): refuse instead of a traceback deep in a run
+    _check(0 <= cfg.seed < 2**32, f"seed must be in [0, 2^32), got {cfg.seed}")
     _check(cfg.steps >= 0, f"steps must be >= 0, got {cfg.steps}")
-    _check(cfg.labels >= 1, f"labels must be >= 1, got {cfg.labels}")
+    _check(cfg.labels is None or cfg.labels >= 1, f"labels must be >= 1, got {cfg.labels}")
     _check(cfg.batch_size >= 1, f"batch_size must be >= 1, got {cfg.batch_size}")
     _check(cfg.mu >= 1, f"mu must be >= 1, got {cfg.mu}")
     _check(cfg.eval_batch_size >= 1, f"eval_batch_size must be >= 1, got {cfg.eval_batch_size}")
@@ -300,14 +420,21 @@ def validate(cfg: TrainConfig) -> None:
                  "eval_interval", "ckpt_interval", "randaug_n", "cpu_threads"):
         v = getattr(cfg, name)
         _check(v >= 0, f"{name} must be >= 0, got {v}")
+    _check(math.isfinite(cfg.init_perturbation),
+           f"init_perturbation must be finite, got {cfg.init_perturbation}")
     _check(cfg.finetune_batch_size >= 1,
            f"finetune_batch_size must be >= 1, got {cfg.finetune_batch_size}")
     _check(cfg.image_size is None or cfg.image_size >= 1,
            f"image_size must be >= 1, got {cfg.image_size}")
     _check(cfg.unlabeled is None or cfg.dataset == "imagefolder",
            "--unlabeled works only with --dataset imagefolder")
+    _check(0 < cfg.test_fraction < 1, f"test_fraction must be in (0, 1), got {cfg.test_fraction}")
+    _check(0 <= cfg.val_fraction < 1, f"val_fraction must be in [0, 1), got {cfg.val_fraction}")
+    _check(cfg.keep >= 0, f"keep must be >= 0, got {cfg.keep}")
+    _check(not cfg.stream or cfg.dataset == "imagefolder",
+           "--stream works only with --dataset imagefolder (the other data sets fit in memory)")
     _check(cfg.dataset in ("digits", "synthetic") or cfg.data is not None,
-           f"dataset {cfg.dataset} needs --data PATH (mplfast never downloads)")
+           f"dataset {cfg.dataset} needs --data PATH or ${DATA_ENV} (mplfast never downloads)")
     if cfg.method == "uda":
         # uda trains the teacher with h = 0; a meta signal would silently be ignored
         _check(cfg.meta_signal in ("loss_diff", "none"),
@@ -316,36 +443,46 @@ def validate(cfg: TrainConfig) -> None:
     for name in ("data", "unlabeled"):
         path = getattr(cfg, name)
         if path is not None and not os.path.exists(path):
-            raise UserError(f"{name} path does not exist: {path}")
+            env = f" (from ${DATA_ENV})" if name == "data" and path == os.environ.get(DATA_ENV) else ""
+            raise UserError(f"{name} path does not exist: {path}{env}")
     mpl_config(cfg)  # MPL field ranges (threshold 2.5, unknown meta_signal, ...)
 
 
-def mpl_config(cfg: TrainConfig) -> Any:
-    """Build ``mplfast.MPLConfig`` from ``cfg``; its ValueError becomes a one-line UserError."""
-    from mplfast.config import MPLConfig
-
-    try:
-        return MPLConfig(**cfg.mpl_kwargs())
-    except (ValueError, TypeError) as e:
-        raise UserError(str(e).splitlines()[0] if str(e) else type(e).__name__) from None
+def mpl_config(cfg: TrainConfig) -> MPLConfig:
+    """The ``mplfast.MPLConfig`` of ``cfg``'s step; its ValueError becomes a one-line UserError."""
+    return effective_mpl(cfg)
 
 
 # ----------------------------------------------------------------------------------------
 # layering: defaults -> preset -> YAML file -> CLI flags -> --set
 # ----------------------------------------------------------------------------------------
+def _default_data_root(cfg: TrainConfig, set_overrides: dict[str, Any]) -> TrainConfig:
+    """``data`` from $MPLFAST_DATA when no layer names it and the data set needs files; it is
+    recorded in the config, so the run reproduces without the variable."""
+    dataset = set_overrides.get("dataset", cfg.dataset)
+    if cfg.data is not None or "data" in set_overrides or dataset in ("digits", "synthetic"):
+        return cfg
+    root = os.environ.get(DATA_ENV)
+    return dataclasses.replace(cfg, data=root) if root else cfg
+
+
 def resolve(preset: str | None = None, config_file: str | None = None,
             flags: dict[str, Any] | None = None, sets: list[str] | None = None,
-            base: TrainConfig | None = None) -> TrainConfig:
+            base: TrainConfig | None = None, check: bool = True) -> TrainConfig:
     """Build a validated config from its layers (see the module docstring).
 
-    ``preset=None`` picks the preset that fits the data set named by the flags, the YAML file
-    or ``--set`` (``--dataset cifar10`` starts from ``cifar10-4k``), else ``digits``.
+    ``check=False`` skips :func:`validate` (paths, ranges): ``--help-config`` shows what a
+    preset would use without needing its data.
+
+    ``preset=None`` (and no ``preset:`` in the YAML file) starts from ``digits`` for the
+    built-in data and from ``auto`` (sized to the data) for any other ``--dataset``: a named
+    recipe such as ``cifar10-4k`` applies only when asked for.
     ``base`` (used by ``--resume``) replaces defaults + preset with a saved config.
     """
-    from mplfast.train.presets import DATASET_DEFAULT_PRESET, get_preset
+    from mplfast.train.presets import default_preset, get_preset
 
     flags = {k: v for k, v in (flags or {}).items() if v is not None}
-    file_overrides = load_yaml(config_file) if config_file else {}
+    file_overrides = _drop_own_out(load_yaml(config_file), config_file) if config_file else {}
     set_overrides = parse_set_args(sets or [])
     if base is not None:
         cfg = base
@@ -354,12 +491,155 @@ def resolve(preset: str | None = None, config_file: str | None = None,
             preset = file_overrides.get("preset")
         if preset is None:
             dataset = set_overrides.get("dataset", flags.get("dataset", file_overrides.get("dataset")))
-            preset = DATASET_DEFAULT_PRESET.get(str(dataset), "digits") if dataset else "digits"
+            preset = default_preset(str(dataset) if dataset else None)
         cfg = apply_overrides(TrainConfig(), get_preset(str(preset)), "preset")
     # the file's `preset:` only chooses the starting point above; it is not a field override
     cfg = apply_overrides(cfg, {k: v for k, v in file_overrides.items() if k != "preset"},
                           "config file")
     cfg = apply_overrides(cfg, flags, "option")
+    cfg = _default_data_root(cfg, set_overrides)
     cfg = apply_overrides(cfg, set_overrides, "--set")
-    validate(cfg)
+    if check:
+        validate(cfg)
     return cfg
+
+
+# ----------------------------------------------------------------------------------------
+# documentation of every field (for `mplfast train --help-config`)
+# ----------------------------------------------------------------------------------------
+# name -> (allowed values, one line of meaning); MPL fields are documented by MPLConfig's own
+# docstring (parsed below), so a new MPLConfig field is listed without touching this table
+FIELD_DOCS: dict[str, tuple[str, str]] = {
+    "preset": ("see --preset", "the recipe this config started from (recorded; --preset applies one)"),
+    "method": ("|".join(METHODS), "mpl: teacher learns from the student; uda: teacher with h = 0; "
+               "supervised: labeled images only"),
+    "seed": ("int", "seeds the labeled split, init, data order and augmentation"),
+    "out": ("path or null", "output folder (default: a new runs/<dataset>-<method>-seed<seed>)"),
+    "device": ("auto|cpu|cuda|cuda:N", "where to train (auto: CUDA if available)"),
+    "init_perturbation": ("finite float", "added to one student weight after init (the chaos "
+                          "control of `mplfast ablate`; 0: off)"),
+    "dataset": ("|".join(DATASETS), "which data set to load"),
+    "data": ("path or null", "root of the data set's files (mplfast never downloads)"),
+    "unlabeled": ("path or null", "extra folder of unlabeled images (imagefolder only)"),
+    "labels": (">= classes, a multiple of them, or null", "size of the class-balanced labeled "
+               "subset (null: derived from the data)"),
+    "image_size": (">= 1 or null", "side length image folders are resized to (null: 32)"),
+    "strict_data": ("bool", "fail on an unreadable image instead of warning and skipping it"),
+    "test_fraction": ("(0, 1)", "imagefolder without val/ or test/: part of each class held out "
+                      "(seeded) for the final test report"),
+    "val_fraction": ("[0, 1)", "part of each class of the training pool held out (never trained "
+                     "on) to pick best.pt (0: no validation split, no best.pt)"),
+    "stream": ("bool or null", "imagefolder: decode from disk at every step with DALI (null: "
+               "only when the decoded folder would not fit in memory)"),
+    "synthetic_kw": ("mapping", "keyword arguments of the synthetic data set (tests)"),
+    "batch_size": (">= 1", "labeled images per step, summed over all ranks"),
+    "mu": (">= 1", "unlabeled images per step = mu * batch_size"),
+    "randaug_n": (">= 0", "RandAugment operations per strong view"),
+    "randaug_m": (">= 0", "RandAugment magnitude"),
+    "cutout": ("[0, 1]", "cutout square side as a fraction of the image side"),
+    "aug_backend": ("null|torch|triton|native", "augmentation backend (null: fastest available)"),
+    "model": ("see `mplfast models`", "student model (and teacher unless teacher_model is set)"),
+    "teacher_model": ("model name or null", "teacher model if it differs from the student"),
+    "model_kwargs": ("mapping", "keyword arguments of the model (width, dropout, ...)"),
+    "steps": (">= 0", "training steps"),
+    "teacher_lr": (">= 0", "teacher peak learning rate (warmup then cosine decay)"),
+    "student_lr": (">= 0", "student peak learning rate"),
+    "momentum": ("[0, 1]", "SGD momentum of both models"),
+    "nesterov": ("bool", "Nesterov momentum"),
+    "teacher_weight_decay": (">= 0", "teacher weight decay (not on batch-norm parameters)"),
+    "student_weight_decay": (">= 0", "student weight decay"),
+    "warmup_steps": (">= 0", "linear learning-rate warmup steps"),
+    "student_wait_steps": (">= 0", "the student's lr is 0 for its first N steps (paper: 3000)"),
+    "ema_decay": ("[0, 1)", "decay of the EMA student (0: no EMA)"),
+    "eval_ema": ("bool", "report (and finetune) the EMA student rather than the raw one"),
+    "mpl": ("mapping", "the MPL step's settings (the mpl.* rows); also settable by their flat names"),
+    "precision": ("|".join(("auto", "fp32", "bf16", "fp16")), "compute precision (auto: bf16 "
+                  "on GPUs that have it, else fp32)"),
+    "channels_last": ("bool", "channels-last memory format (faster convolutions on GPUs)"),
+    "cpu_threads": (">= 0", "torch intra-op threads on CPU (0: torch's default)"),
+    "compile": ("|".join(COMPILE_MODES) + " (true = default)", "torch.compile mode"),
+    "finetune_epochs": (">= 0", "labeled-only finetune epochs after training (0: off)"),
+    "finetune_batch_size": (">= 1", "finetune batch size"),
+    "finetune_lr": (">= 0", "finetune learning rate"),
+    "finetune_weight_decay": (">= 0", "finetune weight decay"),
+    "finetune_momentum": ("[0, 1]", "finetune SGD momentum"),
+    "log_interval": (">= 0", "steps between metric lines (metrics.jsonl, TensorBoard, screen)"),
+    "eval_interval": (">= 0", "steps between test evaluations (0: only at the end)"),
+    "ckpt_interval": (">= 0", "steps between checkpoints (0: at the end and on interruption)"),
+    "keep": (">= 0", "also keep the N latest step-<N>.pt model files of the checkpoint "
+             "intervals (0: only last.pt and best.pt)"),
+    "eval_batch_size": (">= 1", "evaluation batch size"),
+    "tensorboard": ("bool", "write TensorBoard events (out/tb)"),
+    "plot": ("bool", "write curves.png at the end"),
+    "check_memory": ("bool", "refuse a step estimated not to fit in memory"),
+    "progress": ("|".join(PROGRESS), "progress display (auto: a bar on a terminal, else lines)"),
+}
+
+
+def mpl_field_docs() -> dict[str, str]:
+    """``{field: "allowed: meaning"}`` from the "Fields and allowed ranges" of MPLConfig's
+    docstring (continuation lines joined)."""
+    doc = MPLConfig.__doc__ or ""
+    out: dict[str, str] = {}
+    current = None
+    for line in doc.splitlines():
+        m = re.match(r"^\s{6}(\w+)\s+(.*)$", line)
+        if m and m.group(1) in MPL_FIELD_NAMES:
+            current = m.group(1)
+            out[current] = m.group(2).strip()
+        elif current and line.startswith(" " * 8) and line.strip():
+            out[current] += " " + line.strip()
+        elif not line.strip():
+            current = None
+    return out
+
+
+def _split_doc(text: str) -> tuple[str, str]:
+    """``'[0, 1]: UDA mask threshold. More.'`` -> (allowed, first sentence of the meaning).
+
+    MPLConfig's docstring writes "ALLOWED: meaning" or "ALLOWED (meaning)"; the split is the
+    first ': ' outside brackets, else the first ' (' outside brackets."""
+    depth, paren = 0, None
+    for i, ch in enumerate(text):
+        if ch in "([":
+            if ch == "(" and depth == 0 and paren is None and i > 0 and text[i - 1] == " ":
+                paren = i
+            depth += 1
+        elif ch in ")]":
+            depth -= 1
+        elif ch == ":" and depth == 0 and text[i + 1:i + 2] == " ":
+            allowed, meaning = text[:i].strip(), text[i + 2:].strip()
+            break
+    else:
+        if paren is None:
+            return "", _first_sentence(text)
+        allowed, meaning = text[:paren].strip(), text[paren + 1:].strip().rstrip(".").rstrip(")")
+    return allowed, _first_sentence(meaning)
+
+
+def _first_sentence(text: str) -> str:
+    m = re.search(r"\.\s", text)
+    return (text[:m.start()] if m else text).rstrip(".").strip()
+
+
+def field_rows(cfg: TrainConfig | None = None) -> list[tuple[str, str, str, str, str, str]]:
+    """(key, type, default, value in ``cfg``, allowed, meaning) for every user-settable key:
+    each top-level field, then each MPL field as ``mpl.<field>`` (also settable flat)."""
+    default = TrainConfig()
+    cfg = cfg or default
+    mdocs = mpl_field_docs()
+    rows = []
+    for f in fields(TrainConfig):
+        if f.name == "mpl":
+            continue
+        allowed, meaning = FIELD_DOCS.get(f.name, ("", ""))
+        rows.append((f.name, _type_name(_field_type(f.name)), repr(getattr(default, f.name)),
+                     repr(getattr(cfg, f.name)), allowed, meaning))
+    for f in fields(MPLConfig):
+        if f.name in SHARED_MPL_FIELDS:
+            continue
+        allowed, meaning = _split_doc(mdocs.get(f.name, ""))
+        rows.append((f"mpl.{f.name}", _type_name(_field_type(f"mpl.{f.name}")),
+                     repr(getattr(default.mpl, f.name)), repr(getattr(cfg.mpl, f.name)),
+                     allowed, meaning))
+    return rows

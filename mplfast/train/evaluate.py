@@ -39,3 +39,26 @@ def accuracy(model: nn.Module, batcher: Any, *, precision: str, device: torch.de
         dist.all_reduce(counts)
         correct, total = counts[0], counts[1]
     return 100.0 * int(correct.item()) / max(1, int(total.item()))
+
+
+@torch.no_grad()
+def evaluate_metrics(model: nn.Module, batcher: Any, *, num_classes: int, precision: str,
+                     device: torch.device, batch_size: int = 512, split: str = "test") -> Any:
+    """``ClassificationMetrics`` (confusion matrix, top-5) of ``model`` on ``split``; the same
+    no-RNG, eval-mode and all-rank rules as :func:`accuracy`."""
+    from mplfast.train.classification_metrics import MetricsAccumulator
+
+    was_training = model.training
+    model.eval()
+    acc = MetricsAccumulator(num_classes, device)
+    devices = [device] if device.type == "cuda" else []
+    try:
+        with torch.random.fork_rng(devices=devices):
+            for x, y in batcher.eval_batches(split, batch_size):
+                with autocast(precision, device):
+                    logits = model(x)
+                acc.add(logits.float(), y)
+    finally:
+        model.train(was_training)
+    acc.all_reduce()
+    return acc.result()

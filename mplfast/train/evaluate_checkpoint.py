@@ -1,55 +1,176 @@
-"""``mplfast eval --checkpoint PATH``: rebuild the models a checkpoint holds and test them."""
+"""``mplfast eval RUN|FILE``: rebuild the models a run saved and measure them on one split.
+
+Reads a run folder (its ``best.pt``, else ``last.pt``, else ``checkpoint.pt``), a model file
+(``best.pt``, ``last.pt``, ``step-<N>.pt``) or a resume checkpoint. Reports, per model, top-1,
+top-5 (with 5 or more classes), balanced accuracy, per-class accuracy and the confusion matrix:
+as tables on screen and, with ``--json FILE``, as JSON.
+"""
 from __future__ import annotations
 
-import copy
+import json
+import math
+import os
+from dataclasses import dataclass
+from typing import Any, TextIO
 
+import torch
+
+from mplfast.errors import UserError
 from mplfast.precision import resolve_precision
 from mplfast.train import builders
-from mplfast.train import checkpoint as ckpt_io
+from mplfast.train.classification_metrics import ClassificationMetrics
 from mplfast.train.config import TrainConfig, apply_overrides
 from mplfast.train.distributed import DistInfo, _pick_device
-from mplfast.train.evaluate import accuracy
+from mplfast.train.evaluate import evaluate_metrics
+from mplfast.train.model_file import (MODEL_FORMAT, arch_of, headline_key, load_weights,
+                                      models_from_checkpoint, resolve_run_file, validate_models)
+
+SPLITS = ("test", "val", "train")
+_LEGACY_KEYS = {"teacher": "teacher_acc", "student": "student_acc", "ema": "ema_acc",
+                "finetuned": "finetune_acc"}
+
+
+@dataclass
+class EvalResult:
+    """What ``mplfast eval`` measured."""
+
+    source: str                              # the file read
+    step: int
+    split: str
+    class_names: list[str]
+    headline: str                            # the model the run reports as test_acc
+    models: dict[str, ClassificationMetrics]  # teacher / student / ema / finetuned
+
+    @property
+    def images(self) -> int:
+        return next(iter(self.models.values())).count
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"source": self.source, "step": self.step, "split": self.split,
+                "images": self.images, "num_classes": len(self.class_names),
+                "class_names": self.class_names, "headline": self.headline,
+                "models": {k: m.to_dict(self.class_names) for k, m in self.models.items()}}
+
+
+def read_saved_models(path: str) -> tuple[dict[str, Any], int, dict[str, dict[str, torch.Tensor]],
+                                          str]:
+    """(config dict, step, {model key: state dict}, resolved path) of a run folder, a model
+    file or a resume checkpoint."""
+    from mplfast.train import checkpoint as ckpt_io
+
+    path = resolve_run_file(path)
+    if not os.path.isfile(path):
+        raise UserError(f"checkpoint not found: {path}")
+    # one restricted (weights_only) load: a pickle that would run code is the one refusal line
+    obj = ckpt_io.safe_torch_load(path)
+    if isinstance(obj, dict) and obj.get("format") == MODEL_FORMAT:
+        obj = validate_models(obj, path)
+        return obj["config"], int(obj["step"]), obj["models"], path
+    # a resume checkpoint: the checkpoint module's layout and config checks
+    st = ckpt_io.validate_loaded(obj, path, expect="weights")
+    models = models_from_checkpoint(st)
+    if not models or not isinstance(st.get("config"), dict):
+        raise UserError(f"{path} holds no model weights (not an mplfast run file)")
+    return st["config"], int(st["step"]), models, path
+
+
+def evaluate_run(path: str, *, split: str = "test", data: str | None = None,
+                 device: str | None = None) -> EvalResult:
+    """Measure every model saved at ``path`` on ``split`` (test | val | train).
+
+    ``data`` overrides the data root saved with the run (files moved since training). The
+    validation and training splits are rebuilt exactly as training drew them (same seed and
+    ``val_fraction``); ``train`` is the training pool without the validation images."""
+    from mplfast.data.splits import class_names
+
+    if split not in SPLITS:
+        raise UserError(f"--split must be one of {', '.join(SPLITS)}, got {split!r}")
+    cfg_dict, step, models, src = read_saved_models(path)
+    overrides: dict[str, Any] = {"data": data} if data is not None else {}
+    if device is not None:
+        overrides["device"] = device
+    cfg = apply_overrides(apply_overrides(TrainConfig(), cfg_dict, "saved config"), overrides,
+                          "option")
+    if cfg.data is not None and not os.path.exists(cfg.data):
+        raise UserError(f"the run's data root {cfg.data} does not exist; pass --data DIR")
+    dev = _pick_device(cfg.device, 0)
+    info = DistInfo(rank=0, world_size=1, local_rank=0, device=dev)
+    # world_size 1: the run's global batch size needs no divisibility here
+    bundle = builders.build_data(cfg, info)
+    ds = bundle.dataset
+    if split == "val" and getattr(ds, "val_labels", None) is None:
+        raise UserError("this run has no validation split (val_fraction was 0); use --split "
+                        "test or train")
+    precision = resolve_precision(cfg.precision, dev)
+    out: dict[str, ClassificationMetrics] = {}
+    for key in ("teacher", "student", "ema", "finetuned"):
+        if key not in models:
+            continue
+        model = builders.build_model(cfg, arch_of(cfg_dict, key), bundle, dev)
+        load_weights(model, models[key], what=key, path=src)
+        out[key] = evaluate_metrics(model, bundle.batcher, num_classes=int(ds.num_classes),
+                                    precision=precision, device=dev,
+                                    batch_size=cfg.eval_batch_size, split=split)
+    return EvalResult(src, step, split, class_names(ds), headline_key(cfg_dict, out), out)
 
 
 def evaluate_checkpoint(path: str, *, data: str | None = None,
                         device: str | None = None) -> tuple[int, dict[str, float]]:
-    """(step, accuracies in percent) of the teacher, student, EMA student and finetuned model
-    in the checkpoint at ``path``.
+    """(step, top-1 accuracies in percent keyed ``teacher_acc``/``student_acc``/``ema_acc``/
+    ``finetune_acc``) on the test split (the older, smaller interface)."""
+    r = evaluate_run(path, data=data, device=device)
+    return r.step, {_LEGACY_KEYS[k]: m.top1 for k, m in r.models.items()}
 
-    ``data`` overrides the data root saved in the checkpoint (files moved since training).
-    """
-    st = ckpt_io.load(path)
-    overrides = {"data": data} if data is not None else {}
-    if device is not None:
-        overrides["device"] = device
-    cfg = apply_overrides(apply_overrides(TrainConfig(), st["config"], "checkpoint config"),
-                          overrides, "option")
-    dev = _pick_device(cfg.device, 0)
-    info = DistInfo(rank=0, world_size=1, local_rank=0, device=dev)
-    # world_size 1: the checkpoint's global batch size needs no divisibility here
-    data_bundle = builders.build_data(cfg, info)
-    precision = resolve_precision(cfg.precision, dev)
-    kw = dict(precision=precision, device=dev, batch_size=cfg.eval_batch_size)
-    student = builders.build_model(cfg, cfg.model, data_bundle, dev)
-    out: dict[str, float] = {}
-    if st.get("teacher") is not None:
-        teacher = builders.build_model(cfg, cfg.teacher_model or cfg.model, data_bundle, dev)
-        teacher.load_state_dict(st["teacher"])
-        out["teacher_acc"] = accuracy(teacher, data_bundle.batcher, **kw)
-    student.load_state_dict(st["student"])
-    out["student_acc"] = accuracy(student, data_bundle.batcher, **kw)
-    if st.get("ema") is not None:
-        ema_model = copy.deepcopy(student)
-        ema_model.load_state_dict(st["ema"]["module"])
-        out["ema_acc"] = accuracy(ema_model, data_bundle.batcher, **kw)
-    # finetuned weights: final ones of a finished run, or partial ones of a stopped finetune
-    ft_sd, key = st.get("finetuned"), "finetune_acc"
-    if ft_sd is None and st.get("finetune") is not None:
-        ft_sd, key = st["finetune"]["model"], "finetune_acc_partial"
-    if ft_sd is not None:
-        # the finetuned model is the headline one: the teacher for uda, else the student
-        arch = (cfg.teacher_model or cfg.model) if cfg.method == "uda" else cfg.model
-        ft_model = builders.build_model(cfg, arch, data_bundle, dev)
-        ft_model.load_state_dict(ft_sd)
-        out[key] = accuracy(ft_model, data_bundle.batcher, **kw)
-    return int(st["step"]), out
+
+# ------------------------------------------------------------------------------- reporting
+def _pct(v: float | None) -> str:
+    return "-" if v is None or (isinstance(v, float) and math.isnan(v)) else f"{v:.2f}"
+
+
+def print_report(r: EvalResult, *, model: str | None = None, file: TextIO | None = None) -> None:
+    """Tables on screen (rich): one row per model, then per-class accuracy and the confusion
+    matrix of ``model`` (default: the headline model)."""
+    from rich.console import Console
+    from rich.table import Table
+
+    con = Console(file=file, highlight=False, soft_wrap=False)
+    C = len(r.class_names)
+    con.print(f"{r.source} (step {r.step}): split {r.split}, {r.images} images, {C} classes")
+    t = Table(title=None, show_lines=False)
+    for col in ("model", "top-1 %", "top-5 %", "balanced %"):
+        t.add_column(col, justify="left" if col == "model" else "right")
+    for k, m in r.models.items():
+        t.add_row(k + (" (headline)" if k == r.headline else ""), _pct(m.top1),
+                  _pct(m.top5) if m.top5 is not None else "n/a (C < 5)", _pct(m.balanced))
+    con.print(t)
+    key = model or r.headline
+    m = r.models[key]
+    con.print(f"per-class accuracy of {key}:")
+    pc = Table()
+    pc.add_column("class")
+    pc.add_column("images", justify="right")
+    pc.add_column("accuracy %", justify="right")
+    for name, n, a in zip(r.class_names, m.support(), m.per_class()):
+        pc.add_row(str(name), str(n), _pct(a))
+    con.print(pc)
+    if C <= 20:
+        con.print(f"confusion matrix of {key} (rows: true class, columns: predicted):")
+        cm = Table()
+        cm.add_column("true \\ pred")
+        for name in r.class_names:
+            cm.add_column(str(name), justify="right")
+        for name, row in zip(r.class_names, m.confusion.tolist()):
+            cm.add_row(str(name), *(str(v) for v in row))
+        con.print(cm)
+    else:
+        con.print(f"confusion matrix ({C} x {C}): see --json FILE")
+
+
+def write_json(r: EvalResult, path: str) -> None:
+    """The full report (every model, per-class, confusion) as JSON."""
+    try:
+        with open(path, "w", encoding="utf-8") as f:
+            json.dump(r.to_dict(), f, indent=2)
+            f.write("\n")
+    except OSError as e:
+        raise UserError(f"cannot write --json {path}: {e.strerror or e}") from None

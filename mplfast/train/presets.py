@@ -52,20 +52,39 @@ IMAGENET_10PCT: dict[str, Any] = dict(
     channels_last=True, cpu_threads=0,
 )
 
+# auto: what a bare `--dataset X` gets (no preset named). The digits recipe's CPU-sized
+# optimisation (small CNN, B = 16, mu = 3, 1,000 steps, no finetune), with the labeled count
+# derived from the data once it is loaded (labels=None; see builders.fit_to_data). A paper
+# recipe (WRN/ResNet-50, 300k steps, 625 finetune epochs) is only ever used when named.
+AUTO: dict[str, Any] = dict(labels=None)
+
 PRESETS: dict[str, dict[str, Any]] = {
     "digits": DIGITS,
+    "auto": AUTO,
     "cifar10-4k": CIFAR10_4K,
     "cifar100-10k": CIFAR100_10K,
     "svhn-1k": SVHN_1K,
     "imagenet-10pct": IMAGENET_10PCT,
 }
 
-# The preset a bare `--dataset X` starts from, so `--dataset cifar10 --data DIR` gets the
-# paper recipe rather than the 8x8 digits network.
-DATASET_DEFAULT_PRESET: dict[str, str] = {
-    "digits": "digits", "synthetic": "digits", "cifar10": "cifar10-4k",
-    "cifar100": "cifar100-10k", "svhn": "svhn-1k", "imagefolder": "imagenet-10pct",
+# one line of meaning per preset (for --help and --help-config)
+PRESET_HELP: dict[str, str] = {
+    "digits": "the built-in 8x8 digits, 50 labels, small CNN, ~1 min on 2 CPU cores",
+    "auto": "sized to the data: small CNN, labeled count derived from the data, no finetune",
+    "cifar10-4k": "the paper's CIFAR-10-4K recipe (WRN-28-2, 300k steps, 625 finetune epochs)",
+    "cifar100-10k": "the CIFAR-10-4K recipe on CIFAR-100 with 10,000 labels, WRN-28-8",
+    "svhn-1k": "the CIFAR-10-4K recipe on SVHN with 1,000 labels",
+    "imagenet-10pct": "ImageNet 10 % labels, ResNet-50 at 224 px, 300k steps (needs a big GPU)",
 }
+
+
+def default_preset(dataset: str | None) -> str:
+    """The preset used when none is named: digits for the built-in data, else ``auto``.
+
+    A named preset applies only when asked for (``--preset``): a bare ``--dataset imagefolder``
+    must never silently mean ResNet-50 at 224 px on a user's 300 images.
+    """
+    return "digits" if dataset in (None, "digits") else "auto"
 
 
 def get_preset(name: str) -> dict[str, Any]:

@@ -16,7 +16,7 @@ import json
 import os
 import random
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any, Callable
 
 import numpy as np
@@ -36,7 +36,7 @@ from mplfast.train.progress import Progress
 from mplfast.train.signals import StopRequest
 from mplfast.train.supervised import SupervisedStep, without_dropout
 
-CKPT_VERSION = 1
+CKPT_VERSION = ckpt_io.CKPT_VERSION  # the checkpoint format checkpoint.py reads
 
 
 @dataclass
@@ -49,6 +49,7 @@ class RunResult:
     step: int = 0
     where: str = ""          # "step N" or "finetune step N" where an interrupted run stopped
     out_dir: str | None = None
+    config: TrainConfig | None = None  # the run's config with the fields derived from the data
 
 
 def _seed_all(seed: int) -> None:
@@ -61,7 +62,7 @@ class _Run:
     """State of one run (models, optimizers, steps, sinks) and the phase loops."""
 
     def __init__(self, cfg: TrainConfig, info: DistInfo, stop: StopRequest,
-                 resume_state: dict[str, Any] | None) -> None:
+                 resume_state: dict[str, Any] | None, dataset: Any = None) -> None:
         self.cfg, self.info, self.stop = cfg, info, stop
         self.out = cfg.out if info.is_main else None
         self.device = info.device
@@ -76,9 +77,12 @@ class _Run:
         self.ft_state: dict[str, Any] | None = None
         self.finetuned_sd: dict[str, Any] | None = None  # final finetuned weights (phase "done")
         self.running = RunningMean()  # metrics since the last log line (checkpointed too)
+        self.provenance: dict[str, Any] = {}  # set by _run on rank 0 (see provenance.record)
 
         _seed_all(cfg.seed)  # identical init on every rank (DDP also broadcasts rank 0's)
-        self.data = builders.build_data(cfg, info)
+        self.data = builders.build_data(cfg, info, dataset=dataset)
+        if cfg.labels is None:  # derived from the data: the run and its saved config are concrete
+            self.cfg = cfg = replace(cfg, labels=int(self.data.labeled_idx.numel()))
         self.teacher: nn.Module | None = None
         self.t_opt = self.t_sched = None
         if cfg.method != "supervised":
@@ -87,6 +91,9 @@ class _Run:
                                                  nesterov=cfg.nesterov, weight_decay=cfg.teacher_weight_decay)
             self.t_sched = builders.make_scheduler(self.t_opt, cfg, cfg.steps, 0)
         self.student = builders.build_model(cfg, cfg.model, self.data, self.device)
+        if cfg.init_perturbation:  # the chaos control: one weight moved, everything else equal
+            with torch.no_grad():
+                next(self.student.parameters()).view(-1)[0] += cfg.init_perturbation
         self.s_opt = builders.make_optimizer(self.student, lr=cfg.student_lr, momentum=cfg.momentum,
                                              nesterov=cfg.nesterov, weight_decay=cfg.student_weight_decay)
         wait = cfg.student_wait_steps if cfg.method != "supervised" else 0
@@ -118,6 +125,17 @@ class _Run:
         self.step = 0
         if resume_state is not None:
             self._load(resume_state)
+        # model files (best.pt / last.pt): opened by _run once the run folder exists, so that
+        # nothing in it is touched before the run really starts
+        self.ckpts: Any = None
+        self.resumed = resume_state is not None
+
+    def open_model_files(self) -> None:
+        """Start this run's ``best.pt`` / ``last.pt`` bookkeeping (a fresh run removes an
+        earlier run's model files from its folder; a resumed one reads its ``best.pt``)."""
+        from mplfast.train.model_file import ModelCheckpoints
+
+        self.ckpts = ModelCheckpoints(self.out, keep=self.cfg.keep, resume=self.resumed)
 
     # ------------------------------------------------------------------ helpers
     def _wrap(self, model: nn.Module) -> nn.Module:
@@ -136,9 +154,10 @@ class _Run:
             return self.ema.module
         return self.student
 
-    def evaluate_all(self) -> dict[str, float]:
-        """Accuracies of every model this method has."""
-        kw = dict(precision=self.precision, device=self.device, batch_size=self.cfg.eval_batch_size)
+    def evaluate_all(self, split: str = "test") -> dict[str, float]:
+        """Accuracies of every model this method has on ``split``."""
+        kw = dict(precision=self.precision, device=self.device, batch_size=self.cfg.eval_batch_size,
+                  split=split)
         acc: dict[str, float] = {}
         if self.teacher is not None:
             acc["teacher_acc"] = accuracy(self.teacher, self.data.batcher, **kw)
@@ -153,10 +172,61 @@ class _Run:
             lrs["lr_teacher"] = float(self.t_opt.param_groups[0]["lr"])
         return lrs
 
+    @property
+    def has_val(self) -> bool:
+        """Whether the data has a validation split (``val_fraction`` > 0 or a val/ folder)."""
+        return getattr(self.data.dataset, "val_labels", None) is not None
+
+    def _headline_acc_key(self) -> str:
+        if self.cfg.method == "uda":
+            return "teacher_acc"
+        return "ema_acc" if self.ema is not None and self.cfg.eval_ema else "student_acc"
+
+    def offer_best(self, val_acc: dict[str, float]) -> None:
+        """Keep the models as ``best.pt`` if the headline model's validation accuracy is the best."""
+        from mplfast.train.model_file import payload_from_run
+
+        key = "finetune_acc" if "finetune_acc" in val_acc else self._headline_acc_key()
+        self.ckpts.offer_best(val_acc[key], lambda: payload_from_run(self))
+
     def images_per_step(self) -> int:
         """Distinct images one step reads, over all ranks: B labeled (+ mu*B unlabeled)."""
         b = self.cfg.batch_size
         return b if self.cfg.method == "supervised" else b * (1 + self.cfg.mu)
+
+    # ------------------------------------------------------------------ start-up
+    def check_memory(self) -> tuple[int, int | None]:
+        """(estimated bytes of one step, available bytes); refuses a step that cannot fit."""
+        from mplfast.train import startup
+
+        ds, b = self.data.dataset, self.data.per_rank_batch
+        # a streamed folder's train_images is a shape-only (meta) stand-in: sizes, no pixels
+        h, w, c = (int(v) for v in ds.train_images.shape[1:])
+        on_device = self.device.type == "cuda" and not getattr(ds, "streamed", False)
+        data_bytes = (ds.train_images.numel() + (ds.unlabeled_images.numel()
+                      if ds.unlabeled_images is not None else 0)) if on_device else 0
+        est = startup.estimate_step_bytes(
+            teacher=unwrap(self.teacher) if self.teacher is not None else None,
+            student=unwrap(self.student), image_shape=(c, h, w), batch=b,
+            mu=self.cfg.mu if self.cfg.method != "supervised" else 0, device=self.device,
+            channels_last=self.cfg.channels_last, data_bytes=data_bytes)
+        if self.device.type == "cpu":  # the ranks of one machine share its memory
+            est *= int(os.environ.get("LOCAL_WORLD_SIZE", "1"))
+        avail = startup.available_bytes(self.device)
+        if self.cfg.check_memory:
+            startup.check_memory(est, avail, batch=b, mu=self.cfg.mu, image_size=h,
+                                 model=self.cfg.model, device=self.device, method=self.cfg.method)
+        return est, avail
+
+    def summary_block(self, estimate: int | None, available: int | None, resumed: bool) -> str:
+        """The start-up summary (see mplfast.train.startup.summary_lines)."""
+        from mplfast.train import startup
+
+        return "\n".join(startup.summary_lines(
+            cfg=self.cfg, ds=self.data.dataset, teacher=self.teacher, student=self.student,
+            device=self.device, precision=self.precision, world_size=self.info.world_size,
+            finetune_steps=builders.finetune_steps(self.cfg)[0], estimate=estimate,
+            available=available, out=self.cfg.out, resumed_at=self.step if resumed else None))
 
     # ------------------------------------------------------------------ checkpoints
     def state(self) -> dict[str, Any]:
@@ -195,7 +265,40 @@ class _Run:
             "finetuned": self.finetuned_sd,
         }
 
+    def _check_resume_state(self, st: dict[str, Any], path: str) -> None:
+        """Compare every part of a checkpoint with the objects this config builds (keys,
+        shapes, dtypes, structure) before any ``load_state_dict`` sees it; ``UserError``."""
+        where = dict(path=path)
+        if self.teacher is not None:
+            ckpt_io.check_state_dict(self.teacher, st["teacher"], what="teacher", **where)
+            ckpt_io.check_optimizer(self.t_opt, st["teacher_optimizer"], what="teacher_optimizer",
+                                    **where)  # type: ignore[arg-type]
+            ckpt_io.check_like(self.t_sched.state_dict(), st["teacher_scheduler"],  # type: ignore[union-attr]
+                               what="teacher_scheduler", **where)
+        ckpt_io.check_state_dict(self.student, st["student"], what="student", **where)
+        ckpt_io.check_optimizer(self.s_opt, st["student_optimizer"], what="student_optimizer", **where)
+        ckpt_io.check_like(self.s_sched.state_dict(), st["student_scheduler"],
+                           what="student_scheduler", **where)
+        if self.ema is not None and st.get("ema") is not None:
+            ckpt_io.check_like(self.ema.state_dict(), st["ema"], what="ema", **where)
+        ckpt_io.check_like(self.stepper.state_dict(), st["step_state"], what="step_state", **where)
+        done = int(st["step"]) >= self.cfg.steps
+        head = unwrap(self.headline_model())
+        if done and st.get("phase") == "finetune" and st.get("finetune") is not None:
+            ft = st["finetune"]
+            ckpt_io.check_state_dict(head, ft["model"], what="finetune.model", **where)
+            cfg = self.cfg
+            head = copy.deepcopy(head).requires_grad_(True)  # as run_finetune builds it
+            opt = builders.make_optimizer(head, lr=cfg.finetune_lr, momentum=cfg.finetune_momentum,
+                                          nesterov=cfg.nesterov, weight_decay=cfg.finetune_weight_decay)
+            ckpt_io.check_optimizer(opt, ft["optimizer"], what="finetune.optimizer", **where)
+            ref = SupervisedStep(head, opt, precision=self.precision, device=self.device).state_dict()
+            ckpt_io.check_like(ref, ft["stepper"], what="finetune.stepper", **where)
+        if done and st.get("phase") == "done" and st.get("finetuned") is not None:
+            ckpt_io.check_state_dict(head, st["finetuned"], what="finetuned", **where)
+
     def _load(self, st: dict[str, Any]) -> None:
+        self._check_resume_state(st, os.path.join(self.cfg.out or ".", ckpt_io.CHECKPOINT_NAME))
         if st.get("version") != CKPT_VERSION:
             raise UserError(f"checkpoint version {st.get('version')} is not supported "
                             f"(expected {CKPT_VERSION})")
@@ -230,6 +333,9 @@ class _Run:
         st = self.state()
         if self.out:
             ckpt_io.save_atomic(st, os.path.join(self.out, ckpt_io.CHECKPOINT_NAME))
+            from mplfast.train.model_file import payload_from_run
+
+            self.ckpts.write_last(payload_from_run(self))
         barrier(self.info)
 
     # ------------------------------------------------------------------ phases
@@ -297,10 +403,14 @@ class _Run:
                             enabled=self.info.is_main)
 
         def on_eval(i: int) -> None:
-            acc = self.evaluate_all()
+            # never tuned on the test split: with a validation split, periodic evals use it
+            split = "val" if self.has_val else "test"
+            acc = self.evaluate_all(split)
             if self.info.is_main:
-                writer.write({"step": i, "phase": "eval", **acc})
-            progress.message(f"step {i}: " + "  ".join(f"{k} {v:.2f}" for k, v in acc.items()))
+                writer.write({"step": i, "phase": "eval", "split": split, **acc})
+            progress.message(f"step {i} ({split}): " +
+                             "  ".join(f"{k} {v:.2f}" for k, v in acc.items()))
+            self.offer_best(acc)
 
         def set_step(i: int) -> None:
             self.step = i
@@ -314,10 +424,16 @@ class _Run:
             progress.close()
         if stopped:
             return True
+        if self.has_val:
+            val = self.evaluate_all("val")
+            if self.info.is_main:
+                writer.write({"step": cfg.steps, "phase": "eval", "split": "val", **val})
+            self.offer_best(val)
+            self.results["val_acc"] = val[self._headline_acc_key()]
         acc = self.evaluate_all()
         self.results.update(acc)
         if self.info.is_main:
-            writer.write({"step": cfg.steps, "phase": "eval", **acc})
+            writer.write({"step": cfg.steps, "phase": "eval", "split": "test", **acc})
         return False
 
     def run_finetune(self, writer: MetricsWriter, progress_mode: str) -> bool:
@@ -371,8 +487,17 @@ class _Run:
         self.results["finetune_acc"] = acc
         self.ft_state = None
         if self.info.is_main:
-            writer.write({"step": cfg.steps + total, "phase": "eval", "finetune_acc": acc})
+            writer.write({"step": cfg.steps + total, "phase": "eval", "split": "test",
+                          "finetune_acc": acc})
         self.finetuned_sd = model.state_dict()
+        if self.has_val:
+            val = accuracy(model, self.data.batcher, precision=self.precision, device=self.device,
+                           batch_size=cfg.eval_batch_size, split="val")
+            if self.info.is_main:
+                writer.write({"step": cfg.steps + total, "phase": "eval", "split": "val",
+                              "finetune_acc": val})
+            self.offer_best({"finetune_acc": val})
+            self.results["val_acc"] = val
         return False
 
     def summary(self, wall_s: float) -> dict[str, Any]:
@@ -401,6 +526,7 @@ class _Run:
                                if self.train_time > 0 else 0.0)
         out["device"] = str(self.device)
         out["precision"] = self.precision
+        out["provenance"] = self.provenance  # the reproducibility record (rank 0)
         return out
 
 
@@ -441,7 +567,7 @@ def prepare_out_dir(cfg: TrainConfig, resume: bool) -> dict[str, Any] | None:
     if resume:
         if not os.path.isfile(path):
             raise UserError(f"--resume: no checkpoint to resume in {cfg.out} (expected {path})")
-        return ckpt_io.load(path)
+        return ckpt_io.load_checkpoint(path, expect="resume")
     if os.path.exists(path):
         raise UserError(f"{cfg.out} already holds a checkpoint; pass --resume to continue it "
                         "or choose another --out")
@@ -451,36 +577,87 @@ def prepare_out_dir(cfg: TrainConfig, resume: bool) -> dict[str, Any] | None:
 
 
 def run(cfg: TrainConfig, *, resume_state: dict[str, Any] | None = None,
-        progress: str | None = None) -> RunResult:
-    """Train (and finetune) according to ``cfg``; write outputs to ``cfg.out`` on rank 0."""
+        progress: str | None = None, dataset: Any = None,
+        argv: list[str] | None = None) -> RunResult:
+    """Train (and finetune) according to ``cfg``; write outputs to ``cfg.out`` on rank 0.
+
+    ``dataset``: an already loaded ``ImageDataset`` (else loaded from ``cfg``). ``argv``: the
+    command line recorded in the reproducibility record (default ``sys.argv``).
+    The output folder is created only once the data and models are ready, and removed again
+    if the run fails before its first step completes.
+    """
     t_start = time.perf_counter()
     info = setup(cfg.device)
     try:
         with StopRequest() as stop:
-            return _run(cfg, info, stop, resume_state, progress or cfg.progress, t_start)
+            return _run(cfg, info, stop, resume_state, progress or cfg.progress, t_start,
+                        dataset, argv)
     finally:
         teardown(info)
 
 
+def _open_out_dir(cfg: TrainConfig, out: str, resumed: bool, record: dict[str, Any]) -> str | None:
+    """Create the run folder and write config.yaml; the topmost folder this call created
+    (``runs/`` itself on a first run), or None if ``out`` existed."""
+    from mplfast.train.provenance import header
+
+    created = None
+    probe = os.path.abspath(out)
+    while not os.path.exists(probe):
+        created, probe = probe, os.path.dirname(probe)
+    os.makedirs(out, exist_ok=True)
+    save_yaml(cfg, os.path.join(out, "config.yaml"), header=header(record))
+    if not resumed:
+        for name in ("metrics.jsonl", "summary.json"):  # a fresh run starts fresh logs
+            if os.path.exists(os.path.join(out, name)):
+                os.remove(os.path.join(out, name))
+    return created
+
+
+def _discard_out_dir(out: str, created: str | None) -> None:
+    """Undo a run folder in which nothing was trained (no clutter from failed runs)."""
+    import shutil
+
+    if created:
+        shutil.rmtree(created, ignore_errors=True)
+        return
+    for name in ("config.yaml", "metrics.jsonl", "summary.json", "curves.png", "tb"):
+        p = os.path.join(out, name)
+        if os.path.isdir(p):
+            shutil.rmtree(p, ignore_errors=True)
+        elif os.path.exists(p):
+            os.remove(p)
+
+
 def _run(cfg: TrainConfig, info: DistInfo, stop: StopRequest, resume_state: dict[str, Any] | None,
-         progress_mode: str, t_start: float) -> RunResult:
+         progress_mode: str, t_start: float, dataset: Any = None,
+         argv: list[str] | None = None) -> RunResult:
+    from mplfast.train.provenance import record
+
+    r = _Run(cfg, info, stop, resume_state, dataset)
+    cfg = r.cfg  # with the fields derived from the data filled in
+    estimate, available = r.check_memory()
+    if info.is_main and progress_mode != "none":
+        print(r.summary_block(estimate, available, resume_state is not None), flush=True)
     out = cfg.out if info.is_main else None
-    if out:
-        os.makedirs(out, exist_ok=True)
-        save_yaml(cfg, os.path.join(out, "config.yaml"))
-        if resume_state is None:
-            for name in ("metrics.jsonl", "summary.json"):  # a fresh run starts fresh logs
-                if os.path.exists(os.path.join(out, name)):
-                    os.remove(os.path.join(out, name))
-    r = _Run(cfg, info, stop, resume_state)
+    prov = r.provenance = record(cfg.dataset, argv) if info.is_main else {}
+    created = _open_out_dir(cfg, out, resume_state is not None, prov) if out else None
+    r.open_model_files()
+    start_step = r.step
     writer = MetricsWriter(out, tensorboard=cfg.tensorboard,
                            resume_step=(r.step + (int(r.ft_state["step"]) if r.ft_state else 0))
                            if resume_state is not None else None)
-    result = RunResult(summary={}, out_dir=out)
+    result = RunResult(summary={}, out_dir=out, config=cfg)
+    discard = False
     try:
-        interrupted = r.run_train(writer, progress_mode)
-        if not interrupted:
-            interrupted = r.run_finetune(writer, progress_mode)
+        try:
+            interrupted = r.run_train(writer, progress_mode)
+            if not interrupted:
+                interrupted = r.run_finetune(writer, progress_mode)
+        except BaseException:
+            # a fresh run that failed before its first step finished leaves nothing behind
+            discard = resume_state is None and r.step == start_step == 0
+            raise
         if interrupted:
             result.interrupted, result.signame, result.step = True, stop.signame, r.step
             if r.phase == "finetune" and r.ft_state is not None:
@@ -490,13 +667,18 @@ def _run(cfg: TrainConfig, info: DistInfo, stop: StopRequest, resume_state: dict
             return result
         r.phase = "done"
         summary = r.summary(time.perf_counter() - t_start)
+        from mplfast.train.reports import final_report
+
+        summary.update(final_report(r))
         result.summary, result.step = summary, r.step
         r.save()
         if out:
             _write_json_atomic(summary, os.path.join(out, "summary.json"))
     finally:
         writer.close()
-        if out and cfg.plot:
+        if out and discard:
+            _discard_out_dir(out, created)
+        elif out and cfg.plot:
             from mplfast.train.plots import plot_curves
 
             plot_curves(os.path.join(out, "metrics.jsonl"), os.path.join(out, "curves.png"))
