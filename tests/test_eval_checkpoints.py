@@ -57,7 +57,8 @@ def test_best_is_chosen_on_val_never_test(data, tmp_path, monkeypatch, capsys):
 
 def test_no_validation_split_means_no_best(data, tmp_path, capsys):
     out = tmp_path / "run0"
-    assert main(train_args(data, out, "--val-fraction", "0")) == 0
+    # periodic evaluations then run on the test split: they must never pick a best.pt
+    assert main(train_args(data, out, "--val-fraction", "0", "--set", "eval_interval=2")) == 0
     assert "val_fraction=0): best.pt is not written" in capsys.readouterr().out
     assert "best.pt" not in files_in(out) and "last.pt" in files_in(out)
     s = json.load(open(out / "summary.json"))

@@ -410,7 +410,8 @@ class _Run:
                 writer.write({"step": i, "phase": "eval", "split": split, **acc})
             progress.message(f"step {i} ({split}): " +
                              "  ".join(f"{k} {v:.2f}" for k, v in acc.items()))
-            self.offer_best(acc)
+            if self.has_val:  # best.pt is chosen on the validation split only, never on test
+                self.offer_best(acc)
 
         def set_step(i: int) -> None:
             self.step = i
