@@ -8,8 +8,10 @@ from pathlib import Path
 
 import numpy as np
 
-# tiny, fast settings; the digits preset keeps the model small whatever the data
-TINY = ["--preset", "digits", "--set", "model_kwargs={width: 8}", "--set", "batch_size=8",
+# tiny, fast settings; the digits preset keeps the model small whatever the data, and the
+# TrainConfig default validation split (which the digits preset turns off) is put back
+TINY = ["--preset", "digits", "--val-fraction", "0.1",
+        "--set", "model_kwargs={width: 8}", "--set", "batch_size=8",
         "--set", "mu=2", "--set", "log_interval=2", "--set", "warmup_steps=1",
         "--set", "progress=plain", "--set", "finetune_epochs=0", "--set", "tensorboard=false"]
 

@@ -15,11 +15,9 @@ def test_train_export_predict(tmp_path, capsys):
     data = write_flat_folder(tmp_path / "flat", per_class=100, size=32, ext="jpg")
     new = write_flat_folder(tmp_path / "new", per_class=2, size=32, seed=1, ext="jpg")
     out = tmp_path / "run"
-    # --preset digits keeps the model small on the CPU (a bare --dataset imagefolder gets a
-    # data-sized recipe once the run-defaults work lands)
+    # the acceptance command: a bare --dataset imagefolder gets the data-sized recipe
     rc = main(["train", "--dataset", "imagefolder", "--data", str(data), "--steps", "20",
-               "--out", str(out), "--preset", "digits", "--labels", "30",
-               "--set", "image_size=32", "--set", "eval_interval=10", "--set", "progress=none"])
+               "--out", str(out), "--set", "eval_interval=10", "--set", "progress=none"])
     assert rc == 0, capsys.readouterr().err
     for name in ("best.pt", "last.pt", "curves.png", "confusion.png", "summary.json",
                  "checkpoint.pt", "config.yaml", "metrics.jsonl"):

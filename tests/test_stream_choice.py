@@ -100,7 +100,8 @@ def test_streamed_eval_batches_equal_in_memory_ones(data):
     from mplfast.train.distributed import DistInfo
 
     cfg = resolve(preset="digits", flags={"dataset": "imagefolder", "data": str(data),
-                                          "labels": 6, "image_size": 12, "stream": True})
+                                          "labels": 6, "image_size": 12, "stream": True},
+                  sets=["val_fraction=0.1"])
     info = DistInfo(rank=0, world_size=1, local_rank=0, device=torch.device("cpu"))
     st = builders.build_data(cfg, info)
     mem = builders.build_data(dataclasses.replace(cfg, stream=False), info)

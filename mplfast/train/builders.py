@@ -111,20 +111,14 @@ def _labels_origin(cfg: TrainConfig) -> str:
     return ""
 
 
-def build_data(cfg: TrainConfig, info: DistInfo, *, dataset: Any = None) -> DataBundle:
-    """Data set, class-balanced labeled split (keyed by seed) and this rank's batcher."""
-    from mplfast.data import MPLBatcher, labeled_split
-    from mplfast.data.splits import carve_validation, check_labels_per_class, class_names
-    from mplfast.data.stream import StreamDataset
 
-    ds = dataset if dataset is not None else load_data(cfg)
-    if isinstance(ds, StreamDataset):
-        return _build_stream_data(cfg, info, ds)
-    # the validation split (best.pt) leaves the training pool before the labeled split is drawn
-    # (a no-op for a data set load_data carved already)
-    ds = carve_validation(ds, cfg.val_fraction, cfg.seed)
+def _fit_label_budget(cfg: TrainConfig, ds: Any, info: DistInfo, names: list[str]) -> TrainConfig:
+    """``cfg`` with its labeled count fitted to ``ds`` (in memory or streamed), after checking
+    that the count, the classes and the ranks allow a class-balanced labeled split."""
+    from mplfast.data.splits import check_labels_per_class
+
     n_train = int(ds.train_labels.numel())
-    cfg = fit_to_data(cfg, ds)  # labels=None: from the images the labeled split is drawn from
+    cfg = fit_to_data(cfg, ds)
     assert cfg.labels is not None
     if cfg.labels > n_train:
         raise UserError(f"labels={cfg.labels} is more than the {n_train} training images of "
@@ -135,7 +129,23 @@ def build_data(cfg: TrainConfig, info: DistInfo, *, dataset: Any = None) -> Data
     if cfg.batch_size % info.world_size != 0:
         raise UserError(f"batch_size={cfg.batch_size} must be divisible by the number of ranks "
                         f"({info.world_size})")
-    check_labels_per_class(ds.train_labels, cfg.labels, class_names(ds))
+    check_labels_per_class(ds.train_labels, cfg.labels, names)
+    return cfg
+
+def build_data(cfg: TrainConfig, info: DistInfo, *, dataset: Any = None) -> DataBundle:
+    """Data set, class-balanced labeled split (keyed by seed) and this rank's batcher."""
+    from mplfast.data import MPLBatcher, labeled_split
+    from mplfast.data.splits import carve_validation, class_names
+    from mplfast.data.stream import StreamDataset
+
+    ds = dataset if dataset is not None else load_data(cfg)
+    if isinstance(ds, StreamDataset):
+        return _build_stream_data(cfg, info, ds)
+    # the validation split (best.pt) leaves the training pool before the labeled split is drawn
+    # (a no-op for a data set load_data carved already)
+    ds = carve_validation(ds, cfg.val_fraction, cfg.seed)
+    # labels=None: derived from the images the labeled split is drawn from
+    cfg = _fit_label_budget(cfg, ds, info, class_names(ds))
     try:
         labeled_idx = labeled_split(ds.train_labels, cfg.labels, ds.num_classes, cfg.seed)
     except ValueError as e:  # e.g. a class with fewer images than its share of the labels
@@ -219,22 +229,10 @@ def _load_streamed(cfg: TrainConfig) -> tuple[str, Any]:
 def _build_stream_data(cfg: TrainConfig, info: DistInfo, ds: Any) -> DataBundle:
     """The streamed counterpart of ``build_data`` (file lists + DALI, nothing held decoded)."""
     from mplfast.data import labeled_split
-    from mplfast.data.splits import check_labels_per_class
     from mplfast.data.stream import StreamBatcher
 
-    n_train = int(ds.train_labels.numel())
-    cfg = fit_to_data(cfg, ds)  # labels=None (the auto recipe): derived from the file lists
-    assert cfg.labels is not None
-    if cfg.labels > n_train:
-        raise UserError(f"labels={cfg.labels} is more than the {n_train} training images of "
-                        f"{cfg.dataset}{_labels_origin(cfg)}")
-    if cfg.labels < ds.num_classes:
-        raise UserError(f"labels={cfg.labels} is fewer than the {ds.num_classes} classes of "
-                        f"{cfg.dataset} (the split is class-balanced){_labels_origin(cfg)}")
-    if cfg.batch_size % info.world_size != 0:
-        raise UserError(f"batch_size={cfg.batch_size} must be divisible by the number of ranks "
-                        f"({info.world_size})")
-    check_labels_per_class(ds.train_labels, cfg.labels, list(ds.class_names))
+    # labels=None (the auto recipe): derived from the file lists
+    cfg = _fit_label_budget(cfg, ds, info, list(ds.class_names))
     try:
         labeled_idx = labeled_split(ds.train_labels, cfg.labels, ds.num_classes, cfg.seed)
     except ValueError as e:
