@@ -17,7 +17,7 @@ from hypothesis import strategies as st
 
 from mplfast.errors import UserError
 from mplfast.train import checkpoint as ckpt_io
-from untrusted_helpers import QUICK, assert_one_line
+from untrusted_helpers import QUICK, assert_one_line, mutate_bytes
 
 FUZZ = settings(max_examples=150, deadline=None, database=None, derandomize=True,
                 suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow,
@@ -62,21 +62,12 @@ mutation = st.tuples(st.sampled_from(["flip", "insert", "delete", "truncate", "z
                      st.floats(0, 1, exclude_max=True), st.binary(min_size=1, max_size=8))
 
 
+def _zero(b: bytearray, i: int, blob: bytes) -> None:
+    b[i:i + 4 * len(blob)] = bytes(len(b[i:i + 4 * len(blob)]))
+
+
 def _mutate(data: bytes, ops: list) -> bytes:
-    b = bytearray(data)
-    for op, where, blob in ops:
-        i = int(where * len(b)) if b else 0
-        if op == "flip" and b:
-            b[i] ^= blob[0] or 1
-        elif op == "insert":
-            b[i:i] = blob
-        elif op == "delete":
-            del b[i:i + len(blob)]
-        elif op == "truncate":
-            del b[i:]
-        elif op == "zero":
-            b[i:i + 4 * len(blob)] = bytes(len(b[i:i + 4 * len(blob)]))
-    return bytes(b)
+    return mutate_bytes(data, ops, {"zero": _zero})
 
 
 @FUZZ

@@ -17,7 +17,8 @@ from hypothesis import strategies as st
 
 from mplfast.data.datasets import _cifar_batch
 from mplfast.errors import UserError
-from untrusted_helpers import Evil, assert_one_line, cifar_rows, py2_cifar_pickle, run_cli, write_cifar10
+from untrusted_helpers import (Evil, assert_one_line, cifar_rows, mutate_bytes, py2_cifar_pickle,
+                              run_cli, write_cifar10)
 
 FUZZ = settings(max_examples=200, deadline=None, database=None, derandomize=True,
                 suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow,
@@ -46,21 +47,12 @@ mutation = st.tuples(st.sampled_from(["flip", "insert", "delete", "truncate", "o
 OPCODES = [bytes([c]) for c in b"c\x93RbeutsaoiN}](\x85\x86\x87\x94hjqrIJKMLFGX\x8c\x8e\x8d\x96\x97\x98"]
 
 
+def _opcode(b: bytearray, i: int, blob: bytes) -> None:
+    b[i:i] = OPCODES[blob[0] % len(OPCODES)] + blob[1:]  # a pickle opcode with a few argument bytes
+
+
 def _mutate(data: bytes, ops: list) -> bytes:
-    b = bytearray(data)
-    for op, where, blob in ops:
-        i = int(where * len(b)) if b else 0
-        if op == "flip" and b:
-            b[i] ^= blob[0] or 1
-        elif op == "insert":
-            b[i:i] = blob
-        elif op == "delete":
-            del b[i:i + len(blob)]
-        elif op == "truncate":
-            del b[i:]
-        elif op == "opcode":  # a pickle opcode with a few argument bytes
-            b[i:i] = OPCODES[blob[0] % len(OPCODES)] + blob[1:]
-    return bytes(b)
+    return mutate_bytes(data, ops, {"opcode": _opcode})
 
 
 @FUZZ

@@ -124,3 +124,23 @@ def py2_cifar_pickle(data: np.ndarray, labels: list[int]) -> bytes:
     names = b"](" + b"".join(s(f"img_{k}.png".encode()) for k in range(len(labels))) + b"e"
     return (b"\x80\x02}(" + s(b"batch_label") + s(b"training batch 1 of 5") + s(b"labels") + lab
             + s(b"data") + arr + s(b"filenames") + names + b"u.")
+
+
+def mutate_bytes(data: bytes, ops: list, extra: dict[str, Any] | None = None) -> bytes:
+    """Apply hypothesis-drawn mutations ``(op, where in [0, 1), blob)`` to ``data``: the common
+    ``flip``/``insert``/``delete``/``truncate``, plus ``extra[op](buffer, i, blob)`` for the ops
+    one fuzz target adds (it edits the bytearray in place)."""
+    b = bytearray(data)
+    for op, where, blob in ops:
+        i = int(where * len(b)) if b else 0
+        if op == "flip" and b:
+            b[i] ^= blob[0] or 1
+        elif op == "insert":
+            b[i:i] = blob
+        elif op == "delete":
+            del b[i:i + len(blob)]
+        elif op == "truncate":
+            del b[i:]
+        elif extra and op in extra:
+            extra[op](b, i, blob)
+    return bytes(b)

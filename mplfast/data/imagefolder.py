@@ -21,6 +21,7 @@ from __future__ import annotations
 import warnings
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import torch
@@ -231,6 +232,30 @@ def _checked(files: list[Path], labels: list[int], strict: bool, directory: Path
     return files, lab
 
 
+def train_test_files(scan: Any, strict: bool, test_fraction: float
+                     ) -> tuple[list[str], list[int], list[str], list[int]]:
+    """Pre-flight checked (train files, labels, test files, labels) of a scanned folder: its
+    ``val/`` or ``test/`` folder, or else a class-balanced ``test_fraction`` of every class held
+    out (seeded by ``TEST_SPLIT_SEED``, the same for every run). Shared by the in-memory and the
+    streamed loaders, so both split a folder identically."""
+    from .splits import holdout_split
+
+    classes = scan.classes
+    files, labels = _checked(scan.train_files, scan.train_labels, strict, scan.train_dir, classes,
+                             "training")
+    if scan.test_dir is not None:
+        tfiles, tlabels = _checked(scan.test_files, scan.test_labels, strict, scan.test_dir,
+                                   classes, "test")
+        return files, labels, tfiles, tlabels
+    if not 0.0 < test_fraction < 1.0:
+        raise UserError(f"test_fraction must be in (0, 1) for {scan.train_dir}, which has no "
+                        f"val/ or test/ folder to test on; got {test_fraction}")
+    keep, held = holdout_split(torch.tensor(labels, dtype=torch.int64), test_fraction,
+                               classes, TEST_SPLIT_SEED, what="test")
+    return ([files[i] for i in keep.tolist()], [labels[i] for i in keep.tolist()],
+            [files[i] for i in held.tolist()], [labels[i] for i in held.tolist()])
+
+
 def load_imagefolder(root: str | Path, *, unlabeled: str | None = None, image_size: int = 32,
                      strict: bool = False, test_fraction: float = 0.2):
     """``ImageDataset`` from an image folder in either layout (see the module docstring).
@@ -238,23 +263,10 @@ def load_imagefolder(root: str | Path, *, unlabeled: str | None = None, image_si
     ``test_fraction``: the part of every class held out as the test split when the folder has
     no ``val/`` or ``test/`` folder (class-balanced, seeded by ``TEST_SPLIT_SEED``)."""
     from .datasets import ImageDataset, _stats
-    from .splits import holdout_split
 
     scan = scan_imagefolder(root)
     classes = scan.classes
-    files, labels = _checked(scan.train_files, scan.train_labels, strict, scan.train_dir, classes,
-                             "training")
-    if scan.test_dir is not None:
-        tfiles, tlabels = _checked(scan.test_files, scan.test_labels, strict, scan.test_dir,
-                                   classes, "test")
-    else:
-        if not 0.0 < test_fraction < 1.0:
-            raise UserError(f"test_fraction must be in (0, 1) for {scan.train_dir}, which has no "
-                            f"val/ or test/ folder to test on; got {test_fraction}")
-        keep, held = holdout_split(torch.tensor(labels, dtype=torch.int64), test_fraction,
-                                   classes, TEST_SPLIT_SEED, what="test")
-        tfiles, tlabels = [files[i] for i in held.tolist()], [labels[i] for i in held.tolist()]
-        files, labels = [files[i] for i in keep.tolist()], [labels[i] for i in keep.tolist()]
+    files, labels, tfiles, tlabels = train_test_files(scan, strict, test_fraction)
     val_x = val_y = None
     if scan.val_dir is not None:
         vfiles, vlabels = _checked(scan.val_files or [], scan.val_labels or [], strict,

@@ -177,19 +177,11 @@ def load_stream_dataset(scan: Any, *, image_size: int, strict: bool, test_fracti
     as ``load_imagefolder``), validation split carved (as ``splits.carve_validation``), and the
     normalization estimated on a sample."""
     from .datasets import _stats
-    from .imagefolder import TEST_SPLIT_SEED, _checked, decode, list_images, preflight
+    from .imagefolder import _checked, decode, list_images, preflight, train_test_files
     from .splits import holdout_split
 
     classes = scan.classes
-    files, labels = _checked(scan.train_files, scan.train_labels, strict, scan.train_dir, classes,
-                             "training")
-    if scan.test_dir is not None:
-        tfiles, tlabels = _checked(scan.test_files, scan.test_labels, strict, scan.test_dir,
-                                   classes, "test")
-    else:
-        keep, held = holdout_split(torch.tensor(labels), test_fraction, classes, TEST_SPLIT_SEED)
-        tfiles, tlabels = [files[i] for i in held.tolist()], [labels[i] for i in held.tolist()]
-        files, labels = [files[i] for i in keep.tolist()], [labels[i] for i in keep.tolist()]
+    files, labels, tfiles, tlabels = train_test_files(scan, strict, test_fraction)
     # statistics of the training pool before the validation carve, as load_imagefolder has them
     g = torch.Generator().manual_seed(0)
     sample = torch.randperm(len(files), generator=g)[:STATS_SAMPLE].sort().values.tolist()
