@@ -23,6 +23,7 @@ from mplfast.config import MPLConfig
 from mplfast.distributed import all_reduce_mean_, unwrap
 from mplfast.ops import grad_dot_delta, soft_cross_entropy, uda_loss
 from mplfast.precision import autocast, resolve_precision
+from mplfast.replay import replay_for
 
 def _first_param_device(model: nn.Module) -> torch.device:
     for p in model.parameters():
@@ -72,32 +73,22 @@ def _batch_stats_only(model: nn.Module) -> Iterator[None]:
             m.track_running_stats = True
 
 
+@torch.compiler.disable
+def _replayed_jvp(fn: Any, primals: dict[str, Tensor], tangents: dict[str, Tensor], rng: Any,
+                  module: nn.Module) -> Tensor:
+    """The tangent of ``fn`` at ``primals`` along ``tangents``, with ``rng``'s dropout masks
+    replayed and batch statistics that leave the running buffers alone.
+
+    Always eager (one graph break in a compiled soft-label step): Dynamo fails on forward-mode
+    AD through a module's views (an internal assert in torch 2.13's fake tensors).
+    """
+    with rng.replay(), _batch_stats_only(module), torch.no_grad():
+        return jvp(fn, (primals,), (tangents,))[1]
+
+
 def _hi(t: Tensor) -> Tensor:
     """At least float32 (float64 stays float64): the meta-gradient math precision."""
     return t.to(torch.promote_types(t.dtype, torch.float32))
-
-
-class _RngReplay:
-    """Saves the RNG state before a forward so a later forward can redraw its dropout masks
-    (L_new replays L_old's; the soft-label JVP replays the update forward's)."""
-
-    def __init__(self, device: torch.device) -> None:
-        self.device = device
-        self.cpu = torch.get_rng_state()
-        self.cuda = torch.cuda.get_rng_state(device) if device.type == "cuda" else None
-
-    def first(self) -> contextlib.AbstractContextManager:
-        """The forward whose masks are replayed later runs on the live RNG stream."""
-        return contextlib.nullcontext()
-
-    @contextlib.contextmanager
-    def replay(self) -> Iterator[None]:
-        devices = [self.device] if self.device.type == "cuda" else []
-        with torch.random.fork_rng(devices=devices):  # leaves the live stream untouched
-            torch.set_rng_state(self.cpu)
-            if self.cuda is not None:
-                torch.cuda.set_rng_state(self.cuda, self.device)
-            yield
 
 
 @dataclass
@@ -217,8 +208,9 @@ class MPLStep:
 
     def _rng_replay(self) -> Any:
         """An object whose ``first()`` context runs a forward and whose ``replay()`` context
-        makes a later forward draw the same dropout masks."""
-        return _RngReplay(self.device)
+        makes a later forward draw the same dropout masks (``mplfast.replay``: the RNG state
+        eagerly, the recorded masks under ``torch.compile``)."""
+        return replay_for(self.device)
 
     def _take_snapshot(self) -> list[Tensor]:
         """Copy the student's parameters into one flat buffer per dtype; returns shaped views."""
@@ -292,6 +284,11 @@ class MPLStep:
         l_uda, w_uda = _hi(l_uda), self._uda_weight()
         # 4. Pseudo labels: the student's target and the label the teacher's MPL term uses.
         target, y_teacher = self._pseudo_labels(z_uw, z_us)
+        if torch.compiler.is_compiling():
+            # The teacher's graph ends here. AOTAutograd turns each compiled graph into one
+            # autograd node, so teacher and student forwards in one graph would share it, and
+            # step 6's backward would free the saved tensors step 10's backward needs.
+            torch._dynamo.graph_break()
         # 5. L_old, and the student forward on [x_l; x_us] with its loss L_S.
         l_old, l_s, same_as_l_old, soft = self._student_forward(x_l, x_us, y_l, target)
         # 6. Student update (backward, clip, step, EMA); the snapshot theta for h and soft.
@@ -619,8 +616,7 @@ class MPLStep:
             out = functional_call(module, pr, (x_in,))
             return torch.log_softmax(out[B:].to(torch.promote_types(out.dtype, torch.float32)), dim=-1)
 
-        with rng.replay(), _batch_stats_only(module), torch.no_grad():
-            _, jv = jvp(log_probs, (primals,), (tangents,))
+        jv = _replayed_jvp(log_probs, primals, tangents, rng, module)
         M = x_s.shape[0] - B
         return jv * ((1.0 - cfg.label_smoothing) / M)
 
