@@ -1,5 +1,11 @@
 """How mplfast registers the Triton custom ops: ``torch.library.triton_op`` when torch has it
-(>= 2.6; Inductor then sees the kernels), else an opaque ``custom_op``.
+(>= 2.6; Inductor then sees the kernels), else an opaque ``custom_op`` with an explicit fake.
+
+Under Triton's CPU interpreter (``TRITON_INTERPRET=1``) the op is the opaque ``custom_op`` too:
+``wrap_triton`` hands an interpreted kernel back unwrapped, so ``triton_op``'s fake-tensor
+tracing would run the interpreter on fake tensors (it fails), and an AOT trace would drop the
+launch. Opaque, the op is traced through its fake and runs the interpreter only on real tensors,
+which is what lets ``torch.library.opcheck`` and ``torch.compile`` test it on CPU.
 
 Registering a ``triton_op`` imports triton and parts of Inductor (about 1.5 s) to scan the
 launcher's source, so it happens on first use, not at ``import mplfast``; on a machine where the
@@ -9,6 +15,7 @@ Triton backend can run on CUDA it happens at import, so that a first call inside
 from __future__ import annotations
 
 import importlib.util
+import os
 from typing import Any, Callable
 
 import torch
@@ -36,7 +43,7 @@ class LazyTritonOp:
         """The registered op (a ``CustomOpDef``)."""
         if self._op is None:
             fn, fake, backward, setup_context = self._args
-            if hasattr(torch.library, "triton_op"):
+            if hasattr(torch.library, "triton_op") and os.environ.get("TRITON_INTERPRET") != "1":
                 op = torch.library.triton_op(self.qualname, fn, mutates_args=())
             else:
                 op = torch.library.custom_op(self.qualname, fn, mutates_args=())

@@ -2,9 +2,10 @@
 against eager (value and gradient), one graph for a small model plus its losses, no graph
 break from mplfast's code, and the compile-time rule for the label check.
 
-CPU backends: reference and native. Triton on CPU runs only under its interpreter, which the
-fake-tensor tracing of ``torch.library.triton_op`` cannot drive (it would call the kernel on fake
-tensors), so the Triton cases run on a CUDA device only.
+CPU backends: reference, native, and Triton under its interpreter (``TRITON_INTERPRET=1``,
+which tests/conftest.py sets without a GPU). There the Triton ops are opaque custom ops with
+explicit fakes (``mplfast.ops._library``: ``triton_op``'s tracing cannot drive an interpreted
+kernel); on a CUDA device they are ``triton_op``s, which the CUDA opcheck below covers.
 """
 from __future__ import annotations
 
@@ -18,7 +19,7 @@ from mplfast.ops.grad_dot import op as dot_op
 from mplfast.ops.soft_ce import op as ce_op
 from mplfast.ops.uda import op as uda_op
 
-CPU_BACKENDS = ["reference", "native"]
+CPU_BACKENDS = ["reference", "native", "triton"]  # triton: the interpreter
 
 
 def _gen(seed: int = 0) -> torch.Generator:
@@ -79,17 +80,29 @@ def test_opcheck_grad_dot(backend):
     torch.library.opcheck(dot_op.grad_dot_delta, (xs, ys, zs, backend))
 
 
-def test_opcheck_triton_ops_on_cuda():
-    require_backend("triton", "cuda")
-    z, t = _ce_inputs("index")
-    z, t = z.cuda(), t.cuda()
+def _opcheck_triton_ops(device: str) -> None:
+    z, t = (x.to(device) for x in _ce_inputs("index"))
     for reduction in ("none", "mean"):
         torch.library.opcheck(ce_op.soft_ce_triton.get(), (z.clone().requires_grad_(), t, 0.1, reduction, True))
-    weak, strong = (x.cuda() for x in _uda_inputs())
+    zp, tp = (x.to(device) for x in _ce_inputs("prob"))
+    torch.library.opcheck(ce_op.soft_ce_triton.get(), (zp.clone().requires_grad_(), tp, 0.0, "sum", True))
+    torch.library.opcheck(ce_op.soft_ce_triton.get(), (zp, tp, 0.0, "mean", False))
+    weak, strong = (x.to(device) for x in _uda_inputs())
     torch.library.opcheck(uda_op.uda_triton.get(), (weak, strong.clone().requires_grad_(), 0.7, 0.5, True))
-    xs, ys, zs = ([t.cuda() for t in lst] for lst in _lists())
+    torch.library.opcheck(uda_op.uda_triton.get(), (weak, strong, 0.7, 0.5, False))
+    xs, ys, zs = ([t.to(device) for t in lst] for lst in _lists())
     torch.library.opcheck(dot_op.grad_dot_triton.get(), (xs, ys))
     torch.library.opcheck(dot_op.grad_dot_delta_triton.get(), (xs, ys, zs))
+
+
+def test_opcheck_triton_ops_on_cpu_interpreter():
+    require_backend("triton", "cpu")
+    _opcheck_triton_ops("cpu")
+
+
+def test_opcheck_triton_ops_on_cuda():
+    require_backend("triton", "cuda")
+    _opcheck_triton_ops("cuda")
 
 
 # ---------------------------------------------------------------------------------------------
