@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import json
 import os
+import signal
 import subprocess
 import sys
 
@@ -62,12 +63,20 @@ def _worker(out_path: str) -> None:
 def test_two_ranks_agree(tmp_path):
     out = tmp_path / "ranks.json"
     env = dict(os.environ, OMP_NUM_THREADS="1")
-    proc = subprocess.run(
+    # Its own process group, killed whole on a timeout: torchrun's workers must not outlive a
+    # hung run and keep a rendezvous port for the next one.
+    proc = subprocess.Popen(
         [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
          __file__, str(out)],
-        env=env, capture_output=True, text=True, timeout=300,
+        env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, start_new_session=True,
     )
-    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    try:
+        stdout, stderr = proc.communicate(timeout=180)
+    except subprocess.TimeoutExpired:
+        os.killpg(proc.pid, signal.SIGKILL)
+        stdout, stderr = proc.communicate()
+        pytest.fail("torchrun did not finish in 180 s:\n" + stdout[-3000:] + stderr[-3000:])
+    assert proc.returncode == 0, stdout[-3000:] + stderr[-3000:]
     r0, r1 = json.loads(out.read_text())
     for kw, a, b in zip(CONFIGS, r0, r1):
         assert a["h"] == b["h"], kw  # bitwise: h is all-reduced before use
