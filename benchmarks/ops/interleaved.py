@@ -7,7 +7,8 @@ back, and the ratios are of the min and of the median over all rounds:
   soft-CE (4096, 1000) fp32 fwd+bwd  vs  F.cross_entropy(...).backward()
   UDA (4096, 1000) fp32 fwd+bwd      vs  the eager composite (mplfast.ops.uda.reference.uda_composite)
   grad_dot over WRN-28-2's parameters (80 tensors, 1.47 M elements) vs a Python loop of (a * b).sum()
-      (5 calls per sample)
+      (5 calls per sample): the same two lists every call (MPLStep's parameter and snapshot
+      lists; a repeated call reuses its checked plan), and new list objects every call
 
 Run:  python benchmarks/ops/interleaved.py [THREADS] [busy|no] [ROUNDS] [all|ce|uda|dot]
 "busy" starts ``python -c "while True: pass"`` (one core taken) for the duration.
@@ -60,6 +61,9 @@ if only in ("all", "dot"):
         return acc
     assert abs(float(dot_fused()) - float(dot_loop())) < 1e-2 * max(1, abs(float(dot_loop())))
     cases[f"grad_dot WRN-28-2 ({len(xs)} tensors)"] = (dot_fused, dot_loop, 5)
+    # New list objects every call: no plan to reuse, the contract checks every tensor.
+    cases[f"grad_dot WRN-28-2 ({len(xs)} tensors), fresh lists"] = (
+        lambda: mplfast.grad_dot(list(xs), list(ys), backend="native"), dot_loop, 5)
 
 proc = subprocess.Popen([sys.executable, "-c", "while True: pass"]) if busy else None
 try:

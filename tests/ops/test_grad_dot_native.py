@@ -106,3 +106,57 @@ def test_cuda_grad_dot(seeded):
     _assert_sum_close(float(d), float(ref.grad_dot_delta(xs, ys, zs)), _abs64(xs, ds), 5e-6)
     with pytest.raises(TypeError, match="unsupported dtype"):
         native.grad_dot([xs[0].double()], [ys[0].double()])
+
+
+# ---------------------------------------------------------------------------------------------
+# The eager CPU plan cache (mplfast.ops.grad_dot.native._Plan): a repeated call over the same
+# list objects skips the contract's checks; every in-place change that would make the kept
+# table wrong must be seen, and the checked path must still raise.
+
+
+def _fresh_plans(monkeypatch):
+    from mplfast.ops.grad_dot import native as gd_native
+
+    monkeypatch.setattr(gd_native, "_PLANS", {})
+    return gd_native._PLANS
+
+
+def _dot(xs, ys):
+    import mplfast
+
+    return float(mplfast.grad_dot(xs, ys, backend="native"))
+
+
+def test_plan_cache_sees_in_place_changes(monkeypatch, seeded):
+    plans = _fresh_plans(monkeypatch)
+    xs = _ragged(seeded, RAGGED[:4])
+    ys = _ragged(seeded, RAGGED[:4])
+    first = _dot(xs, ys)
+    assert len(plans) == 1 and abs(_dot(xs, ys) - first) == 0.0  # the hit gives the same bits
+    xs[2].data = torch.randn(xs[2].shape, generator=seeded)  # swapped storage
+    _assert_sum_close(_dot(xs, ys), _dot64(xs, ys), _abs64(xs, ys))
+    xs[0] = torch.randn(xs[0].shape, generator=seeded)  # another tensor in the list
+    _assert_sum_close(_dot(xs, ys), _dot64(xs, ys), _abs64(xs, ys))
+    with torch.no_grad():
+        ys[2].resize_(17)  # same storage, fewer elements: the contract must see the shape mismatch
+    with pytest.raises(ValueError, match="shape mismatch at index 2"):
+        _dot(xs, ys)
+    with torch.no_grad():
+        xs[2].resize_(17)
+    _assert_sum_close(_dot(xs, ys), _dot64(xs, ys), _abs64(xs, ys))
+    xs[3].data = xs[3].data.view(torch.int32)  # same address, another dtype
+    with pytest.raises(TypeError):
+        _dot(xs, ys)
+    xs.append(torch.ones(2))  # list grown
+    with pytest.raises(ValueError, match="list-length mismatch"):
+        _dot(xs, ys)
+
+
+def test_plan_cache_only_for_lists_of_contiguous_tensors(monkeypatch, seeded):
+    plans = _fresh_plans(monkeypatch)
+    a = torch.randn(6, 5, generator=seeded)
+    b = torch.randn(5, 6, generator=seeded).t()  # non-contiguous
+    expected = float((a.double() * b.double()).sum())
+    assert abs(_dot([a], [b]) - expected) < 1e-5 and plans == {}
+    assert abs(_dot((a,), (a,)) - float((a.double() ** 2).sum())) < 1e-4 and plans == {}  # tuples
+    assert abs(_dot(iter([a]), iter([a])) - float((a.double() ** 2).sum())) < 1e-4 and plans == {}

@@ -14,12 +14,20 @@ from torch import Tensor
 
 from mplfast import _backends
 from mplfast.ops import contract
-from mplfast.ops.grad_dot import op
+from mplfast.ops.grad_dot import native, op
 
 __all__ = ["grad_dot", "grad_dot_delta"]
 
 
 def _run(opname: str, named: list[tuple[str, Any]], backend: str | None) -> Tensor:
+    eager_native = (backend is None or backend == "native") and not torch.compiler.is_compiling()
+    if eager_native:
+        # The same lists as a recent call (MPLStep's, every step): their checks and pointer
+        # table are reused after a per-tensor look at what could have changed (native._Plan).
+        seqs = tuple(seq for _, seq in named)
+        hit = native.cached_call(seqs)
+        if hit is not None:
+            return hit
     lists, device, has64 = contract.check_lists(opname, named)
     if device is None:  # empty lists
         if backend is not None:
@@ -35,7 +43,10 @@ def _run(opname: str, named: list[tuple[str, Any]], backend: str | None) -> Tens
             # Eager: call the implementation the custom op wraps, directly. Passing ~160 tensors
             # through the dispatcher (List[Tensor] in and out of C++) costs ~90 us, a third of
             # the native kernel's time on WRN-28-2's parameters, every MPL step.
-            return op._primitive(name, opname)(*lists)
+            out = op._primitive(name, opname)(*lists)
+            if eager_native and name == "native" and device.type == "cpu":
+                native.remember(seqs, lists)
+            return out
         return (op.grad_dot if opname == "grad_dot" else op.grad_dot_delta)(*lists, name)
 
 

@@ -8,45 +8,86 @@ copied (the copies live until the call returns). Kernels run on torch's current 
 from __future__ import annotations
 
 import operator
-from typing import Sequence
+from typing import Any, Sequence
 
 import torch
 from torch import Tensor
 
 from mplfast import _native
 
-__all__ = ["grad_dot", "grad_dot_delta"]
+__all__ = ["grad_dot", "grad_dot_delta", "cached_call", "remember"]
 
 _CODES = _native.DTYPE_CODES
 
 
-# Per-list cache of what the kernel needs besides the pointers (element counts, dtype codes,
-# contiguity), keyed by the list object: MPLStep passes the same parameter and snapshot lists
-# every step. A hit needs the same list object holding the same tensor objects with the same
-# data pointers and element counts, so swapped storage (``p.data = ...``, ``.to()``, ``set_``)
-# and in-place resizes miss the cache; what a hit skips is reading each tensor's dtype and
-# contiguity again (a listed tensor re-viewed in place as another dtype or layout at the same
-# address and size is the one change it does not see). Bounded: a handful of lists.
-_CACHE: dict[int, tuple[list, tuple, list[int], list[int], list[int], bool]] = {}
-_CACHE_SIZE = 8
+_ptr = Tensor.data_ptr
+_numel = Tensor.numel
+_dtype = operator.attrgetter("dtype")
 
 
-def _describe(lst: Sequence[Tensor]) -> tuple[list[int], list[int], list[int], bool]:
-    """(pointers, element counts, dtype codes, all contiguous) of one list."""
-    ptrs = [t.data_ptr() for t in lst]
-    sizes = [t.numel() for t in lst]
-    if not isinstance(lst, list):
-        return ptrs, sizes, [_CODES[t.dtype] for t in lst], all([t.is_contiguous() for t in lst])
-    hit = _CACHE.get(id(lst))
-    if (hit is not None and hit[0] is lst and len(hit[1]) == len(lst) and all(map(operator.is_, lst, hit[1]))
-            and hit[2] == ptrs and hit[3] == sizes):
-        return ptrs, sizes, hit[4], hit[5]
-    codes = [_CODES[t.dtype] for t in lst]
-    contiguous = all([t.is_contiguous() for t in lst])
-    if len(_CACHE) >= _CACHE_SIZE:
-        _CACHE.pop(next(iter(_CACHE)))
-    _CACHE[id(lst)] = (lst, tuple(lst), ptrs, sizes, codes, contiguous)
-    return ptrs, sizes, codes, contiguous
+class _Plan:
+    """What a CPU call over one tuple of lists needs, kept for the next call with the same lists.
+
+    MPLStep passes the same parameter and snapshot lists every step. ``run`` re-reads, per
+    tensor, only what could have changed in place and would make the kept table wrong: the
+    tensor objects in the list (by identity), their data pointers (``p.data = ...``, ``set_``,
+    ``.to()`` swap the storage), element counts (``resize_``) and dtypes (a storage reinterpreted
+    as another dtype). Anything else differing means a miss: the caller takes the checked path,
+    which rebuilds the plan. Only all-contiguous lists get one; an in-place transpose of a listed
+    tensor (``t_()``, same pointer and size) is the one change it does not see.
+    """
+
+    __slots__ = ("lists", "tensors", "ptrs", "sizes", "dtypes", "codes", "delta")
+
+    def __init__(self, lists: tuple[list[Tensor], ...]) -> None:
+        self.lists = lists
+        self.tensors = tuple(tuple(lst) for lst in lists)
+        self.ptrs = [list(map(_ptr, lst)) for lst in lists]
+        self.sizes = [list(map(_numel, lst)) for lst in lists]
+        self.dtypes = [list(map(_dtype, lst)) for lst in lists]
+        self.codes = [_CODES[d] for d in self.dtypes[0]]
+        self.delta = len(lists) == 3
+
+    def run(self, seqs: tuple) -> Tensor | None:
+        """The result, or None when the lists changed since the plan was made."""
+        for seq, lst, tensors, ptrs, sizes, dtypes in zip(seqs, self.lists, self.tensors, self.ptrs,
+                                                           self.sizes, self.dtypes):
+            if (seq is not lst or len(lst) != len(tensors) or not all(map(operator.is_, lst, tensors))
+                    or list(map(_ptr, lst)) != ptrs or list(map(_numel, lst)) != sizes
+                    or list(map(_dtype, lst)) != dtypes):
+                return None
+        p = self.ptrs
+        value = _LIB.grad_dot_cpu(p[0], p[1], p[2] if self.delta else [], self.sizes[0], self.codes,
+                                  torch.get_num_threads())
+        return torch.scalar_tensor(value, dtype=torch.float32)  # ~1 us cheaper than torch.tensor
+
+
+_PLANS: dict[tuple[int, ...], _Plan] = {}  # by the lists' ids; the plan holds the lists
+_PLANS_SIZE = 8
+_LIB: Any = None
+
+
+def cached_call(seqs: tuple) -> Tensor | None:
+    """An eager CPU call over the same list objects as a recent ``grad_dot`` /
+    ``grad_dot_delta`` call (``remember``), run from its plan; None when there is none or the
+    lists changed (then the caller takes the checked path)."""
+    plan = _PLANS.get(tuple(map(id, seqs)))
+    return None if plan is None else plan.run(seqs)
+
+
+def remember(seqs: tuple, lists: list[list[Tensor]]) -> None:
+    """Keep a plan for these lists (checked by the contract, on CPU) when they are Python lists
+    (the objects a later call can be recognised by) of contiguous tensors."""
+    global _LIB
+    if not all(seq is lst for seq, lst in zip(seqs, lists)):
+        return  # tuples, generators: a new object every call
+    if not all([t.is_contiguous() for lst in lists for t in lst]):
+        return
+    if _LIB is None:
+        _LIB = _native.lib("grad_dot", "cpu")
+    if len(_PLANS) >= _PLANS_SIZE:
+        _PLANS.pop(next(iter(_PLANS)))
+    _PLANS[tuple(map(id, seqs))] = _Plan(tuple(lists))
 
 
 def _pointers(lst: Sequence[Tensor], keep: list[Tensor]) -> list[int]:
@@ -69,12 +110,9 @@ def _multi_dot(op: str, lists: tuple[Sequence[Tensor], ...]) -> Tensor:
     device = x0[0].device
     lib = _native.lib(op, device.type)
     keep: list[Tensor] = []
-    ptrs = []
-    for k, lst in enumerate(lists):
-        p, s, c, contiguous = _describe(lst)
-        if k == 0:
-            sizes, codes = s, c  # the i-th tensors of every list share shape and dtype (contract)
-        ptrs.append(p if contiguous else _pointers(lst, keep))
+    ptrs = [_pointers(lst, keep) for lst in lists]
+    # the i-th tensors of every list share shape and dtype (contract)
+    sizes, codes = list(map(_numel, x0)), [_CODES[t.dtype] for t in x0]
     zs = ptrs[2] if len(ptrs) == 3 else []
     if device.type == "cpu":
         value = lib.grad_dot_cpu(ptrs[0], ptrs[1], zs, sizes, codes, torch.get_num_threads())
