@@ -61,6 +61,9 @@ def _fake(logits: Tensor, target: Tensor, label_smoothing: float, reduction: str
 
 
 def _setup_context(ctx, inputs, output) -> None:
+    # Only the loss is differentiable: without this, autograd hands backward a zero-filled
+    # [N, C] gradient for the saved-gradient output, a whole extra write of the logits' size.
+    ctx.set_materialize_grads(False)
     ctx.reduction = inputs[3]
     ctx.need_grad = inputs[4]
     ctx.n_inputs = len(inputs)
@@ -69,6 +72,8 @@ def _setup_context(ctx, inputs, output) -> None:
 
 
 def _backward(ctx, grad_loss: Tensor, _grad_grad: Tensor):
+    if grad_loss is None:  # no gradient reached the loss (grads are not materialized)
+        return (None,) * ctx.n_inputs
     (grad,) = ctx.saved_tensors
     if not ctx.need_grad:
         raise RuntimeError("mplfast soft_ce: backward through a call made without need_grad")

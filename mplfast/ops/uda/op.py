@@ -47,6 +47,9 @@ def _fake(weak: Tensor, strong: Tensor, temperature: float, threshold: float, ne
 
 
 def _setup_context(ctx, inputs, output) -> None:
+    # Only the loss is differentiable: without this, autograd hands backward a zero-filled
+    # [N, C] gradient for the saved-gradient output, a whole extra write of the logits' size.
+    ctx.set_materialize_grads(False)
     ctx.need_grad = inputs[4]
     ctx.n_inputs = len(inputs)
     ctx.save_for_backward(output[2])
@@ -54,6 +57,8 @@ def _setup_context(ctx, inputs, output) -> None:
 
 
 def _backward(ctx, grad_loss: Tensor, _grad_rate: Tensor, _grad_grad: Tensor):
+    if grad_loss is None:  # no gradient reached the loss (grads are not materialized)
+        return (None,) * ctx.n_inputs
     (grad,) = ctx.saved_tensors
     if not ctx.need_grad:
         raise RuntimeError("mplfast uda: backward through a call made without need_grad")
