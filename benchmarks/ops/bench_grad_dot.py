@@ -31,7 +31,7 @@ def _targets(ratios):
     for group in (G_DOT, G_DOT_BUSY):
         ratios.target(group, "native", "loop", 3.0)
         ratios.target(group, "primitive", "loop", 3.0)
-    ratios.target(G_DOT, "native_fresh_lists", "loop")
+    ratios.target(G_DOT, "native_checked", "loop")
     for group in (G_DELTA, G_DELTA_BUSY):
         ratios.target(group, "native", "loop")
         ratios.target(group, "primitive", "loop")
@@ -72,10 +72,17 @@ def _delta_loop(gs, news, olds):
     return acc
 
 
+def _checked(*lists):
+    from mplfast.ops.grad_dot import native as dot_native
+
+    dot_native._PLANS.clear()
+    return mplfast.grad_dot(*lists, backend="native")
+
+
 _IMPLS = {
     "grad_dot": {"native": lambda *l: mplfast.grad_dot(*l, backend="native"),
-                 # new list objects every call: the checked path, no plan reused
-                 "native_fresh_lists": lambda *l: mplfast.grad_dot(*(list(x) for x in l), backend="native"),
+                 # the checked path: no plan reused (lists of new tensors, e.g. MPLStep's gradients)
+                 "native_checked": _checked,
                  "primitive": checked("native", "grad_dot"), "loop": _dot_loop},
     "grad_dot_delta": {"native": lambda *l: mplfast.grad_dot_delta(*l, backend="native"),
                        "primitive": checked("native", "grad_dot_delta"), "loop": _delta_loop},
@@ -91,7 +98,7 @@ def _run(benchmark, ratios, wrn_lists, op: str, impl: str, group: str) -> None:
     ratios.record(benchmark, group, impl)
 
 
-@pytest.mark.parametrize("impl", ["native", "native_fresh_lists", "primitive", "loop"])
+@pytest.mark.parametrize("impl", ["native", "native_checked", "primitive", "loop"])
 @pytest.mark.benchmark(group=G_DOT)
 def test_grad_dot(benchmark, ratios, wrn_lists, impl):
     _run(benchmark, ratios, wrn_lists, "grad_dot", impl, G_DOT)

@@ -118,6 +118,7 @@ def _fresh_plans(monkeypatch):
     from mplfast.ops.grad_dot import native as gd_native
 
     monkeypatch.setattr(gd_native, "_PLANS", {})
+    monkeypatch.setattr(gd_native, "_SEEN", {})
     return gd_native._PLANS
 
 
@@ -132,7 +133,9 @@ def test_plan_cache_sees_in_place_changes(monkeypatch, seeded):
     xs = _ragged(seeded, RAGGED[:4])
     ys = _ragged(seeded, RAGGED[:4])
     first = _dot(xs, ys)
-    assert len(plans) == 1 and abs(_dot(xs, ys) - first) == 0.0  # the hit gives the same bits
+    assert plans == {}  # made the second time the same lists come through
+    assert _dot(xs, ys) == first and len(plans) == 1
+    assert _dot(xs, ys) == first  # the hit gives the same bits
     xs[2].data = torch.randn(xs[2].shape, generator=seeded)  # swapped storage
     _assert_sum_close(_dot(xs, ys), _dot64(xs, ys), _abs64(xs, ys))
     xs[0] = torch.randn(xs[0].shape, generator=seeded)  # another tensor in the list
@@ -160,3 +163,21 @@ def test_plan_cache_only_for_lists_of_contiguous_tensors(monkeypatch, seeded):
     assert abs(_dot([a], [b]) - expected) < 1e-5 and plans == {}
     assert abs(_dot((a,), (a,)) - float((a.double() ** 2).sum())) < 1e-4 and plans == {}  # tuples
     assert abs(_dot(iter([a]), iter([a])) - float((a.double() ** 2).sum())) < 1e-4 and plans == {}
+
+
+def test_plan_cache_keeps_nothing_alive_and_skips_one_off_lists(monkeypatch, seeded):
+    import gc
+    import weakref
+
+    plans = _fresh_plans(monkeypatch)
+    xs, ys = _ragged(seeded, RAGGED[:3]), _ragged(seeded, RAGGED[:3])
+    for _ in range(4):
+        _dot(list(xs), list(ys))  # new list objects every call (MPLStep's gradient list)
+    assert all(len(p.refs[0]) == 3 for p in plans.values())  # at most plans for recycled ids
+    _dot(xs, ys)
+    _dot(xs, ys)
+    assert any(p.refs[0][0]() is xs[0] for p in plans.values())
+    dead = weakref.ref(xs[0])
+    del xs, ys
+    gc.collect()
+    assert dead() is None  # the plan held the tensors weakly and the lists not at all

@@ -43,10 +43,9 @@ def _run(opname: str, named: list[tuple[str, Any]], backend: str | None) -> Tens
             # Eager: call the implementation the custom op wraps, directly. Passing ~160 tensors
             # through the dispatcher (List[Tensor] in and out of C++) costs ~90 us, a third of
             # the native kernel's time on WRN-28-2's parameters, every MPL step.
-            out = op._primitive(name, opname)(*lists)
             if eager_native and name == "native" and device.type == "cpu":
-                native.remember(seqs, lists)
-            return out
+                return native.checked_cpu_call(seqs, lists)
+            return op._primitive(name, opname)(*lists)
         return (op.grad_dot if opname == "grad_dot" else op.grad_dot_delta)(*lists, name)
 
 

@@ -8,6 +8,7 @@ copied (the copies live until the call returns). Kernels run on torch's current 
 from __future__ import annotations
 
 import operator
+import weakref
 from typing import Any, Sequence
 
 import torch
@@ -15,7 +16,7 @@ from torch import Tensor
 
 from mplfast import _native
 
-__all__ = ["grad_dot", "grad_dot_delta", "cached_call", "remember"]
+__all__ = ["grad_dot", "grad_dot_delta", "cached_call", "checked_cpu_call"]
 
 _CODES = _native.DTYPE_CODES
 
@@ -32,17 +33,18 @@ class _Plan:
     tensor, only what could have changed in place and would make the kept table wrong: the
     tensor objects in the list (by identity), their data pointers (``p.data = ...``, ``set_``,
     ``.to()`` swap the storage), element counts (``resize_``) and dtypes (a storage reinterpreted
-    as another dtype). Anything else differing means a miss: the caller takes the checked path,
-    which rebuilds the plan. Only all-contiguous lists get one; an in-place transpose of a listed
-    tensor (``t_()``, same pointer and size) is the one change it does not see.
+    as another dtype). Anything else differing means a miss: the caller takes the checked path.
+    Only all-contiguous lists get one; an in-place transpose of a listed tensor (``t_()``, same
+    pointer and size) is the one change it does not see. The tensors are held by weak
+    references and the lists not at all, so a plan keeps no gradient alive; a new list at a
+    dead one's address holding the same live tensors is the same call.
     """
 
-    __slots__ = ("lists", "tensors", "ptrs", "sizes", "dtypes", "codes", "delta")
+    __slots__ = ("refs", "ptrs", "sizes", "dtypes", "codes", "delta")
 
-    def __init__(self, lists: tuple[list[Tensor], ...]) -> None:
-        self.lists = lists
-        self.tensors = tuple(tuple(lst) for lst in lists)
-        self.ptrs = [list(map(_ptr, lst)) for lst in lists]
+    def __init__(self, lists: list[list[Tensor]], ptrs: list[list[int]]) -> None:
+        self.refs = [[weakref.ref(t) for t in lst] for lst in lists]
+        self.ptrs = ptrs
         self.sizes = [list(map(_numel, lst)) for lst in lists]
         self.dtypes = [list(map(_dtype, lst)) for lst in lists]
         self.codes = [_CODES[d] for d in self.dtypes[0]]
@@ -50,9 +52,9 @@ class _Plan:
 
     def run(self, seqs: tuple) -> Tensor | None:
         """The result, or None when the lists changed since the plan was made."""
-        for seq, lst, tensors, ptrs, sizes, dtypes in zip(seqs, self.lists, self.tensors, self.ptrs,
-                                                           self.sizes, self.dtypes):
-            if (seq is not lst or len(lst) != len(tensors) or not all(map(operator.is_, lst, tensors))
+        for lst, refs, ptrs, sizes, dtypes in zip(seqs, self.refs, self.ptrs, self.sizes, self.dtypes):
+            if (type(lst) is not list or len(lst) != len(refs)
+                    or not all(map(operator.is_, lst, [r() for r in refs]))
                     or list(map(_ptr, lst)) != ptrs or list(map(_numel, lst)) != sizes
                     or list(map(_dtype, lst)) != dtypes):
                 return None
@@ -62,37 +64,46 @@ class _Plan:
         return torch.scalar_tensor(value, dtype=torch.float32)  # ~1 us cheaper than torch.tensor
 
 
-_PLANS: dict[tuple[int, ...], _Plan] = {}  # by the lists' ids; the plan holds the lists
+# Plans by the lists' ids, made the second time the same ids come through the checked path (a
+# list built anew for every call never gets one, nor costs the making of one).
+_PLANS: dict[tuple[int, ...], _Plan] = {}
+_SEEN: dict[tuple[int, ...], None] = {}
 _PLANS_SIZE = 8
 _LIB: Any = None
 
 
 def cached_call(seqs: tuple) -> Tensor | None:
-    """An eager CPU call over the same list objects as a recent ``grad_dot`` /
-    ``grad_dot_delta`` call (``remember``), run from its plan; None when there is none or the
-    lists changed (then the caller takes the checked path)."""
+    """An eager CPU call over the same lists as a recent ``grad_dot`` / ``grad_dot_delta`` call,
+    run from its plan; None when there is none or the lists changed (then the caller takes the
+    checked path, ``checked_cpu_call``)."""
     plan = _PLANS.get(tuple(map(id, seqs)))
     return None if plan is None else plan.run(seqs)
 
 
-def remember(seqs: tuple, lists: list[list[Tensor]]) -> None:
-    """Keep a plan for these lists (checked by the contract, on CPU) when they are Python lists
-    (the objects a later call can be recognised by) of contiguous tensors."""
+def checked_cpu_call(seqs: tuple, lists: list[list[Tensor]]) -> Tensor:
+    """The CPU call for lists the contract has checked; remembers a plan for repeated lists."""
     global _LIB
-    if not all(seq is lst for seq, lst in zip(seqs, lists)):
-        return  # tuples, generators: a new object every call
-    if not all([t.is_contiguous() for lst in lists for t in lst]):
-        return
     if _LIB is None:
         _LIB = _native.lib("grad_dot", "cpu")
-    if len(_PLANS) >= _PLANS_SIZE:
-        _PLANS.pop(next(iter(_PLANS)))
-    _PLANS[tuple(map(id, seqs))] = _Plan(tuple(lists))
+    value, ptrs, copied = _cpu_dot(_LIB, lists)
+    if not copied and all(seq is lst for seq, lst in zip(seqs, lists)):  # lists, all contiguous
+        key = tuple(map(id, seqs))
+        if key in _SEEN:
+            if len(_PLANS) >= _PLANS_SIZE:
+                _PLANS.pop(next(iter(_PLANS)))
+            _PLANS[key] = _Plan(lists, ptrs)
+        else:
+            if len(_SEEN) >= 2 * _PLANS_SIZE:
+                _SEEN.pop(next(iter(_SEEN)))
+            _SEEN[key] = None
+    return torch.scalar_tensor(value, dtype=torch.float32)
 
 
 def _pointers(lst: Sequence[Tensor], keep: list[Tensor]) -> list[int]:
     """Data pointers, with contiguous copies of the non-contiguous tensors (kept in ``keep``:
     they must outlive the possibly asynchronous call)."""
+    if all(map(Tensor.is_contiguous, lst)):
+        return list(map(_ptr, lst))
     out = []
     for t in lst:
         if not t.is_contiguous():
@@ -102,6 +113,16 @@ def _pointers(lst: Sequence[Tensor], keep: list[Tensor]) -> list[int]:
     return out
 
 
+def _cpu_dot(lib: Any, lists: Sequence[Sequence[Tensor]]) -> tuple[float, list[list[int]], bool]:
+    """(the CPU kernel's value, the pointer lists it read, whether any tensor was copied)."""
+    keep: list[Tensor] = []
+    ptrs = [_pointers(lst, keep) for lst in lists]
+    x0 = lists[0]  # the i-th tensors of every list share shape and dtype (contract)
+    value = lib.grad_dot_cpu(ptrs[0], ptrs[1], ptrs[2] if len(lists) == 3 else [], list(map(_numel, x0)),
+                             [_CODES[t.dtype] for t in x0], torch.get_num_threads())
+    return value, ptrs, bool(keep)
+
+
 def _multi_dot(op: str, lists: tuple[Sequence[Tensor], ...]) -> Tensor:
     """lists[0] . (lists[1] [- lists[2]]) as a 0-dim float32 tensor."""
     x0 = lists[0]
@@ -109,14 +130,13 @@ def _multi_dot(op: str, lists: tuple[Sequence[Tensor], ...]) -> Tensor:
         return torch.zeros((), dtype=torch.float32)
     device = x0[0].device
     lib = _native.lib(op, device.type)
+    if device.type == "cpu":
+        return torch.scalar_tensor(_cpu_dot(lib, lists)[0], dtype=torch.float32)
     keep: list[Tensor] = []
     ptrs = [_pointers(lst, keep) for lst in lists]
     # the i-th tensors of every list share shape and dtype (contract)
     sizes, codes = list(map(_numel, x0)), [_CODES[t.dtype] for t in x0]
     zs = ptrs[2] if len(ptrs) == 3 else []
-    if device.type == "cpu":
-        value = lib.grad_dot_cpu(ptrs[0], ptrs[1], zs, sizes, codes, torch.get_num_threads())
-        return torch.scalar_tensor(value, dtype=torch.float32)  # ~3 us cheaper than torch.tensor
     index, stream = _native.stream(device)
     ws_len = lib.grad_dot_cuda_workspace(sizes)
     workspace = torch.empty(ws_len, dtype=torch.float64, device=device)
