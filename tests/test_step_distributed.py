@@ -30,6 +30,8 @@ def _worker(out_path: str) -> None:
     torch.set_num_threads(1)
     dist.init_process_group("gloo")
     rank, world = dist.get_rank(), dist.get_world_size()
+    with open(os.path.join(os.path.dirname(out_path), f"rank{rank}.pid"), "w") as f:
+        f.write(str(os.getpid()))
     results = []
     for kw in CONFIGS:
         torch.manual_seed(0)  # same initial weights on every rank
@@ -56,27 +58,55 @@ def _worker(out_path: str) -> None:
     if rank == 0:
         with open(out_path, "w") as f:
             json.dump(gathered, f)
-    dist.destroy_process_group()
+    dist.barrier()
+    # Skip the interpreter's teardown: torch 2.13's gloo process group can deadlock there (the
+    # main thread, holding the GIL, joins a gloo thread that waits for the GIL to free an
+    # all-gather's tensors), leaving a rank alive after torchrun has gone.
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os._exit(0)
+
+
+def _kill_if_worker(pid: int) -> None:
+    """SIGKILL ``pid`` if it still is one of this file's ranks (not a reused pid)."""
+    try:
+        with open(f"/proc/{pid}/cmdline", "rb") as f:
+            if __file__.encode() not in f.read():
+                return
+        os.kill(pid, signal.SIGKILL)
+    except (FileNotFoundError, ProcessLookupError):
+        pass
 
 
 @pytest.mark.slow
 def test_two_ranks_agree(tmp_path):
     out = tmp_path / "ranks.json"
     env = dict(os.environ, OMP_NUM_THREADS="1")
-    # Its own process group, killed whole on a timeout: torchrun's workers must not outlive a
-    # hung run and keep a rendezvous port for the next one.
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
-         __file__, str(out)],
-        env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, start_new_session=True,
-    )
-    try:
-        stdout, stderr = proc.communicate(timeout=180)
-    except subprocess.TimeoutExpired:
-        os.killpg(proc.pid, signal.SIGKILL)
-        stdout, stderr = proc.communicate()
-        pytest.fail("torchrun did not finish in 180 s:\n" + stdout[-3000:] + stderr[-3000:])
-    assert proc.returncode == 0, stdout[-3000:] + stderr[-3000:]
+    # Output to files, not pipes: a rank that outlived torchrun would hold a pipe open and hang
+    # the read. Each rank records its pid (torchrun starts them in sessions of their own), so
+    # whatever is left after a timeout can be killed.
+    log = tmp_path / "torchrun.log"
+    with open(log, "w") as f:
+        proc = subprocess.Popen(
+            [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
+             __file__, str(out)],
+            env=env, stdout=f, stderr=subprocess.STDOUT, start_new_session=True,
+        )
+        try:
+            rc = proc.wait(timeout=180)
+        except subprocess.TimeoutExpired:
+            rc = None
+        finally:
+            try:
+                os.killpg(proc.pid, signal.SIGKILL)
+            except ProcessLookupError:
+                pass
+            for p in tmp_path.glob("rank*.pid"):
+                _kill_if_worker(int(p.read_text()))
+            proc.wait()
+    text = log.read_text()[-3000:]
+    assert rc is not None, "torchrun did not finish in 180 s:\n" + text
+    assert rc == 0, text
     r0, r1 = json.loads(out.read_text())
     for kw, a, b in zip(CONFIGS, r0, r1):
         assert a["h"] == b["h"], kw  # bitwise: h is all-reduced before use

@@ -591,8 +591,14 @@ def run(cfg: TrainConfig, *, resume_state: dict[str, Any] | None = None,
     info = setup(cfg.device)
     try:
         with StopRequest() as stop:
-            return _run(cfg, info, stop, resume_state, progress or cfg.progress, t_start,
-                        dataset, argv)
+            result = _run(cfg, info, stop, resume_state, progress or cfg.progress, t_start,
+                          dataset, argv)
+        # Success only (a rank that failed never arrives). Waiting here releases the GIL, so
+        # gloo's threads can free the last collectives' tensors: torch 2.13 can deadlock when the
+        # process group is destroyed right after an all-gather (the main thread, holding the GIL,
+        # joins a gloo thread that waits for it), leaving a rank hanging after the run.
+        barrier(info)
+        return result
     finally:
         teardown(info)
 
