@@ -115,7 +115,9 @@ class _Recorder(TorchFunctionMode):
             return x.mul_(noise) if inplace else x * noise
         if func in _DRAWS:
             if self.replaying:
-                return self._take(func, None).clone()
+                drawn = self._take(func, None)
+                out = kwargs.get("out")
+                return out.copy_(drawn) if out is not None else drawn.clone()
             out = func(*args, **kwargs)
             self.draws.append((func, out.clone()))  # the caller may change its copy in place
             return out

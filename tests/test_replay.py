@@ -41,7 +41,7 @@ def test_recorded_dropout_equals_aten_cpu_dropout_from_the_same_state(p):
     assert torch.equal(torch.get_rng_state(), after_plain)  # same RNG consumption
 
 
-@pytest.mark.parametrize("how", ["module", "functional_inplace", "drop_path", "rand_like"])
+@pytest.mark.parametrize("how", ["module", "functional_inplace", "drop_path", "rand_like", "rand_out"])
 def test_replay_hands_back_the_first_forward_draws_and_leaves_the_rng_alone(how):
     net = _net()
     x = torch.randn(11, 7)
@@ -53,7 +53,11 @@ def test_replay_hands_back_the_first_forward_draws_and_leaves_the_rng_alone(how)
             return F.dropout(inp.clone(), 0.3, training=True, inplace=True)
         if how == "drop_path":
             return _drop_path(net[0](inp))
-        return inp * (torch.rand_like(inp) > 0.5)
+        if how == "rand_like":
+            return inp * (torch.rand_like(inp) > 0.5)
+        buf = torch.empty_like(inp)
+        torch.rand(inp.shape, out=buf)  # the draw lands in the caller's buffer
+        return inp * buf
 
     rec = RecordedReplay()
     with rec.first():
