@@ -7,13 +7,14 @@ is the context of the forward whose draws are kept, ``replay()`` of the one that
 
 - ``StateReplay`` (eager): saves the RNG state before the first forward and restores it, on a
   forked stream, around the replay. Exact for any random op, written in any way. Dynamo cannot
-  trace RNG-state reads (it graph-breaks on ``torch.get_rng_state``), and under Inductor the
-  compiled graph draws from its own seeds, so a restored state would not bring the masks back.
+  trace RNG-state reads (it graph-breaks on ``torch.get_rng_state``), and a compiled graph
+  that draws from Inductor's own seeds repeats the masks only if both forwards happen to draw
+  them alike.
 - ``RecordedReplay`` (inside ``torch.compile``): a ``TorchFunctionMode`` that keeps the random
   tensors themselves. The first forward records what ``F.dropout`` and torch's random
   primitives (``torch.rand``, ``Tensor.bernoulli_``, ...) draw; the replay hands the same
-  tensors back in the same order. It traces as one graph, and the masks are real tensors in
-  it, so Inductor keeps them. ``F.dropout`` is computed here as ATen computes it on CPU
+  tensors back in the same order. It traces as one graph, and the masks are ordinary tensors
+  in it, whatever the backend's RNG. ``F.dropout`` is computed here as ATen computes it on CPU
   (``empty_like(x).bernoulli_(1 - p)``, scaled by ``1 / (1 - p)``, times x), so a recorded CPU
   forward gives the same values as the plain one from the same RNG state.
 
