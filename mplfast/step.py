@@ -73,14 +73,15 @@ def _batch_stats_only(model: nn.Module) -> Iterator[None]:
             m.track_running_stats = True
 
 
-@torch.compiler.disable
 def _replayed_jvp(fn: Any, primals: dict[str, Tensor], tangents: dict[str, Tensor], rng: Any,
                   module: nn.Module) -> Tensor:
     """The tangent of ``fn`` at ``primals`` along ``tangents``, with ``rng``'s dropout masks
     replayed and batch statistics that leave the running buffers alone.
 
-    Always eager (one graph break in a compiled soft-label step): Dynamo fails on forward-mode
-    AD through a module's views (an internal assert in torch 2.13's fake tensors).
+    Called through ``torch.compiler.disable`` (``MPLStep._jvp``, made for soft-label steps only,
+    since it imports Dynamo, ~1 s): always eager, one graph break in a compiled soft-label step,
+    because Dynamo fails on forward-mode AD through a module's views (an internal assert in
+    torch 2.13's fake tensors).
     """
     with rng.replay(), _batch_stats_only(module), torch.no_grad():
         return jvp(fn, (primals,), (tangents,))[1]
@@ -190,6 +191,8 @@ class MPLStep:
                 )
         self._need_snapshot = cfg.meta_signal == "grad_dot" or (
             cfg.pseudo_label == "soft" and cfg.meta_signal != "none")
+        self._jvp = (torch.compiler.disable(_replayed_jvp)
+                     if cfg.pseudo_label == "soft" and cfg.meta_signal != "none" else _replayed_jvp)
         self._snapshot: list[Tensor] | None = None  # per-parameter views of one flat buffer
         self._flat: list[Tensor] = []
         self._ema_in_step = True  # the EMA update runs in step 6, right after the student's step
@@ -616,7 +619,7 @@ class MPLStep:
             out = functional_call(module, pr, (x_in,))
             return torch.log_softmax(out[B:].to(torch.promote_types(out.dtype, torch.float32)), dim=-1)
 
-        jv = _replayed_jvp(log_probs, primals, tangents, rng, module)
+        jv = self._jvp(log_probs, primals, tangents, rng, module)
         M = x_s.shape[0] - B
         return jv * ((1.0 - cfg.label_smoothing) / M)
 
