@@ -114,21 +114,17 @@ class _Recorder(TorchFunctionMode):
                 noise.div_(1.0 - p)
                 self.draws.append((F.dropout, noise))  # internal: nobody else can mutate it
             return x.mul_(noise) if inplace else x * noise
-        if func in _DRAWS:
-            if self.replaying:
-                drawn = self._take(func, None)
-                out = kwargs.get("out")
-                return out.copy_(drawn) if out is not None else drawn.clone()
-            out = func(*args, **kwargs)
-            self.draws.append((func, out.clone()))  # the caller may change its copy in place
-            return out
-        if func in _DRAWS_INPLACE:
-            target = args[0]
-            if self.replaying:
+        if func in _DRAWS or func in _DRAWS_INPLACE:
+            if not self.replaying:
+                out = func(*args, **kwargs)
+                self.draws.append((func, out.clone()))  # the caller may change its copy in place
+                return out
+            if func in _DRAWS_INPLACE:
+                target = args[0]
                 return target.copy_(self._take(func, tuple(target.shape)))
-            out = func(*args, **kwargs)
-            self.draws.append((func, out.clone()))
-            return out
+            drawn = self._take(func, None)
+            out = kwargs.get("out")
+            return out.copy_(drawn) if out is not None else drawn.clone()
         if func in _UNSUPPORTED and kwargs.get("training", args[2] if len(args) > 2 else True):
             raise NotImplementedError(
                 f"mplfast: {func.__name__} cannot be replayed inside torch.compile (its noise is "

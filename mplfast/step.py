@@ -181,7 +181,9 @@ class MPLStep:
                                            else torch.float32, torch.float32)
         self.baseline = torch.zeros((), dtype=self._hdtype, device=self.device)
         self._teacher_params = [p for p in teacher.parameters() if p.requires_grad]
-        if cfg.pseudo_label == "soft" and cfg.meta_signal != "none":
+        # Soft labels with a meta signal: the exact soft meta-gradient (steps 5-9, _SoftState).
+        self._soft_meta = cfg.pseudo_label == "soft" and cfg.meta_signal != "none"
+        if self._soft_meta:
             if not isinstance(student_optimizer, torch.optim.SGD):
                 raise ValueError(
                     "MPLStep: pseudo_label='soft' computes the exact meta-gradient through the "
@@ -189,10 +191,8 @@ class MPLStep:
                     f"{type(student_optimizer).__name__}; use pseudo_label='hard' or 'sample', or "
                     "meta_signal='none' (plain UDA teacher)"
                 )
-        self._need_snapshot = cfg.meta_signal == "grad_dot" or (
-            cfg.pseudo_label == "soft" and cfg.meta_signal != "none")
-        self._jvp = (torch.compiler.disable(_replayed_jvp)
-                     if cfg.pseudo_label == "soft" and cfg.meta_signal != "none" else _replayed_jvp)
+        self._need_snapshot = cfg.meta_signal == "grad_dot" or self._soft_meta
+        self._jvp = torch.compiler.disable(_replayed_jvp) if self._soft_meta else _replayed_jvp
         self._snapshot: list[Tensor] | None = None  # per-parameter views of one flat buffer
         self._flat: list[Tensor] = []
         self._ema_in_step = True  # the EMA update runs in step 6, right after the student's step
@@ -396,7 +396,7 @@ class MPLStep:
                 l_old = soft_cross_entropy(_hi(student(x_l)), y_l)
         soft = None
         x_s = torch.cat([x_l, x_us])
-        if cfg.pseudo_label == "soft" and cfg.meta_signal != "none":
+        if self._soft_meta:
             # The JVP of step 9 replays this forward (its input, batch statistics, masks).
             soft = _SoftState(x_s=x_s, B=B, rng=self._rng_replay())
         with (soft.rng.first() if soft is not None else contextlib.nullcontext()), self._autocast():
