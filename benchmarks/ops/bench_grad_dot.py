@@ -75,7 +75,7 @@ def _delta_loop(gs, news, olds):
 def _checked(*lists):
     from mplfast.ops.grad_dot import native as dot_native
 
-    dot_native._PLANS.clear()
+    dot_native.forget_plans()
     return mplfast.grad_dot(*lists, backend="native")
 
 

@@ -66,7 +66,7 @@ if only in ("all", "dot"):
     from mplfast.ops.grad_dot import native as dot_native
 
     def dot_checked():
-        dot_native._PLANS.clear()
+        dot_native.forget_plans()
         return mplfast.grad_dot(xs, ys, backend="native")
     cases[f"grad_dot WRN-28-2 ({len(xs)} tensors), checked path (no plan)"] = (dot_checked, dot_loop, 5)
 

@@ -16,7 +16,7 @@ from torch import Tensor
 
 from mplfast import _native
 
-__all__ = ["grad_dot", "grad_dot_delta", "cached_call", "checked_cpu_call"]
+__all__ = ["grad_dot", "grad_dot_delta", "cached_call", "checked_cpu_call", "forget_plans"]
 
 _CODES = _native.DTYPE_CODES
 
@@ -40,15 +40,15 @@ class _Plan:
     dead one's address holding the same live tensors is the same call.
     """
 
-    __slots__ = ("refs", "ptrs", "sizes", "dtypes", "codes", "delta")
+    __slots__ = ("lib", "refs", "ptrs", "sizes", "dtypes", "codes")
 
-    def __init__(self, lists: list[list[Tensor]], ptrs: list[list[int]]) -> None:
+    def __init__(self, lib: Any, lists: list[list[Tensor]], ptrs: list[list[int]]) -> None:
+        self.lib = lib
         self.refs = [[weakref.ref(t) for t in lst] for lst in lists]
         self.ptrs = ptrs
         self.sizes = [list(map(_numel, lst)) for lst in lists]
         self.dtypes = [list(map(_dtype, lst)) for lst in lists]
         self.codes = [_CODES[d] for d in self.dtypes[0]]
-        self.delta = len(lists) == 3
 
     def run(self, seqs: tuple) -> Tensor | None:
         """The result, or None when the lists changed since the plan was made."""
@@ -58,18 +58,28 @@ class _Plan:
                     or list(map(_ptr, lst)) != ptrs or list(map(_numel, lst)) != sizes
                     or list(map(_dtype, lst)) != dtypes):
                 return None
-        p = self.ptrs
-        value = _LIB.grad_dot_cpu(p[0], p[1], p[2] if self.delta else [], self.sizes[0], self.codes,
-                                  torch.get_num_threads())
-        return torch.scalar_tensor(value, dtype=torch.float32)  # ~1 us cheaper than torch.tensor
+        return _scalar(_kernel(self.lib, self.ptrs, self.sizes[0], self.codes))
 
 
 # Plans by the lists' ids, made the second time the same ids come through the checked path (a
-# list built anew for every call never gets one, nor costs the making of one).
+# list built anew for every call never gets one, nor costs the making of one). Both bounded,
+# oldest out first.
 _PLANS: dict[tuple[int, ...], _Plan] = {}
 _SEEN: dict[tuple[int, ...], None] = {}
 _PLANS_SIZE = 8
-_LIB: Any = None
+
+
+def _put(table: dict, key: tuple[int, ...], value: Any, size: int) -> None:
+    if len(table) >= size:
+        table.pop(next(iter(table)))
+    table[key] = value
+
+
+def forget_plans() -> None:
+    """Drop every plan and every list seen: the next calls take the checked path as for lists
+    never seen before (benchmarks time that path with it)."""
+    _PLANS.clear()
+    _SEEN.clear()
 
 
 def cached_call(seqs: tuple) -> Tensor | None:
@@ -82,21 +92,15 @@ def cached_call(seqs: tuple) -> Tensor | None:
 
 def checked_cpu_call(seqs: tuple, lists: list[list[Tensor]]) -> Tensor:
     """The CPU call for lists the contract has checked; remembers a plan for repeated lists."""
-    global _LIB
-    if _LIB is None:
-        _LIB = _native.lib("grad_dot", "cpu")
-    value, ptrs, copied = _cpu_dot(_LIB, lists)
+    lib = _native.lib("grad_dot", "cpu")
+    value, ptrs, copied = _cpu_dot(lib, lists)
     if not copied and all(seq is lst for seq, lst in zip(seqs, lists)):  # lists, all contiguous
         key = tuple(map(id, seqs))
         if key in _SEEN:
-            if len(_PLANS) >= _PLANS_SIZE:
-                _PLANS.pop(next(iter(_PLANS)))
-            _PLANS[key] = _Plan(lists, ptrs)
+            _put(_PLANS, key, _Plan(lib, lists, ptrs), _PLANS_SIZE)
         else:
-            if len(_SEEN) >= 2 * _PLANS_SIZE:
-                _SEEN.pop(next(iter(_SEEN)))
-            _SEEN[key] = None
-    return torch.scalar_tensor(value, dtype=torch.float32)
+            _put(_SEEN, key, None, 2 * _PLANS_SIZE)
+    return _scalar(value)
 
 
 def _pointers(lst: Sequence[Tensor], keep: list[Tensor]) -> list[int]:
@@ -113,13 +117,22 @@ def _pointers(lst: Sequence[Tensor], keep: list[Tensor]) -> list[int]:
     return out
 
 
+def _kernel(lib: Any, ptrs: list[list[int]], sizes: list[int], codes: list[int]) -> float:
+    """``_C.grad_dot_cpu`` on 2 (dot) or 3 (delta) pointer lists."""
+    return lib.grad_dot_cpu(ptrs[0], ptrs[1], ptrs[2] if len(ptrs) == 3 else [], sizes, codes,
+                            torch.get_num_threads())
+
+
+def _scalar(value: float) -> Tensor:
+    return torch.scalar_tensor(value, dtype=torch.float32)  # ~1 us cheaper than torch.tensor
+
+
 def _cpu_dot(lib: Any, lists: Sequence[Sequence[Tensor]]) -> tuple[float, list[list[int]], bool]:
     """(the CPU kernel's value, the pointer lists it read, whether any tensor was copied)."""
     keep: list[Tensor] = []
     ptrs = [_pointers(lst, keep) for lst in lists]
     x0 = lists[0]  # the i-th tensors of every list share shape and dtype (contract)
-    value = lib.grad_dot_cpu(ptrs[0], ptrs[1], ptrs[2] if len(lists) == 3 else [], list(map(_numel, x0)),
-                             [_CODES[t.dtype] for t in x0], torch.get_num_threads())
+    value = _kernel(lib, ptrs, list(map(_numel, x0)), [_CODES[t.dtype] for t in x0])
     return value, ptrs, bool(keep)
 
 
@@ -131,7 +144,7 @@ def _multi_dot(op: str, lists: tuple[Sequence[Tensor], ...]) -> Tensor:
     device = x0[0].device
     lib = _native.lib(op, device.type)
     if device.type == "cpu":
-        return torch.scalar_tensor(_cpu_dot(lib, lists)[0], dtype=torch.float32)
+        return _scalar(_cpu_dot(lib, lists)[0])
     keep: list[Tensor] = []
     ptrs = [_pointers(lst, keep) for lst in lists]
     # the i-th tensors of every list share shape and dtype (contract)
