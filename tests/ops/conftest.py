@@ -4,8 +4,8 @@ covers the GPU tile paths (chunked rows for C > 4096, vector widths, row groups)
 
 Applies to every test in tests/ops/test_{soft_ce,uda,grad_dot}.py that takes a ``backend``
 parameter: a ``triton_tiles`` parameter is added, and its ``gpu`` variant is kept only for the
-``triton`` backend (the others ignore the switch). Tests with their own ``tiles`` fixture (the
-test_*_triton.py files) already do this themselves.
+``triton`` backend (the others ignore the switch). Tests that take the ``tiles`` fixture (the
+test_*_triton.py files) run both tile configurations through it instead.
 """
 from __future__ import annotations
 
@@ -39,11 +39,24 @@ def pytest_collection_modifyitems(config, items):
         items[:] = keep
 
 
-@pytest.fixture
-def triton_tiles(request, monkeypatch):
-    """``gpu-tiles``: MPLFAST_TRITON_TILES=gpu for this test (read at every launch)."""
-    if request.param == "gpu-tiles":
+def _use_gpu_tiles(monkeypatch, on: bool) -> None:
+    """MPLFAST_TRITON_TILES=gpu for this test when ``on``, unset otherwise (read at every launch)."""
+    if on:
         monkeypatch.setenv("MPLFAST_TRITON_TILES", "gpu")
     else:
         monkeypatch.delenv("MPLFAST_TRITON_TILES", raising=False)
+
+
+@pytest.fixture
+def triton_tiles(request, monkeypatch):
+    """``gpu-tiles``: the GPU's tile configuration for this test (added by pytest_generate_tests)."""
+    _use_gpu_tiles(monkeypatch, request.param == "gpu-tiles")
+    return request.param
+
+
+@pytest.fixture(params=["interpreter", "gpu"])
+def tiles(request, monkeypatch):
+    """The test_*_triton.py files' own switch: every test taking it runs with the interpreter's
+    tiles and with the GPU's."""
+    _use_gpu_tiles(monkeypatch, request.param == "gpu")
     return request.param

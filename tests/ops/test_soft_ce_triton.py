@@ -46,15 +46,6 @@ def assert_rows_match(got: torch.Tensor, want: torch.Tensor, tol: float, what: s
     assert err <= tol * scale, f"{what}: max abs error {err:.3g} (scale {scale:.3g})"
 
 
-@pytest.fixture(params=["interpreter", "gpu"])
-def tiles(request, monkeypatch):
-    if request.param == "gpu":
-        monkeypatch.setenv("MPLFAST_TRITON_TILES", "gpu")
-    else:
-        monkeypatch.delenv("MPLFAST_TRITON_TILES", raising=False)
-    return request.param
-
-
 @pytest.mark.parametrize("c", CLASSES)
 @pytest.mark.parametrize("soft", [False, True], ids=["index", "soft"])
 def test_edge_rows_match_reference(tiles, c, soft, seeded):

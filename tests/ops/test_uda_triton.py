@@ -59,15 +59,6 @@ def expected(weak, strong, tau, thr, scale):
     return loss, mask, grad
 
 
-@pytest.fixture(params=["interpreter", "gpu"])
-def tiles(request, monkeypatch):
-    if request.param == "gpu":
-        monkeypatch.setenv("MPLFAST_TRITON_TILES", "gpu")
-    else:
-        monkeypatch.delenv("MPLFAST_TRITON_TILES", raising=False)
-    return request.param
-
-
 @pytest.mark.parametrize("c", CLASSES)
 def test_edge_rows_match_reference(tiles, c, seeded):
     from mplfast.kernels.uda import uda_forward
