@@ -12,6 +12,7 @@ from typing import Any
 import torch
 from torch import nn
 
+from mplfast.data.stream import available_memory
 from mplfast.errors import UserError
 
 # fraction of the available memory a run may plan to use: the estimate is rough (allocator
@@ -104,27 +105,6 @@ def estimate_step_bytes(*, teacher: nn.Module | None, student: nn.Module,
     return int(2 * act + 5 * 4 * params + data_bytes)
 
 
-def _cgroup_limit() -> int | None:
-    # containers (Docker, Slurm, k8s) kill at the cgroup limit, not at the host's free memory
-    for limit, usage in (("/sys/fs/cgroup/memory.max", "/sys/fs/cgroup/memory.current"),
-                         ("/sys/fs/cgroup/memory/memory.limit_in_bytes",
-                          "/sys/fs/cgroup/memory/memory.usage_in_bytes")):
-        try:
-            with open(limit) as f:
-                raw = f.read().strip()
-            if raw == "max":
-                return None
-            with open(usage) as f:
-                used = int(f.read().strip())
-            lim = int(raw)
-            if lim >= 1 << 60:  # cgroup v1's "unlimited"
-                return None
-            return max(0, lim - used)
-        except (OSError, ValueError):
-            continue
-    return None
-
-
 def available_bytes(device: torch.device) -> int | None:
     """Memory this process can still allocate on ``device`` (None if unknown)."""
     if device.type == "cuda":
@@ -132,18 +112,8 @@ def available_bytes(device: torch.device) -> int | None:
             return int(torch.cuda.mem_get_info(device)[0])
         except RuntimeError:
             return None
-    avail: int | None = None
-    try:
-        with open("/proc/meminfo") as f:
-            for line in f:
-                if line.startswith("MemAvailable:"):
-                    avail = int(line.split()[1]) * 1024
-                    break
-    except OSError:
-        pass
-    cg = _cgroup_limit()
-    if cg is not None:
-        avail = cg if avail is None else min(avail, cg)
+    # containers (Docker, Slurm, k8s) kill at the cgroup limit, not at the host's free memory
+    avail = available_memory()
     if "MPLFAST_MEMORY_LIMIT_MB" in os.environ:  # for tests and shared machines
         lim = int(float(os.environ["MPLFAST_MEMORY_LIMIT_MB"]) * 1e6)
         avail = lim if avail is None else min(avail, lim)
