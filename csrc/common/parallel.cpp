@@ -4,6 +4,9 @@
 #include "common/parallel.h"
 
 #include <pthread.h>
+#if defined(__linux__)
+#include <sched.h>
+#endif
 
 #include <atomic>
 #include <chrono>
@@ -35,6 +38,7 @@ inline void cpu_relax() {
 
 struct Job {
   std::atomic<int64_t> next{0};   // next item to claim
+  int caller_cpu = -1;            // the CPU the caller was on when it posted the job (-1: unknown)
   std::atomic<int64_t> done{0};   // items finished
   std::atomic<int> seats{0};      // workers that may still join this job
   int64_t n = 0;
@@ -62,7 +66,56 @@ struct Pool {
 // Never destroyed: workers may still wait on it while the process exits.
 Pool* pool = new Pool;
 
+// Keeps the calling worker off the CPU its job's caller runs on. The caller computes too, so a
+// worker the scheduler woke onto the caller's CPU takes turns with it there while the other
+// CPU runs something else: on the 2-core machine here, where torch's OpenMP worker polls after
+// each torch op, that happened in about half the processes, and grad_dot interleaved with torch
+// ops ran at about half speed for the whole process (benchmarks/RESULTS.md). The worker's mask
+// becomes its own allowed CPUs less that one, set again only when the caller has moved. A mask
+// someone else set meanwhile (taskset -a) is taken as the new allowed set, never widened; a
+// worker allowed on one CPU alone is left as it is.
+class CallerCpuAvoidance {
+ public:
+  void before(const Job& job) {
+#if defined(__linux__)
+    const int cpu = job.caller_cpu;
+    if (off_ || cpu < 0 || cpu >= CPU_SETSIZE || cpu == avoided_) return;
+    cpu_set_t now;
+    if (sched_getaffinity(0, sizeof now, &now) != 0) return void(off_ = true);
+    if (avoided_ < 0 || !CPU_EQUAL(&now, &mine_)) allowed_ = now;  // first call, or set by someone else
+    if (!CPU_ISSET(cpu, &allowed_) || CPU_COUNT(&allowed_) < 2) return;
+    cpu_set_t want = allowed_;
+    CPU_CLR(cpu, &want);
+    if (sched_setaffinity(0, sizeof want, &want) != 0) return void(off_ = true);  // a cpuset forbids it
+    mine_ = want;
+    avoided_ = cpu;
+#else
+    (void)job;
+#endif
+  }
+
+ private:
+#if defined(__linux__)
+  cpu_set_t allowed_{};  // where the worker may run
+  cpu_set_t mine_{};     // the mask this set last
+#endif
+  bool off_ = false;
+  int avoided_ = -1;     // the caller's CPU that mask leaves out (-1: none set yet)
+};
+
+inline int current_cpu() {
+#if defined(__linux__)
+  return sched_getcpu();
+#else
+  return -1;
+#endif
+}
+
 void worker_main(Pool* p) {
+#if defined(__linux__)
+  pthread_setname_np(pthread_self(), "mplfast-pool");  // as top -H and /proc/<pid>/task/*/comm show it
+#endif
+  CallerCpuAvoidance avoidance;
   uint64_t seen = 0;
   for (;;) {
     const auto until = std::chrono::steady_clock::now() + kSpin;
@@ -75,7 +128,10 @@ void worker_main(Pool* p) {
       seen = p->generation.load(std::memory_order_relaxed);
       job = p->job;
     }
-    if (job && job->seats.fetch_sub(1, std::memory_order_relaxed) > 0) run_items(*job);
+    if (job && job->seats.fetch_sub(1, std::memory_order_relaxed) > 0) {
+      avoidance.before(*job);
+      run_items(*job);
+    }
   }
 }
 
@@ -112,6 +168,7 @@ void parallel_items(int64_t n, int threads, const std::function<void(int64_t)>& 
   auto job = std::make_shared<Job>();
   job->n = n;
   job->body = &body;
+  job->caller_cpu = current_cpu();
   job->seats.store(threads - 1, std::memory_order_relaxed);
   {
     std::lock_guard<std::mutex> lock(p->mu);

@@ -176,3 +176,69 @@ def test_cpu_thread_pool_in_a_forked_child(seeded):
     finally:
         os.close(r)
     assert struct.unpack("d", data)[0] == expected
+
+
+_AVOIDANCE_SCRIPT = r"""
+import os, sys, time, torch
+from mplfast import _C
+
+def allowed(tid):
+    with open(f"/proc/self/task/{tid}/status") as f:
+        line = next(l for l in f if l.startswith("Cpus_allowed_list"))
+    out = set()
+    for part in line.split()[1].split(","):
+        lo, _, hi = part.partition("-")
+        out.update(range(int(lo), int(hi or lo) + 1))
+    return out
+
+def worker():
+    for tid in os.listdir("/proc/self/task"):
+        with open(f"/proc/self/task/{tid}/comm") as f:
+            if f.read().strip() == "mplfast-pool":
+                return int(tid)
+
+xs = [torch.randn(2_000_000, generator=torch.Generator().manual_seed(0))]
+args = ([xs[0].data_ptr()], [xs[0].data_ptr()], [], [xs[0].numel()], [0])
+expected = _C.grad_dot_cpu(*args, 1)
+
+def calls_until(ok):
+    # The worker sets its mask when it joins a job; it may sleep through a few.
+    deadline = time.monotonic() + 20
+    while time.monotonic() < deadline:
+        assert _C.grad_dot_cpu(*args, 2) == expected  # same bits on 1 and 2 threads
+        if ok():
+            return True
+    return False
+
+everything = os.sched_getaffinity(0)
+_C.grad_dot_cpu(*args, 2)  # the pool is made by an unpinned caller
+deadline = time.monotonic() + 20
+while (tid := worker()) is None and time.monotonic() < deadline:
+    time.sleep(0.01)  # the thread names itself once it runs
+assert tid is not None, "no mplfast-pool thread"
+a, b = sorted(everything)[:2]
+for cpu in (a, b, a):  # the caller moves: the worker's mask follows it
+    os.sched_setaffinity(0, {cpu})  # this thread only (Linux)
+    assert calls_until(lambda: allowed(tid) == everything - {cpu}), (cpu, allowed(tid))
+# Someone else pins the worker (taskset -a): that mask is kept, never widened again.
+os.sched_setaffinity(tid, {a})
+os.sched_setaffinity(0, {b})
+for _ in range(20):
+    _C.grad_dot_cpu(*args, 2)
+assert allowed(tid) == {a}, allowed(tid)
+print("ok")
+"""
+
+
+@pytest.mark.skipif(not __import__("sys").platform.startswith("linux") or len(__import__("os").sched_getaffinity(0)) < 2,
+                    reason="needs Linux and two CPUs")
+def test_cpu_pool_worker_keeps_off_the_callers_cpu():
+    """A pool worker never shares the CPU its caller posted the job from (the caller computes
+    too; sharing halved the speed, parallel.cpp): its allowed CPUs are its own less the caller's,
+    they follow the caller when it moves, and a mask someone else set is respected. In a fresh
+    interpreter, so that pinning its main thread touches no other test."""
+    import subprocess
+    import sys
+
+    proc = subprocess.run([sys.executable, "-c", _AVOIDANCE_SCRIPT], capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 0 and proc.stdout.strip() == "ok", proc.stdout + proc.stderr
