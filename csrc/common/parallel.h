@@ -6,8 +6,10 @@
 // a 0.2 ms call take 8 ms. parallel_items instead hands out items from an atomic counter; the
 // caller takes items too and returns as soon as every item is done, without waiting for workers
 // that never started (a late worker finds nothing left and goes back to sleep). Pool workers
-// sleep on a condition variable between calls instead of spinning, so idle kernels leave the
-// shared CPUs alone. Results stay deterministic when each item writes its own slot.
+// poll for 200 us after a job, then sleep on a condition variable, so idle kernels leave the
+// shared CPUs alone; a worker never runs on the CPU its caller posted the job from (its own
+// affinity mask, parallel.cpp), since the caller computes too. Results stay deterministic when
+// each item writes its own slot.
 #pragma once
 #include <cstdint>
 #include <functional>
