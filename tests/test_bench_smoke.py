@@ -274,3 +274,27 @@ def test_ops_benchmarks_run_disabled(tmp_path):
                           cwd=tmp_path, env=env, capture_output=True, text=True, timeout=600)
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
     assert " passed" in proc.stdout and "failed" not in proc.stdout
+
+
+def _native_cpu() -> bool:
+    from mplfast import _native
+
+    return _native.status()["cpu"] is True
+
+
+@pytest.mark.skipif(not _native_cpu(), reason="needs the native CPU kernels (mplfast._C)")
+@pytest.mark.parametrize("script, args, expect", [
+    ("interleaved.py", ["2", "no", "1", "dot"], ["grad_dot WRN-28-2 (80 tensors) threads=2", "checked path (no plan)"]),
+    ("grad_dot_breakdown.py", ["1"], ["bare kernel, 2 threads", "Python side of the public call"]),
+])
+def test_cpu_op_timing_scripts_run(tmp_path, script, args, expect):
+    """benchmarks/ops/interleaved.py and grad_dot_breakdown.py, one round each (their own
+    correctness asserts included: the fused value against the loop, the bare kernel against the
+    public call, 1 thread against 2), so that the scripts behind RESULTS.md cannot rot."""
+    import subprocess
+
+    proc = subprocess.run([sys.executable, str(BENCH / "ops" / script), *args], cwd=tmp_path,
+                          capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    for line in expect:
+        assert line in proc.stdout, proc.stdout
