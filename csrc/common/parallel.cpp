@@ -67,13 +67,13 @@ struct Pool {
 Pool* pool = new Pool;
 
 // Keeps the calling worker off the CPU its job's caller runs on. The caller computes too, so a
-// worker the scheduler woke onto the caller's CPU takes turns with it there while the other
-// CPU runs something else: on the 2-core machine here, where torch's OpenMP worker polls after
-// each torch op, that happened in about half the processes, and grad_dot interleaved with torch
-// ops ran at about half speed for the whole process (benchmarks/RESULTS.md). The worker's mask
-// becomes its own allowed CPUs less that one, set again only when the caller has moved. A mask
-// someone else set meanwhile (taskset -a) is taken as the new allowed set, never widened; a
-// worker allowed on one CPU alone is left as it is.
+// worker the scheduler woke onto the caller's CPU takes turns with it there while the other CPU
+// runs something else. On the 2-core machine here, where torch's OpenMP worker polls after each
+// torch op, that happened in a third to a half of the processes, and grad_dot interleaved with
+// torch ops ran at about half speed for the whole process (benchmarks/RESULTS.md). The worker's
+// mask becomes its own allowed CPUs less that one, set again only when the caller has moved. A
+// mask someone else set meanwhile (taskset -a) is taken as the new allowed set, never widened;
+// a worker allowed on one CPU alone is left as it is.
 class CallerCpuAvoidance {
  public:
   void before(const Job& job) {
