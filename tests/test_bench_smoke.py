@@ -16,6 +16,8 @@ import numpy as np
 import pytest
 import torch
 
+from _native_cases import native_required
+
 BENCH = Path(__file__).resolve().parents[1] / "benchmarks"
 
 
@@ -276,13 +278,7 @@ def test_ops_benchmarks_run_disabled(tmp_path):
     assert " passed" in proc.stdout and "failed" not in proc.stdout
 
 
-def _native_cpu() -> bool:
-    from mplfast import _native
-
-    return _native.status()["cpu"] is True
-
-
-@pytest.mark.skipif(not _native_cpu(), reason="needs the native CPU kernels (mplfast._C)")
+@native_required
 @pytest.mark.parametrize("script, args, expect", [
     ("interleaved.py", ["2", "no", "1", "dot"], ["grad_dot WRN-28-2 (80 tensors) threads=2", "checked path (no plan)"]),
     ("grad_dot_breakdown.py", ["1"], ["bare kernel, 2 threads", "Python side of the public call"]),

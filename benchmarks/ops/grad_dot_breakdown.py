@@ -1,8 +1,9 @@
 """Where a repeated CPU ``grad_dot`` call's time goes: the public call (a plan hit: per-tensor
 checks, then the kernel) and the bare kernel (``_C.grad_dot_cpu`` on the plan's pointer lists)
 on 2 and 1 threads, over WRN-28-2's 80 parameter shapes (1.47 M fp32, 11.8 MB read per call);
-the difference is the Python side. Interleaved rounds of 20 calls; min and median per call. Compare the kernel with
-``benchmarks/ops/dot_ceiling.c`` (what one core reads per second at this working-set size).
+the difference is the Python side. Interleaved rounds of 20 calls; min and median per call.
+Compare the kernel with ``benchmarks/ops/dot_ceiling.c`` (what one core reads per second at this
+working-set size).
 
 Run:  python benchmarks/ops/grad_dot_breakdown.py [ROUNDS]
 """

@@ -182,14 +182,7 @@ _AVOIDANCE_SCRIPT = r"""
 import os, sys, time, torch
 from mplfast import _C
 
-def allowed(tid):
-    with open(f"/proc/self/task/{tid}/status") as f:
-        line = next(l for l in f if l.startswith("Cpus_allowed_list"))
-    out = set()
-    for part in line.split()[1].split(","):
-        lo, _, hi = part.partition("-")
-        out.update(range(int(lo), int(hi or lo) + 1))
-    return out
+allowed = os.sched_getaffinity  # of a thread, by its id (Linux)
 
 def worker():
     for tid in os.listdir("/proc/self/task"):
