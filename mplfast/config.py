@@ -68,6 +68,14 @@ class MPLConfig:
                         and the most used PyTorch port do; its batch-norm statistics include the
                         unlabeled images, which put an offset of about -0.08 into h on digits
                         (against an update signal of about 0.009).
+      h_limit           None or > 0 (default 1.0): the largest |h|, in nats of the labeled loss,
+                        that the teacher is fed. h is a first-order (small-step) quantity, about
+                        1e-3 in healthy training; an update that moves the student's labeled
+                        loss by more than a nat is no small step (typically the student at full
+                        learning rate on an untrained teacher's pseudo labels, which fall mostly
+                        in one class), and feeding h = -15 back wrecks the teacher. Such a step's
+                        h is set to 0 and ``MPLStep`` warns once. None: no limit, as the public
+                        implementations.
       grad_clip         None or > 0: max total grad norm for each model.
       precision         "auto" | "fp32" | "bf16" | "fp16".
     """
@@ -86,6 +94,7 @@ class MPLConfig:
     precision: str = "auto"
     l_old_forward: str = "labeled"
     meta_scale: float = 1.0
+    h_limit: float | None = 1.0
 
     def __post_init__(self) -> None:
         t = _real("temperature", self.temperature)
@@ -128,6 +137,11 @@ class MPLConfig:
                 raise ValueError(
                     f"MPLConfig.grad_clip must be None or in (0, inf), got {self.grad_clip!r}"
                 )
+        if self.h_limit is not None:
+            hl = _real("h_limit", self.h_limit)
+            if not (hl > 0 and math.isfinite(hl)):
+                raise ValueError(f"MPLConfig.h_limit must be None or in (0, inf), got {self.h_limit!r}")
+            self.h_limit = hl
         _choice("precision", self.precision, PRECISIONS)
         _choice("l_old_forward", self.l_old_forward, L_OLD_FORWARDS)
         ms = _real("meta_scale", self.meta_scale)

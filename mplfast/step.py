@@ -12,6 +12,8 @@ the choice of the step size.
 from __future__ import annotations
 
 import contextlib
+import math
+import warnings
 from dataclasses import dataclass, field
 from typing import Any, Iterator
 
@@ -90,6 +92,46 @@ def _replayed_jvp(fn: Any, primals: dict[str, Tensor], tangents: dict[str, Tenso
 def _hi(t: Tensor) -> Tensor:
     """At least float32 (float64 stays float64): the meta-gradient math precision."""
     return t.to(torch.promote_types(t.dtype, torch.float32))
+
+
+class _HLimitWatch:
+    """Warns once when a step's h was beyond ``MPLConfig.h_limit``, without a host sync in the
+    step: each call queues a copy of [rejected, L_old, L_new] into pinned host memory behind a
+    CUDA event, and a later call reads it once the event has completed (CPU tensors are read at
+    once). A compiled step skips this (Dynamo would break the graph on the host read)."""
+
+    def __init__(self, device: torch.device) -> None:
+        self.warned = False
+        self._cuda = device.type == "cuda"
+        self._pending: list[tuple[Tensor, Any, int]] = []
+
+    def __call__(self, out: dict[str, Tensor], t: int) -> None:
+        if self.warned:
+            return
+        vals = torch.stack([out["h_rejected"], out["student_loss_l_old"].float(),
+                            out["student_loss_l_new"].float()]).detach()
+        if self._cuda:
+            host = torch.empty(3, dtype=torch.float32, pin_memory=True)
+            host.copy_(vals, non_blocking=True)
+            event = torch.cuda.Event()
+            event.record()
+            self._pending.append((host, event, t))
+            done = [p for p in self._pending if p[1].query()]
+            self._pending = [p for p in self._pending if not p[1].query()][-8:]
+        else:
+            done = [(vals, None, t)]
+        for host, _, step in done:
+            rejected, l_old, l_new = host.tolist()
+            if rejected and not self.warned:
+                self.warned = True
+                warnings.warn(
+                    f"MPLStep: at step {step} the student's update moved its labeled loss from "
+                    f"{l_old:.3g} to {l_new:.3g}, beyond h_limit, so the teacher got h = 0 for "
+                    "that step. The student is learning at full rate from pseudo labels of a "
+                    "teacher that has not learned yet: hold the student back at the start, e.g. "
+                    "student_scheduler=mplfast.warmup_cosine_schedule(student_optimizer, "
+                    "warmup_steps=..., total_steps=..., wait_steps=...)", RuntimeWarning,
+                    stacklevel=3)
 
 
 @dataclass
@@ -199,6 +241,7 @@ class MPLStep:
         self._t_dev: Tensor | None = None  # device step counter (CUDA graphs: the UDA ramp reads it)
         if not isinstance(cuda_graph, bool):
             raise TypeError(f"MPLStep: cuda_graph must be a bool, got {cuda_graph!r}")
+        self._h_watch = _HLimitWatch(self.device)
         self._graphed = None
         if cuda_graph:
             from mplfast.cuda_graph import GraphedStep
@@ -260,7 +303,8 @@ class MPLStep:
             (L_T), teacher_loss_l (L_sup), uda_loss (unweighted L_uda), uda_weight (w_t),
             mpl_loss (L_mpl), student_loss (L_S), student_loss_l_old, student_loss_l_new,
             h (as applied to the teacher, after sign, baseline and distributed mean),
-            mask_rate, student_moved (1, or 0 for a skipped step).
+            mask_rate, student_moved (1, or 0 for a skipped step), h_rejected (1 when |h| was
+            beyond ``cfg.h_limit`` and the teacher got h = 0, else 0).
         """
         B, M = x_l.shape[0], x_uw.shape[0]
         if x_us.shape[0] != M:
@@ -268,9 +312,12 @@ class MPLStep:
         if y_l.shape != (B,):
             raise ValueError(f"MPLStep: y_l must have shape [{B}], got {tuple(y_l.shape)}")
         if self._graphed is not None:
-            return self._graphed(x_l, y_l, x_uw, x_us)
-        out = self._step(x_l, y_l, x_uw, x_us)
-        self._after_step()
+            out = self._graphed(x_l, y_l, x_uw, x_us)
+        else:
+            out = self._step(x_l, y_l, x_uw, x_us)
+            self._after_step()
+        if self.cfg.h_limit is not None and not torch.compiler.is_compiling():
+            self._h_watch(out, self.t - 1)
         return out
 
     def _step(self, x_l: Tensor, y_l: Tensor, x_uw: Tensor, x_us: Tensor) -> dict[str, Tensor]:
@@ -299,7 +346,7 @@ class MPLStep:
         # 7. L_new on the same labeled batch (and its gradient v when h or soft needs it).
         l_new, v, inv_scale = self._student_l_new(x_l, y_l, same_as_l_old, soft)
         # 8. Meta signal h (never differentiated through).
-        h = self._meta_signal(l_old, l_new, v, old, moved, inv_scale)
+        h, h_rejected = self._meta_signal(l_old, l_new, v, old, moved, inv_scale)
         # 9. Teacher MPL loss.
         l_mpl = self._mpl_loss(h, z_us, y_teacher, soft, moved)
         # 10. Teacher update.
@@ -316,6 +363,7 @@ class MPLStep:
             "h": h.detach(),
             "mask_rate": mask_rate.detach().to(torch.float32),
             "student_moved": moved,
+            "h_rejected": h_rejected,
         }
 
     def _after_step(self) -> None:
@@ -483,8 +531,10 @@ class MPLStep:
 
     @torch.no_grad()
     def _meta_signal(self, l_old: Tensor, l_new: Tensor, v: list[Tensor] | None,
-                     old: list[Tensor] | None, moved: Tensor, inv_scale: Tensor | None) -> Tensor:
-        """Step 8: h, 0-dim, after the distributed mean, meta_sign and the baseline."""
+                     old: list[Tensor] | None, moved: Tensor, inv_scale: Tensor | None
+                     ) -> tuple[Tensor, Tensor]:
+        """Step 8: (h, rejected): h 0-dim, after the distributed mean, ``h_limit``, meta_sign
+        and the baseline; rejected a 0-dim float32 1 when |h| was beyond ``h_limit`` (h = 0)."""
         cfg = self.cfg
         if cfg.meta_signal == "loss_diff":
             h = l_old - l_new
@@ -503,6 +553,15 @@ class MPLStep:
         # them gives the same h as averaging after, and keeps the baseline state identical
         # on every rank (a checkpoint written by rank 0 then resumes every rank exactly).
         all_reduce_mean_(h)
+        if cfg.h_limit is not None:
+            # Beyond h_limit the update was no small step, and h no first-order signal: the
+            # teacher gets 0 and the baseline is left alone, as for a skipped step.
+            inside = h.abs() <= cfg.h_limit
+            rejected = (~inside).to(torch.float32)
+            ok = ok & inside
+            h = torch.where(inside, h, torch.zeros_like(h))
+        else:
+            rejected = torch.zeros((), dtype=torch.float32, device=self.device)
         h = h * cfg.meta_sign
         if cfg.meta_baseline_decay > 0:
             d = cfg.meta_baseline_decay
@@ -510,7 +569,7 @@ class MPLStep:
             # A skipped step leaves the baseline alone and keeps h = 0.
             self.baseline.copy_(torch.where(ok, new_b, self.baseline))
             h = torch.where(ok, h - new_b, torch.zeros_like(h))
-        return h
+        return h, rejected
 
     def _mpl_loss(self, h: Tensor, z_us: Tensor, y_teacher: Tensor | None, soft: _SoftState | None,
                   moved: Tensor) -> Tensor:

@@ -92,12 +92,20 @@ def default_labels(train_labels: torch.Tensor, num_classes: int, *, extra_unlabe
 def fit_to_data(cfg: TrainConfig, ds: Any) -> TrainConfig:
     """``cfg`` with the fields left to the data (``labels=None``) filled in from ``ds``.
 
-    The result is concrete, so the run's saved config.yaml reproduces it as is.
+    The result is concrete, so the run's saved config.yaml reproduces it as is. Two fields are
+    left to the data: the labeled count (``labels=None``), and the depth of ``small_cnn``
+    (``model_kwargs.input_size``, when not given, from the image side; see
+    ``models.small_cnn.extra_stages``), so that the digits net is not run unchanged on 32 px
+    images, where its receptive field sees a few pixels of each image.
     """
-    if cfg.labels is not None:
-        return cfg
     from dataclasses import replace
 
+    side = int(ds.image_shape[0])
+    if (cfg.model == "small_cnn" and cfg.teacher_model in (None, "small_cnn")
+            and "input_size" not in cfg.model_kwargs and side > 8):
+        cfg = replace(cfg, model_kwargs={**cfg.model_kwargs, "input_size": side})
+    if cfg.labels is not None:
+        return cfg
     # extra unlabeled images: decoded in memory, or listed as files by a streamed folder
     extra = getattr(ds, "unlabeled_images", None) is not None or bool(getattr(ds, "unlabeled_files", None))
     n = default_labels(ds.train_labels, int(ds.num_classes), extra_unlabeled=extra)

@@ -16,7 +16,7 @@ import json
 import os
 import random
 import time
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 from typing import Any, Callable
 
 import numpy as np
@@ -81,8 +81,9 @@ class _Run:
 
         _seed_all(cfg.seed)  # identical init on every rank (DDP also broadcasts rank 0's)
         self.data = builders.build_data(cfg, info, dataset=dataset)
-        if cfg.labels is None:  # derived from the data: the run and its saved config are concrete
-            self.cfg = cfg = replace(cfg, labels=int(self.data.labeled_idx.numel()))
+        # the fields left to the data (labels=None, small_cnn's depth): the run and its saved
+        # config are concrete
+        self.cfg = cfg = builders.fit_to_data(cfg, self.data.dataset)
         self.teacher: nn.Module | None = None
         self.t_opt = self.t_sched = None
         if cfg.method != "supervised":
