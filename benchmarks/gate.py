@@ -83,7 +83,7 @@ import math
 import sys
 import time
 import traceback
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Collection, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -476,9 +476,10 @@ def take_step(sr: StepRun, state: State, device: torch.device) -> dict[str, Any]
 
 
 def step_checks(cfg: GateConfig, log: Callable[[str], None] = print,
-                progress: Callable[[dict[str, Any]], None] = lambda r: None) -> dict[str, Any]:
-    """Every step variant from one state, each against its reference. Returns
-    ``{"variants": {variant: {"status": "ok" | "FAILED" | "not run: ...", ...}}, ...}``;
+                progress: Callable[[dict[str, Any]], None] = lambda r: None,
+                variants: Collection[str] | None = None) -> dict[str, Any]:
+    """Every step variant (or those in ``variants``) from one state, each against its reference.
+    Returns ``{"variants": {variant: {"status": "ok" | "FAILED" | "not run: ...", ...}}, ...}``;
     ``progress`` gets the variants checked so far after each one."""
     from mplfast.precision import resolve_precision
 
@@ -500,6 +501,8 @@ def step_checks(cfg: GateConfig, log: Callable[[str], None] = print,
 
     def check(variant: str, tol_name: str, build: Callable[[], StepRun], reference: str,
               ref_build: Callable[[], StepRun], needs_cuda: bool = False, fp32: bool = False) -> None:
+        if variants is not None and variant not in variants:
+            return
         if needs_cuda and not cuda:
             results[variant] = {"status": "not run: needs CUDA", "reference": reference}
             log(f"gate step {variant}: not run: needs CUDA")
@@ -524,7 +527,8 @@ def step_checks(cfg: GateConfig, log: Callable[[str], None] = print,
         return lambda: build_mplstep(cfg, state, kind=kind, precision=precision, **kw)
 
     check("eager", "fp32", lambda: build_port(cfg, state), "mplstep-eager-port-fp32", mk("port", "fp32"), fp32=True)
-    results["eager-prefetched"] = {**results["eager"], "same_as": "eager"}
+    if "eager" in results:  # the same step on batches loaded beforehand
+        results["eager-prefetched"] = {**results["eager"], "same_as": "eager"}
     if prec == "fp32":
         check("mplfast-eager", "fp32", mk("bench", "fp32", student_lr_factor=s_lr), "mplstep-eager-fp32",
               mk("bench", "fp32"), fp32=True)

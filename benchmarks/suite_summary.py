@@ -15,6 +15,9 @@ from pathlib import Path
 from typing import Any
 
 _HERE = Path(__file__).resolve().parent
+sys.path.insert(0, str(_HERE))
+
+import _tables  # noqa: E402
 
 
 def _load(path: Path) -> Any:
@@ -45,10 +48,7 @@ def variant_validity(gate: dict[str, Any] | None) -> dict[str, str]:
 
 
 def step_table(step: dict[str, Any], validity: dict[str, str]) -> str:
-    sys.path.insert(0, str(_HERE))
-    import step_throughput as st
-
-    lines = st.summary_markdown(step).rstrip("\n").split("\n")
+    lines = _tables.step_markdown(step).rstrip("\n").split("\n")
     lines[0] += " gate |"
     lines[1] += "---|"
     for i, r in enumerate(step.get("results", []), start=2):
@@ -77,12 +77,10 @@ def summarize(work: Path, out: Path, status: Path) -> str:
                   f"- device copy: {bw['bytes_per_s'] / 1e9:.1f} GB/s (bytes read + written)"]
     ops = _load(out / "ops.json")
     if ops:
-        sys.path.insert(0, str(_HERE / "ops"))
-        import op_bandwidth
-
         invalid = {tuple(x) for x in (gate or {}).get("invalid_ops", [])}
-        lines += ["", "## Ops (op benchmarks: CUDA events over back-to-back calls)", "",
-                  op_bandwidth.markdown(ops, invalid).strip()]
+        how = "CUDA events" if ops.get("device", "").startswith("cuda") else "perf_counter"
+        lines += ["", f"## Ops (op benchmarks: {how} over back-to-back calls)", "",
+                  _tables.ops_markdown(ops, invalid).strip()]
     step = _load(out / "step.json")
     if step:
         lines += ["", "## MPL step", "", step_table(step, validity).strip()]

@@ -41,6 +41,9 @@ from mplfast import perf
 
 _HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(_HERE))
+sys.path.insert(0, str(_HERE.parent))
+
+import _tables  # noqa: E402
 
 from _common import backward_extra_bytes, event_time  # noqa: E402
 
@@ -141,7 +144,7 @@ def measure(device: torch.device, size: str, *, log: Callable[[str], None] = pri
     copy = perf.measure_copy_bandwidth(device)
     res: dict[str, Any] = {"device": str(device), "copy": copy, "rows": []}
     log(f"copy ceiling: {copy['bytes_per_s'] / 1e9:.1f} GB/s (read + write)")
-    min_s = min_s if min_s is not None else (0.02 if device.type == "cuda" else 0.05)
+    min_s = min_s if min_s is not None else 0.02
     for case in cases(device, size):
         row = {k: v for k, v in case.items() if k not in ("fn", "why")}
         if case["fn"] is None:
@@ -174,23 +177,7 @@ def row_line(r: dict[str, Any]) -> str:
             f"{r['gb_per_s']:8.1f} GB/s ({100 * r['fraction_of_copy']:.1f}% of copy){g}")
 
 
-def markdown(res: dict[str, Any], invalid: set[tuple[str, str]] = frozenset()) -> str:
-    """op | backend | shape | GB/s | fraction of copy (+ µs per call and the graph-replay GB/s).
-    ``invalid``: (gate op name, backend) pairs that failed the correctness gate."""
-    lines = [f"copy ceiling (same run): {res['copy']['bytes_per_s'] / 1e9:.1f} GB/s, bytes read + written", "",
-             "| op | backend | shape | GB/s | fraction of copy | µs/call | GB/s (graph replay) |",
-             "|---|---|---|---:|---:|---:|---:|"]
-    for r in res["rows"]:
-        gate_name = r["op"].split()[0]
-        bad = (gate_name, r["backend"]) in invalid
-        if r["status"] != "ok":
-            lines.append(f"| {r['op']} | {r['backend']} | {r['shape']} | {r['status']} | | | |")
-            continue
-        mark = " (INVALID: failed the gate)" if bad else ""
-        gg = f"{r['graph_gb_per_s']:.1f}" if "graph_gb_per_s" in r else ""
-        lines.append(f"| {r['op']} | {r['backend']} | {r['shape']} | {r['gb_per_s']:.1f}{mark} | "
-                     f"{r['fraction_of_copy']:.3f} | {r['seconds'] * 1e6:.1f} | {gg} |")
-    return "\n".join(lines) + "\n"
+markdown = _tables.ops_markdown  # torch-free, for the suite's summary
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -199,7 +186,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--size", choices=("full", "tiny"), default=None, help="default: full on CUDA, tiny on CPU")
     p.add_argument("--json", default=None)
     p.add_argument("--markdown", default=None)
-    p.add_argument("--min-seconds", type=float, default=None, help="time per repeat (default 0.02 CUDA, 0.05 CPU)")
+    p.add_argument("--min-seconds", type=float, default=None, help="time per repeat (default 0.02)")
     args = p.parse_args(argv)
     device = torch.device(args.device)
     size = args.size or ("full" if device.type == "cuda" else "tiny")
