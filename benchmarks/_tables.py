@@ -2,8 +2,19 @@
 rebuilds the GPU suite's summary after every stage; a torch import there cost ~5 s each time)."""
 from __future__ import annotations
 
+import json
 from collections.abc import Collection
+from pathlib import Path
 from typing import Any
+
+
+def write_results(data: dict[str, Any], md: str, json_path: str | None, md_path: str | None) -> None:
+    """A benchmark script's last act: the JSON and the markdown where asked, the table printed last."""
+    if json_path:
+        Path(json_path).write_text(json.dumps(data, indent=1, default=str))
+    if md_path:
+        Path(md_path).write_text(md)
+    print(md)
 
 
 def step_markdown(out: dict[str, Any]) -> str:

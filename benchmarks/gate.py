@@ -92,6 +92,7 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
+import _tables  # noqa: E402
 import eager_reference as er  # noqa: E402
 
 BF16_EPS = 2.0 ** -8
@@ -417,7 +418,7 @@ def build_mplstep(cfg: GateConfig, state: State, *, kind: str, precision: str, c
 
     def run() -> dict[str, float]:
         perf.mark_step_begin()
-        out = step(*_ordered(state.batch))
+        out = step(*state.batch)
         return {k: float(v) for k, v in out.items()}
 
     restore(state)
@@ -428,11 +429,6 @@ def build_mplstep(cfg: GateConfig, state: State, *, kind: str, precision: str, c
         warm = step._graphed.warmup + 1  # eager warm-up calls, then the capture
     return StepRun(kind, teacher, student, restore, run, warm,
                    {"compile": t_status, "precision": step.precision, "cuda_graph": cuda_graph})
-
-
-def _ordered(batch: tuple[torch.Tensor, ...]) -> tuple[torch.Tensor, ...]:
-    x_l, y, x_uw, x_us = batch
-    return x_l, y, x_uw, x_us
 
 
 def build_port(cfg: GateConfig, state: State) -> StepRun:
@@ -451,7 +447,7 @@ def build_port(cfg: GateConfig, state: State) -> StepRun:
         ref.t = int(s.step_state["t"])
 
     def run() -> dict[str, float]:
-        out = ref.step(*_ordered(state.batch))
+        out = ref.step(*state.batch)
         return {k: float(v) for k, v in out.items()}
 
     restore(state)
@@ -485,8 +481,9 @@ def step_checks(cfg: GateConfig, log: Callable[[str], None] = print,
 
     device = torch.device(cfg.device)
     state = make_state(cfg)
-    before = {"teacher": {k: v for k, v in state.teacher.items() if k in dict(_make_model(cfg).named_parameters())},
-              "student": {k: v for k, v in state.student.items() if k in dict(_make_model(cfg).named_parameters())}}
+    names = {n for n, _ in _make_model(cfg).named_parameters()}
+    before = {"teacher": {k: v for k, v in state.teacher.items() if k in names},
+              "student": {k: v for k, v in state.student.items() if k in names}}
     prec = resolve_precision(cfg.precision, device)
     cuda = device.type == "cuda" and torch.cuda.is_available()
     s_lr = 1.01 if cfg.plant == "student-lr" else 1.0  # planted: the checked variants' student lr
@@ -793,12 +790,7 @@ def main(argv: list[str] | None = None) -> int:
     cfg = GateConfig(device=args.device, precision=args.precision, plant=args.plant, cpu_compile=args.cpu_compile,
                      **PRESETS[preset])
     res = run_gate(cfg, steps=args.only != "ops", ops=args.only != "steps", json_path=args.json)
-    md = gate_markdown(res)
-    if args.json:
-        Path(args.json).write_text(json.dumps(res, indent=1, default=str))
-    if args.markdown:
-        Path(args.markdown).write_text(md)
-    print(md)
+    _tables.write_results(res, gate_markdown(res), args.json, args.markdown)
     return 0 if res["ok"] else 1
 
 

@@ -630,12 +630,7 @@ def main(argv: list[str] | None = None) -> int:
             Path(args.profile_out).write_text(text)
     for r in out["results"]:  # the JSON keeps the rows; the markdown went to its own file
         r.get("profile", {}).pop("markdown", None)
-    md = summary_markdown(out)
-    if args.json:
-        Path(args.json).write_text(json.dumps(out, indent=1, default=str))
-    if args.markdown:
-        Path(args.markdown).write_text(md)
-    print(md)
+    _tables.write_results(out, summary_markdown(out), args.json, args.markdown)
     return 0 if all(r.get("ok") for r in out["results"]) else 1
 
 

@@ -27,7 +27,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import statistics
 import sys
 import time
 from collections.abc import Callable
@@ -193,12 +192,7 @@ def main(argv: list[str] | None = None) -> int:
     t0 = time.perf_counter()
     res = measure(device, size, json_path=args.json, min_s=args.min_seconds)
     res["seconds"] = time.perf_counter() - t0
-    if args.json:
-        Path(args.json).write_text(json.dumps(res, indent=1))
-    md = markdown(res)
-    if args.markdown:
-        Path(args.markdown).write_text(md)
-    print(md)
+    _tables.write_results(res, markdown(res), args.json, args.markdown)
     return 0 if all(r["status"] != "failed" for r in res["rows"]) else 1
 
 
