@@ -193,7 +193,8 @@ def test_summary_without_a_finished_gate_never_says_ok(tmp_path):
     assert suite_summary.summarize(*_write_suite_files(tmp_path / "a", None)).startswith("gate: not run (failed rc=1)")
     text = suite_summary.summarize(*_write_suite_files(tmp_path / "b", {"partial": True, "steps": {}}))
     assert text.startswith("gate: FAILED (incomplete")
-    assert "unchecked" in text
+    assert "unchecked (the gate did not reach it)" in text
+    assert "Unchecked: the gate's op checks did not run" in text
 
 
 def test_suite_runs_the_gate_first_and_only_cuda_test_modules():
