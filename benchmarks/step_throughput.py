@@ -59,6 +59,7 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
+import _tables  # noqa: E402
 import eager_reference as er  # noqa: E402
 
 from mplfast import perf  # noqa: E402
@@ -285,7 +286,10 @@ def measure(cfg: BenchConfig, images: np.ndarray, labels: np.ndarray, lab_idx: n
         per_img, flops = _flops_per_step(cfg)
         result.update(forward_flops_per_image=per_img, flops_per_step=flops)
         if device.type == "cuda":
-            torch._dynamo.reset()  # every configuration compiles on its own
+            # No torch._dynamo.reset() here: it threw every compile away, so each configuration
+            # compiled from scratch. Each compiled variant now compiles once (the suite runs
+            # every variant at one batch size) and reuses Inductor's caches, in memory and on
+            # disk, where the gate (benchmarks/gate.py) compiled the same graphs first.
             gc.collect()
             torch.cuda.empty_cache()
             torch.cuda.reset_peak_memory_stats(device)
@@ -380,13 +384,24 @@ def profile_runner(runner: Runner, cfg: BenchConfig, *, steps: int = 5, row_limi
             "markdown": kernel_markdown(rows, wall, device, cfg, row_limit)}
 
 
-_CATEGORIES = (  # first match wins; lower-case substrings of kernel (or op) names
-    ("convolution (cuDNN/CUTLASS)", ("conv", "cudnn", "xmma", "implicit", "wgrad", "dgrad", "sm90_", "sm80_", "cutlass")),
-    ("matrix product", ("gemm", "addmm", "mm_", "matmul", "cublas")),
+# Kernel (CUDA) or op (CPU) name -> category; first match wins; lower-case substrings. The order
+# matters: cuDNN's batch-norm and layout kernels carry "cudnn" in their names, and cuDNN's
+# convolution kernels "implicit_gemm", so those rules come before the GEMM rule; mplfast's own
+# kernels come first of all (Triton's are named after their jit functions, the native ones live
+# in namespace mplfast). tests/test_bench_smoke.py checks this on realistic names.
+MPLFAST_KERNELS = ("mplfast", "softceeager", "udaeager", "soft_ce_kernel", "uda_kernel", "scale_inplace", "grad_dot_partials",
+                   "grad_dot_final", "_multi_dot_kernel", "_finish_kernel", "_augment_kernel", "_sample_kernel")
+_CATEGORIES = (
+    ("mplfast fused ops", MPLFAST_KERNELS),
+    ("fused Triton (Inductor)", ("triton_poi", "triton_red", "triton_per")),
     ("batch norm", ("batch_norm", "batchnorm", "bn_fw", "bn_bw", "welford")),
+    ("copy / layout", ("nchwtonhwc", "nhwctonchw", "memcpy", "memset")),
+    ("convolution (cuDNN)", ("conv", "cudnn", "fprop", "dgrad", "wgrad", "implicit_gemm")),
+    ("matrix product (cuBLAS/CUTLASS GEMM)", ("gemm", "gemv", "nvjet", "cublas", "cutlass", "matmul", "addmm",
+                                              "aten::mm", "aten::bmm", "xmma", "triton_tem")),
     ("optimizer / EMA", ("sgd", "multi_tensor", "foreach", "lerp")),
-    ("fused Triton (inductor or mplfast)", ("triton",)),
-    ("copy / layout", ("copy", "memcpy", "memset", "cat", "nchw", "nhwc", "transpose", "fill")),
+    ("other Triton", ("triton",)),
+    ("copy / layout", ("copy", "cat", "nchw", "nhwc", "transpose", "fill")),
     ("elementwise / reduction", ("elementwise", "reduce", "vectorized", "unrolled", "softmax", "loss")),
 )
 
@@ -478,17 +493,27 @@ def environment(device: torch.device) -> dict[str, Any]:
 
 
 def run(cfgs: list[BenchConfig], *, measure_ceilings: bool = True, log: Callable[[str], None] = print,
-        json_path: str | None = None) -> dict[str, Any]:
+        json_path: str | None = None, append: bool = False,
+        ceilings: dict[str, Any] | None = None) -> dict[str, Any]:
     """Measure every configuration (same data, same device, one process) and the ceilings.
 
     With ``json_path`` the results so far are rewritten there after each configuration, so a
-    run stopped by a time limit still leaves what it measured."""
+    run stopped by a time limit still leaves what it measured. ``append``: start from the
+    results (and ceilings) already in ``json_path`` and add these (the GPU suite's headline and
+    variant stages, each under its own time limit, share one step.json)."""
     if not cfgs:
         raise ValueError("no configurations to run")
     device = torch.device(cfgs[0].device)
     out: dict[str, Any] = {"env": environment(device), "results": []}
-    rate = None
-    if measure_ceilings:
+    if append and json_path and Path(json_path).exists():
+        prev = json.loads(Path(json_path).read_text())
+        out["results"] = prev.get("results", [])
+        if "ceilings" in prev:
+            out["ceilings"] = prev["ceilings"]
+    if ceilings is not None and "ceilings" not in out:  # measured earlier in the same run (the suite)
+        out["ceilings"] = ceilings
+    rate = out["ceilings"]["matmul"]["flops_per_s"] if "ceilings" in out else None
+    if measure_ceilings and "ceilings" not in out:
         mm = perf.measure_matmul_rate(device)
         bw = perf.measure_copy_bandwidth(device)
         out["ceilings"] = {"matmul": mm, "copy": bw}
@@ -519,23 +544,9 @@ def summary_line(r: dict[str, Any]) -> str:
             f"{r['images_per_s']:10.0f} img/s  peak {mem:>9}  MFU {mfu:>6}  [{r.get('compile')}]")
 
 
-def summary_markdown(out: dict[str, Any]) -> str:
-    """Results table with speed-up over eager at the same batch size."""
-    eager = {r["batch_size"]: r["steps_per_s"] for r in out["results"] if r["variant"] == "eager" and r.get("ok")}
-    lines = ["| variant | B | μ | steps/s | images/s | ms/step | peak mem (GiB) | MFU | × eager | compile | precision |",
-             "|---|---:|---:|---:|---:|---:|---:|---:|---:|---|---|"]
-    for r in out["results"]:
-        if not r.get("ok"):
-            lines.append(f"| {r['variant']} | {r['batch_size']} | {r['mu']} | failed: {r.get('error', '')[:120]} "
-                         "| | | | | | | |")
-            continue
-        mem = f"{r['peak_mem_bytes'] / 2**30:.2f}" if r.get("peak_mem_bytes") else "n/a"
-        mfu = f"{100 * r['mfu']:.2f}%" if "mfu" in r else "n/a"
-        ratio = f"{r['steps_per_s'] / eager[r['batch_size']]:.2f}" if r["batch_size"] in eager else "n/a"
-        lines.append(f"| {r['variant']} | {r['batch_size']} | {r['mu']} | {r['steps_per_s']:.2f} | "
-                     f"{r['images_per_s']:.0f} | {r['ms_per_step']:.2f} | {mem} | {mfu} | {ratio} | "
-                     f"{r.get('compile')} | {r.get('precision')} |")
-    return "\n".join(lines) + "\n"
+# The results table lives in _tables.py (no torch import: the suite's summary, rebuilt after
+# every stage, must not pay for one).
+summary_markdown = _tables.step_markdown
 
 
 def configs_from_args(args: argparse.Namespace) -> list[BenchConfig]:
@@ -591,6 +602,11 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--profile-steps", type=int, default=5)
     p.add_argument("--profile-out", default=None, help="markdown file for the profile tables")
     p.add_argument("--no-ceilings", action="store_true", help="skip the matmul/copy measurements")
+    p.add_argument("--ceilings-json", default=None,
+                   help="use these ceilings ({matmul, copy} from mplfast.perf, e.g. the GPU suite's "
+                        "ceilings stage) instead of measuring them again")
+    p.add_argument("--append", action="store_true",
+                   help="add to the results already in --json (their ceilings are reused)")
     args = p.parse_args(argv)
     device = torch.device(args.device)
     if args.preset is None:
@@ -601,7 +617,9 @@ def main(argv: list[str] | None = None) -> int:
     for c in cfgs:
         if c.variant in args.profile and c.batch_size == args.batch_sizes[0]:
             c.profile_steps = args.profile_steps
-    out = run(cfgs, measure_ceilings=not args.no_ceilings, json_path=args.json)
+    ceilings = json.loads(Path(args.ceilings_json).read_text()) if args.ceilings_json else None
+    out = run(cfgs, measure_ceilings=not args.no_ceilings, json_path=args.json, append=args.append,
+              ceilings=ceilings)
     profiles = [r["profile"]["markdown"] for r in out["results"] if "markdown" in r.get("profile", {})]
     perrors = [f"{r['variant']} B={r['batch_size']}: {r['profile']['error']}" for r in out["results"]
                if "error" in r.get("profile", {})]
@@ -612,12 +630,7 @@ def main(argv: list[str] | None = None) -> int:
             Path(args.profile_out).write_text(text)
     for r in out["results"]:  # the JSON keeps the rows; the markdown went to its own file
         r.get("profile", {}).pop("markdown", None)
-    md = summary_markdown(out)
-    if args.json:
-        Path(args.json).write_text(json.dumps(out, indent=1, default=str))
-    if args.markdown:
-        Path(args.markdown).write_text(md)
-    print(md)
+    _tables.write_results(out, summary_markdown(out), args.json, args.markdown)
     return 0 if all(r.get("ok") for r in out["results"]) else 1
 
 

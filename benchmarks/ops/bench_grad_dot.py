@@ -17,7 +17,7 @@ import pytest
 import torch
 
 import mplfast
-from _common import cuda_timed, gen, native_status
+from _common import cuda_timed, gen, native_status, skip_unavailable
 from mplfast.ops.primitives import checked
 
 pytestmark = pytest.mark.skipif(native_status("cpu") is not True, reason=f"native: {native_status('cpu')}")
@@ -36,6 +36,7 @@ def _targets(ratios):
         ratios.target(group, "native", "loop")
         ratios.target(group, "primitive", "loop")
     ratios.target("cuda_grad_dot", "native", "loop")
+    ratios.target("cuda_grad_dot", "triton", "loop")
 
 
 @pytest.fixture(scope="module")
@@ -123,13 +124,16 @@ def test_grad_dot_delta_one_core_busy(benchmark, ratios, wrn_lists, busy_core, i
 
 
 @pytest.mark.gpu
-@pytest.mark.skipif(native_status("cuda") is not True, reason=f"native CUDA: {native_status('cuda')}")
-@pytest.mark.parametrize("impl", ["native", "loop"])
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
+@pytest.mark.parametrize("impl", ["triton", "native", "loop"])
 @pytest.mark.benchmark(group="cuda_grad_dot[resnet50 params fp32]")
 def test_cuda_grad_dot_resnet50(benchmark, ratios, impl):
+    """Triton (CUDA's automatic choice, what MPLStep runs), native, and a loop of torch.dot."""
+    if impl != "loop":
+        skip_unavailable("grad_dot", impl)
     shapes = [p.shape for p in mplfast.create_model("resnet50", 1000).parameters()]
     xs = [torch.randn(s, device="cuda") for s in shapes]
     ys = [torch.randn(s, device="cuda") for s in shapes]
-    fn = (lambda a, b: mplfast.grad_dot(a, b, backend="native")) if impl == "native" else _dot_loop
+    fn = _dot_loop if impl == "loop" else (lambda a, b: mplfast.grad_dot(a, b, backend=impl))
     nbytes = sum(2 * x.numel() * 4 for x in xs)
     cuda_timed(benchmark, ratios, fn, xs, ys, nbytes=nbytes, group="cuda_grad_dot", name=impl)

@@ -1,4 +1,4 @@
-"""soft-CE forward + backward: mplfast (public op, native backend) vs torch.
+"""soft-CE forward + backward: mplfast (public op; native on CPU, Triton and native on CUDA) vs torch.
 
 Run:  pytest benchmarks/ops/bench_soft_ce.py --benchmark-only -q
 Ratios print at the end of the session (benchmarks/conftest.py); MPLFAST_BENCH_ASSERT=1 fails
@@ -13,7 +13,7 @@ import torch
 import torch.nn.functional as F
 
 import mplfast
-from _common import backward_extra_bytes, cuda_timed, gen, native_status
+from _common import backward_extra_bytes, cuda_timed, gen, native_status, skip_unavailable
 
 pytestmark = pytest.mark.skipif(native_status("cpu") is not True, reason=f"native: {native_status('cpu')}")
 
@@ -26,6 +26,7 @@ def _targets(ratios):
     ratios.target(GROUP, "native", "eager", 1.3)
     ratios.target(GROUP, "native", "compile")
     ratios.target("cuda_soft_ce", "native", "eager", 2.0)
+    ratios.target("cuda_soft_ce", "triton", "eager", 2.0)
 
 
 @pytest.fixture(scope="module")
@@ -36,9 +37,9 @@ def ce_inputs():
     return z, y
 
 
-def _ce_native(z, y):
+def _ce_native(z, y, backend="native"):
     z = z.detach().requires_grad_()
-    mplfast.soft_cross_entropy(z, y, label_smoothing=0.1, backend="native").backward()
+    mplfast.soft_cross_entropy(z, y, label_smoothing=0.1, backend=backend).backward()
     return z.grad
 
 
@@ -93,11 +94,13 @@ def gpu_ce():
 
 
 @pytest.mark.gpu
-@pytest.mark.skipif(native_status("cuda") is not True, reason=f"native CUDA: {native_status('cuda')}")
-@pytest.mark.parametrize("impl", ["native", "eager"])
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
+@pytest.mark.parametrize("impl", ["triton", "native", "eager"])
 @pytest.mark.benchmark(group="cuda_soft_ce_fwd_bwd[8192x32000 bf16]")
 def test_cuda_soft_ce(benchmark, ratios, gpu_ce, impl):
+    """Triton (CUDA's automatic choice, what MPLStep runs), native, and F.cross_entropy."""
+    skip_unavailable("soft_cross_entropy", impl)
     z, y = gpu_ce
-    fn = _ce_native if impl == "native" else _ce_eager
+    fn = _ce_eager if impl == "eager" else (lambda a, b: _ce_native(a, b, impl))
     nbytes = 2 * z.numel() * z.element_size() + backward_extra_bytes(z.numel(), z.element_size())
     cuda_timed(benchmark, ratios, fn, z, y, nbytes=nbytes, group="cuda_soft_ce", name=impl)

@@ -11,7 +11,7 @@ import pytest
 import torch
 
 import mplfast
-from _common import backward_extra_bytes, cuda_timed, gen, native_status
+from _common import backward_extra_bytes, cuda_timed, gen, native_status, skip_unavailable
 from mplfast.ops.uda.reference import uda_composite
 
 pytestmark = pytest.mark.skipif(native_status("cpu") is not True, reason=f"native: {native_status('cpu')}")
@@ -25,6 +25,7 @@ GROUP = "uda_fwd_bwd[4096x1000 fp32]"
 def _targets(ratios):
     ratios.target(GROUP, "native", "eager", 1.5)
     ratios.target("cuda_uda", "native", "eager", 2.0)
+    ratios.target("cuda_uda", "triton", "eager", 2.0)
 
 
 @pytest.fixture(scope="module")
@@ -35,9 +36,9 @@ def uda_inputs():
     return weak, strong
 
 
-def _uda_native(weak, strong):
+def _uda_native(weak, strong, backend="native"):
     s = strong.detach().requires_grad_()
-    loss, _ = mplfast.uda_loss(weak, s, temperature=TAU, threshold=THRESHOLD, backend="native")
+    loss, _ = mplfast.uda_loss(weak, s, temperature=TAU, threshold=THRESHOLD, backend=backend)
     loss.backward()
     return s.grad
 
@@ -74,11 +75,13 @@ def gpu_uda():
 
 
 @pytest.mark.gpu
-@pytest.mark.skipif(native_status("cuda") is not True, reason=f"native CUDA: {native_status('cuda')}")
-@pytest.mark.parametrize("impl", ["native", "eager"])
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
+@pytest.mark.parametrize("impl", ["triton", "native", "eager"])
 @pytest.mark.benchmark(group="cuda_uda_fwd_bwd[8192x32000 bf16]")
 def test_cuda_uda(benchmark, ratios, gpu_uda, impl):
+    """Triton (CUDA's automatic choice, what MPLStep runs), native, and the eager composite."""
+    skip_unavailable("uda_loss", impl)
     w, z = gpu_uda
-    fn = _uda_native if impl == "native" else _uda_eager
+    fn = _uda_eager if impl == "eager" else (lambda a, b: _uda_native(a, b, impl))
     nbytes = 3 * z.numel() * z.element_size() + backward_extra_bytes(z.numel(), z.element_size())
     cuda_timed(benchmark, ratios, fn, w, z, nbytes=nbytes, group="cuda_uda", name=impl)
