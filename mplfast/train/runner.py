@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import copy
 import json
+import math
 import os
 import random
 import time
@@ -72,6 +73,7 @@ class _Run:
         if cfg.cpu_threads > 0:
             torch.set_num_threads(cfg.cpu_threads)
         self.results: dict[str, float] = {}
+        self._warned_chance = False  # chance_warning speaks once per run
         self.train_time = 0.0
         self.phase = "train"
         self.ft_state: dict[str, Any] | None = None
@@ -182,6 +184,32 @@ class _Run:
         if self.cfg.method == "uda":
             return "teacher_acc"
         return "ema_acc" if self.ema is not None and self.cfg.eval_ema else "student_acc"
+
+    def chance_warning(self, step: int, split: str, acc: dict[str, float]) -> str | None:
+        """A one-time warning once the headline model is no better than chance on ``split``
+        (within 3 binomial standard errors of 100/C), from a quarter of the run on: the run is
+        not learning, and the user should hear it before the end. A supervised baseline on the
+        same labels would be a sharper bar, but is not cheap to train alongside."""
+        if self._warned_chance or step < self.cfg.steps // 4:
+            return None
+        labels = getattr(self.data.dataset, "val_labels" if split == "val" else "test_labels", None)
+        if labels is None or labels.numel() == 0:  # a streamed folder keeps no label tensor here
+            return None
+        n, c = int(labels.numel()), self.data.num_classes
+        chance = 100.0 / c
+        margin = 300.0 * math.sqrt((1 / c) * (1 - 1 / c) / n)
+        key = self._headline_acc_key()
+        if acc[key] > chance + margin:
+            return None
+        self._warned_chance = True
+        who = {"teacher_acc": "teacher", "ema_acc": "EMA student", "student_acc": "student"}[key]
+        teacher = acc.get("teacher_acc")
+        hint = ("the teacher is near chance too: lower the UDA weight (--set lambda_u=1) or train "
+                "longer" if teacher is not None and teacher <= chance + margin else
+                "hold the student back longer (--set student_wait_steps=N)")
+        return (f"warning: at step {step} the {who} is at {acc[key]:.1f} % on the {split} split, "
+                f"chance for {c} classes; compare with --method supervised on the same labels; "
+                f"{hint}")
 
     def offer_best(self, val_acc: dict[str, float]) -> None:
         """Keep the models as ``best.pt`` if the headline model's validation accuracy is the best."""
@@ -411,6 +439,9 @@ class _Run:
                 writer.write({"step": i, "phase": "eval", "split": split, **acc})
             progress.message(f"step {i} ({split}): " +
                              "  ".join(f"{k} {v:.2f}" for k, v in acc.items()))
+            warning = self.chance_warning(i, split, acc)
+            if warning:
+                progress.message(warning)
             if self.has_val:  # best.pt is chosen on the validation split only, never on test
                 self.offer_best(acc)
 
