@@ -121,7 +121,7 @@ def _add_pretrained_options(p: argparse.ArgumentParser) -> None:
     g.add_argument("--pretrained", metavar="SOURCE",
                    help="start teacher and student from these weights: a .safetensors or "
                    ".pt/.pth state dict (read without running code), or `timm` for timm's own "
-                   "weights of a timm/<name> model; the classifier head is new")
+                   "weights of a timm/<name> model; the classifier head is new where its shape differs")
     g.add_argument("--pretrained-student", dest="pretrained_student", choices=("same", "none"),
                    help="none: only the teacher starts from --pretrained, the student from "
                    "scratch (default: same)")

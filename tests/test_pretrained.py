@@ -440,3 +440,39 @@ def test_timm_resnet50_weights_load_into_the_projects_resnet50(tmp_path):
     got = m.state_dict()
     assert all(torch.equal(got[_documented_name(k)], v) for k, v in sd.items()
                if not k.startswith("fc."))
+
+
+@pytest.mark.slow
+def test_sigterm_resume_with_pretrained_is_bitwise_and_needs_no_file(tmp_path):
+    """Stopped mid-run and resumed after the weights file is gone: the same final models as an
+    uninterrupted run (the resumed optimizers get the same per-group lrs from the config)."""
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    path, _ = _digits_weights(tmp_path)
+    cmd = [sys.executable, "-m", "mplfast", "train", "--steps", "40", "--pretrained", path,
+           "--set", "ckpt_interval=7", "--set", "warmup_steps=5", "--set", "log_interval=1",
+           "--set", "tensorboard=false", "--set", "plot=false", "--set", "progress=plain"]
+    ref, cut = tmp_path / "ref", tmp_path / "cut"
+    subprocess.run([*cmd, "--out", str(ref)], check=True, capture_output=True, timeout=300)
+    proc = subprocess.Popen([*cmd, "--out", str(cut)], stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, text=True)
+    deadline = time.monotonic() + 240
+    while not (cut / "metrics.jsonl").is_file() or len(open(cut / "metrics.jsonl").readlines()) < 3:
+        assert proc.poll() is None, proc.communicate()
+        assert time.monotonic() < deadline
+        time.sleep(0.02)
+    proc.send_signal(signal.SIGTERM)
+    _, err = proc.communicate(timeout=240)
+    assert proc.returncode == 143, err
+    stopped = torch.load(cut / "checkpoint.pt", weights_only=False)
+    assert 3 <= stopped["step"] < 40
+    os.remove(path)
+    done = subprocess.run([sys.executable, "-m", "mplfast", "train", "--out", str(cut), "--resume"],
+                          capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr
+    a, b = _models(ref), _models(cut)
+    for key in ("teacher", "student", "ema"):
+        assert all(torch.equal(a[key][k], b[key][k]) for k in a[key]), key

@@ -594,7 +594,7 @@ FIELD_DOCS: dict[str, tuple[str, str]] = {
     "model_kwargs": ("mapping", "keyword arguments of the model (width, dropout, ...)"),
     "pretrained": ("file or timm or null", "weights to start teacher and student from: "
                    ".safetensors, .pt/.pth (read without running code), or timm (timm's own, "
-                   "for timm/<name> models); the classifier head is new"),
+                   "for timm/<name> models); the classifier head is new where its shape differs"),
     "pretrained_student": ("same|none", "none: only the teacher starts from the pretrained "
                            "weights, the student from scratch"),
     "pretrained_sha256": ("hex or null", "sha256 of the weights file, recorded at start-up; a "
