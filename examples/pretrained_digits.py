@@ -22,7 +22,6 @@ t-interval. Run it with one torch thread (the default of the digits recipe)::
 from __future__ import annotations
 
 import argparse
-import dataclasses
 import json
 import os
 import platform

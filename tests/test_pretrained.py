@@ -12,7 +12,7 @@ import pytest
 import torch
 import yaml
 from imagefolder_fixtures import TINY, one_line_error, write_flat_folder
-from safetensors.torch import save_file
+from safetensors.torch import load_file, save_file
 
 from mplfast import create_model
 from mplfast.cli import main
@@ -476,3 +476,29 @@ def test_sigterm_resume_with_pretrained_is_bitwise_and_needs_no_file(tmp_path):
     a, b = _models(ref), _models(cut)
     for key in ("teacher", "student", "ema"):
         assert all(torch.equal(a[key][k], b[key][k]) for k in a[key]), key
+
+
+@pytest.mark.slow
+def test_pretrained_digits_example_smoke(tmp_path, capsys):
+    """examples/pretrained_digits.py (the README's measurement) runs end to end at a tiny size."""
+    import importlib.util
+    import sys
+    from pathlib import Path
+
+    path = Path(__file__).resolve().parents[1] / "examples" / "pretrained_digits.py"
+    spec = importlib.util.spec_from_file_location("pretrained_digits_example", path)
+    mod = importlib.util.module_from_spec(spec)
+    sys.modules[spec.name] = mod
+    try:
+        spec.loader.exec_module(mod)
+        out = tmp_path / "pd"
+        assert mod.main(["--seeds", "2", "--steps", "4", "--pretrain-steps", "4",
+                         "--out", str(out)]) == 0
+    finally:
+        sys.modules.pop(spec.name, None)
+    r = json.load(open(out / "results.json"))
+    assert [x["seed"] for x in r["rows"]] == [0, 1] and r["paired"]["n"] == 2
+    for x in r["rows"]:
+        assert x["backbone_sha256"] == _sha256(x["backbone"])
+        assert not any(k.startswith("fc.") for k in load_file(x["backbone"]))
+    assert "paired difference" in (out / "results.md").read_text()
