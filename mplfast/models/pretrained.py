@@ -58,7 +58,6 @@ class SourceInfo:
     path: str | None
     sha256: str | None
     input: InputConfig = field(default_factory=InputConfig)
-    timm_tag: str | None = None       # timm's pretrained tag / hub id (source ``timm``)
 
 
 def sha256_file(path: str) -> str:
@@ -260,14 +259,16 @@ def inspect_source(source: str, model_name: str, model_kwargs: dict[str, Any] | 
     if source != TIMM:
         return SourceInfo(source, os.path.abspath(source), sha256_file(source),
                           read_input_config(source))
-    model = create_timm(model_name, num_classes, in_chans, pretrained=True, **(model_kwargs or {}))
+    try:
+        model = create_timm(model_name, num_classes, in_chans, pretrained=True,
+                            **(model_kwargs or {}))
+    except TypeError as e:  # a keyword of model_kwargs the model does not take
+        raise UserError(f"model {model_name}: {_first_line(e)} (check model_kwargs)") from None
     pc = dict(getattr(model, "pretrained_cfg", None) or {})
     path = _timm_weights_file(pc)
-    tag = pc.get("hf_hub_id") or (f"{pc.get('architecture')}.{pc.get('tag')}"
-                                  if pc.get("tag") else pc.get("architecture"))
     return SourceInfo(TIMM, path, sha256_file(path) if path else None,
                       _input_from(pc.get("mean"), pc.get("std"), pc.get("input_size"),
-                                  "timm's pretrained_cfg"), timm_tag=tag)
+                                  "timm's pretrained_cfg"))
 
 
 def create_timm(model_name: str, num_classes: int | None, in_chans: int, *, pretrained: bool,
