@@ -109,6 +109,54 @@ def _add_split_options(p: argparse.ArgumentParser) -> None:
                    help="image folder: always hold the decoded images in memory")
 
 
+# the options of _add_pretrained_options, as config field names
+PRETRAINED_FLAGS = ("model", "pretrained", "pretrained_student", "backbone_lr_scale", "image_size",
+                    "mean", "std")
+
+
+def _add_pretrained_options(p: argparse.ArgumentParser) -> None:
+    g = p.add_argument_group("model and pretrained weights (see docs/pretrained.md)")
+    g.add_argument("--model", metavar="NAME", help="model of teacher and student (see `mplfast "
+                   "models`; timm/<name> with timm installed; default: the preset's)")
+    g.add_argument("--pretrained", metavar="SOURCE",
+                   help="start teacher and student from these weights: a .safetensors or "
+                   ".pt/.pth state dict (read without running code), or `timm` for timm's own "
+                   "weights of a timm/<name> model; the classifier head is new where its shape differs")
+    g.add_argument("--pretrained-student", dest="pretrained_student", choices=("same", "none"),
+                   help="none: only the teacher starts from --pretrained, the student from "
+                   "scratch (default: same)")
+    g.add_argument("--backbone-lr-scale", dest="backbone_lr_scale", type=float, metavar="F",
+                   help="learning rate of all but the classifier head, as a multiple of the lr "
+                   "(default 0.1 with --pretrained, else 1)")
+    g.add_argument("--image-size", dest="image_size", type=int, metavar="N",
+                   help="side image folders are resized to (default: the pretrained weights' "
+                   "size where they record one, else 32)")
+    g.add_argument("--mean", metavar="M1,M2,M3", help="per-channel normalization mean in [0, 1] "
+                   "units (default: the pretrained weights' where they record one, else the "
+                   "training images')")
+    g.add_argument("--std", metavar="S1,S2,S3", help="per-channel normalization std (with --mean)")
+
+
+def _pretrained_flags(args: argparse.Namespace) -> dict[str, Any]:
+    """The config fields of _add_pretrained_options that were given. ``--model NAME`` other than
+    the preset's starts from NAME's own defaults: the preset's model_kwargs (the digits small
+    CNN's width) belong to its model, unless --config or --set gives model_kwargs."""
+    from mplfast.train import config as C
+    from mplfast.train.presets import default_preset, get_preset
+
+    flags = _flags(args, PRETRAINED_FLAGS)
+    if "model" not in flags or any(s.split("=", 1)[0].strip() == "model_kwargs" for s in args.sets):
+        return flags
+    file = C.load_yaml(args.config) if args.config else {}
+    if "model_kwargs" in file:
+        return flags
+    preset = args.preset or file.get("preset") or default_preset(
+        getattr(args, "dataset", None) or file.get("dataset"))
+    if flags["model"] != get_preset(str(preset)).get("model", C.TrainConfig.model):
+        flags["model_kwargs"] = {}
+    return flags
+
+
 def _add_eval_parsers(sub: Any) -> None:
     from mplfast.train.evaluate_checkpoint import SPLITS
     from mplfast.train.predict import FORMATS
@@ -169,6 +217,7 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("--resume", action="store_true", help="continue from DIR/checkpoint.pt")
     t.add_argument("--keep", type=int, metavar="N",
                    help="keep the N previous last.pt model files as step-<N>.pt (default 0)")
+    _add_pretrained_options(t)
     _add_config_options(t)
     t.add_argument("--help-config", action="store_true",
                    help="list every config field (type, default, allowed values, meaning, and "
@@ -185,6 +234,7 @@ def build_parser() -> argparse.ArgumentParser:
                        "paired against the h = 0 control")
     _add_data_options(a)
     add_ablate_arguments(a)
+    _add_pretrained_options(a)
     _add_config_options(a)
     _add_convert_parser(sub)
     return parser
@@ -286,6 +336,7 @@ def cmd_train(args: argparse.Namespace) -> int:
         return 0
     flags = _flags(args, ("dataset", "data", "unlabeled", "labels", "strict_data", "method", "steps", "seed",
                           "out", "device", "test_fraction", "val_fraction", "stream", "keep"))
+    flags.update(_pretrained_flags(args))
     ckpt = None
     if args.resume:
         cfg, ckpt = _resume_config(args, flags)
@@ -393,6 +444,7 @@ def cmd_ablate(args: argparse.Namespace) -> int:
 
     flags = _flags(args, ("dataset", "data", "unlabeled", "labels", "strict_data", "steps", "device",
                           "test_fraction", "val_fraction", "stream"))
+    flags.update(_pretrained_flags(args))
     table = ablate.cmd_ablate(args, flags)
     print(table.markdown)
     print(f"table written to {table.md_path} and {table.json_path}"

@@ -31,35 +31,42 @@ def list_models() -> list[str]:
     return sorted(_REGISTRY)
 
 
-def create_model(name: str, num_classes: int, *, in_chans: int = 3, **kwargs) -> nn.Module:
+def create_model(name: str, num_classes: int, *, in_chans: int = 3, pretrained: str | None = None,
+                 **kwargs) -> nn.Module:
     """Build model ``name`` with ``num_classes`` outputs for ``in_chans``-channel images.
 
+    ``pretrained``: a weights file (``.safetensors``, or ``.pt``/``.pth`` read with
+    ``torch.load(weights_only=True)``), or ``"timm"`` for a ``timm/<name>`` model (timm's own
+    weights). Everything but the classifier head is loaded exactly; the head is kept at its
+    fresh initialisation where its shapes differ (new classes). See
+    :mod:`mplfast.models.pretrained`.
+
     Unknown names raise ``UserError`` (a ValueError) listing the known ones; ``timm/<name>``
-    without timm installed raises ``UserError`` saying so.
+    without timm installed raises ``UserError`` saying so; so does every unusable ``pretrained``.
     """
     if isinstance(num_classes, bool) or not isinstance(num_classes, int) or num_classes < 1:
         raise UserError(f"create_model: num_classes must be an integer >= 1, got {num_classes!r}")
     if isinstance(in_chans, bool) or not isinstance(in_chans, int) or in_chans < 1:
         raise UserError(f"create_model: in_chans must be an integer >= 1, got {in_chans!r}")
+    from mplfast.models import pretrained as pt
+
+    if pretrained is not None:
+        pt.check_source(pretrained, name)
     if name.startswith("timm/"):
-        return _create_timm(name[len("timm/"):], num_classes, in_chans, **kwargs)
-    fn = _REGISTRY.get(name)
-    if fn is None:
-        raise UserError(
-            f"unknown model {name!r}; known: {', '.join(list_models())}, or timm/<name> with timm"
-        )
-    return fn(num_classes, in_chans=in_chans, **kwargs)
-
-
-def _create_timm(name: str, num_classes: int, in_chans: int, **kwargs) -> nn.Module:
-    try:
-        import timm
-    except Exception as e:  # ImportError, or a broken install raising something else
-        raise UserError(
-            f"model 'timm/{name}' needs timm, which is not importable here ({e}); "
-            "install it with `pip install timm`"
-        ) from e
-    if not timm.is_model(name):
-        raise UserError(f"timm has no model named {name!r}")
-    return timm.create_model(name, pretrained=False, num_classes=num_classes, in_chans=in_chans,
-                             **kwargs)
+        # timm loads its own weights (and adapts their head and input channels itself)
+        model = pt.create_timm(name, num_classes, in_chans, pretrained=pretrained == pt.TIMM,
+                               **kwargs)
+        if pretrained == pt.TIMM:
+            return pt.mark_loaded(model, pretrained, pt.timm_fresh_head(model, num_classes))
+    else:
+        fn = _REGISTRY.get(name)
+        if fn is None:
+            raise UserError(
+                f"unknown model {name!r}; known: {', '.join(list_models())}, or timm/<name> with timm"
+            )
+        model = fn(num_classes, in_chans=in_chans, **kwargs)
+    if pretrained is not None:
+        fresh = pt.load_pretrained(model, pt.read_state_dict(pretrained), source=pretrained,
+                                   model_name=name)
+        pt.mark_loaded(model, pretrained, fresh)
+    return model

@@ -47,6 +47,7 @@ class ResNet(nn.Module):
 
     def __init__(self, layers: tuple[int, ...], num_classes: int, in_chans: int = 3) -> None:
         super().__init__()
+        self.layers = tuple(layers)
         self.stem = nn.Sequential(
             nn.Conv2d(in_chans, 64, 7, stride=2, padding=3, bias=False),
             nn.BatchNorm2d(64),
@@ -72,6 +73,34 @@ class ResNet(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """x: [N, in_chans, H, W] float -> logits [N, num_classes]."""
         return self.fc(torch.flatten(self.pool(self.stages(self.stem(x))), 1))
+
+    def map_pretrained_keys(self, sd: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+        """``sd`` with torchvision's ResNet key layout renamed to this module's (other layouts,
+        this module's own included, are returned unchanged). See :func:`torchvision_key`."""
+        if "conv1.weight" not in sd or not any(k.startswith("layer1.") for k in sd):
+            return sd
+        return {torchvision_key(k, self.layers): v for k, v in sd.items()}
+
+
+def torchvision_key(key: str, layers: tuple[int, ...] = (3, 4, 6, 3)) -> str:
+    """The name in this module of torchvision's ResNet state-dict key ``key``.
+
+    ``conv1.*`` -> ``stem.0.*``, ``bn1.*`` -> ``stem.1.*``, ``layer<i>.<b>.<rest>`` ->
+    ``stages.<sum(layers[:i-1]) + b>.<rest>`` (block names inside agree: conv1..3, bn1..3,
+    ``downsample.0`` conv, ``downsample.1`` batch norm), ``fc.*`` unchanged. A key of no
+    torchvision ResNet is returned unchanged (the loader then reports it as unexpected).
+    """
+    head, _, rest = key.partition(".")
+    if head == "conv1":
+        return f"stem.0.{rest}"
+    if head == "bn1":
+        return f"stem.1.{rest}"
+    if head.startswith("layer") and head[5:].isdigit():
+        i = int(head[5:]) - 1
+        block, _, tail = rest.partition(".")
+        if 0 <= i < len(layers) and block.isdigit() and int(block) < layers[i] and tail:
+            return f"stages.{sum(layers[:i]) + int(block)}.{tail}"
+    return key
 
 
 @register_model

@@ -43,6 +43,7 @@ import yaml
 
 from mplfast import safe_yaml
 from mplfast.errors import UserError
+from mplfast.train import pretrained
 from mplfast.train.config import TrainConfig, apply_overrides, resolve, validate
 from mplfast.train.stats import Paired, binomial_se, mean_std, paired
 
@@ -262,7 +263,9 @@ def _row_config(base: TrainConfig, row: Row, seed: int, out: str) -> TrainConfig
 # exactly what the code did before the field existed: a saved config without them still
 # describes the same run. (l_old_forward is NOT here: its default changed what a run does.)
 _NO_OP_FIELDS: dict[str, Any] = {"meta_scale": 1.0, "init_perturbation": 0.0, "check_memory": True,
-                                 "keep": 0}
+                                 "keep": 0, "mean": None, "std": None, "pretrained": None,
+                                 "pretrained_student": "same", "pretrained_sha256": None,
+                                 "backbone_lr_scale": None}
 # Fields the run derives from the data when the config leaves them null (the auto recipe:
 # ``labels: null``): a run saves the concrete value, which the null asked for.
 _DERIVED_FIELDS = ("labels",)
@@ -471,6 +474,9 @@ def run_ablation(*, seeds: list[int], variants: list[str], preset: str | None,
     over the seeds it and the runs it is paired with have finished).
     """
     base = resolve(preset=preset, config_file=config_file, flags=flags, sets=sets)
+    # once for every run: the weights' hash and input config, so each run's saved config is
+    # compared (reuse) against the concrete values it records
+    base = pretrained.resolve(base)
     out = out or os.path.join("runs", f"ablate-{base.dataset}")
     os.makedirs(out, exist_ok=True)
     scales = meta_scales if meta_scales is not None else [float(getattr(base, "meta_scale", 1.0))]
@@ -583,7 +589,10 @@ def _markdown(aggr: list[dict[str, Any]], cfg: TrainConfig, seeds: list[int], co
               machine: dict[str, Any], n_test: int) -> str:
     ema = "EMA weights" if cfg.ema_decay > 0 and cfg.eval_ema else "plain weights"
     lines = [
-        f"Ablation on {cfg.dataset}, {cfg.labels} labels, model {cfg.model}, {cfg.steps} steps per "
+        f"Ablation on {cfg.dataset}, {cfg.labels} labels, model {cfg.model}"
+        + (f" starting from {cfg.pretrained} (sha256 {(cfg.pretrained_sha256 or '?')[:12]}..., "
+           f"pretrained student: {cfg.pretrained_student})" if cfg.pretrained else "")
+        + f", {cfg.steps} steps per "
         f"run, seeds {_seed_text(seeds)} (n: the seeds a row has finished, with the runs it is "
         "paired with). Top-1 accuracy (%) on the "
         f"{n_test} test images, mean ± sample std over seeds; students are their {ema}, teachers "

@@ -145,8 +145,10 @@ def build_data(cfg: TrainConfig, info: DistInfo, *, dataset: Any = None) -> Data
     from mplfast.data import MPLBatcher, labeled_split
     from mplfast.data.splits import carve_validation, class_names
     from mplfast.data.stream import StreamDataset
+    from mplfast.train.pretrained import with_normalization
 
     ds = dataset if dataset is not None else load_data(cfg)
+    ds = with_normalization(cfg, ds)  # the pretrained weights' statistics (or --mean/--std)
     if isinstance(ds, StreamDataset):
         return _build_stream_data(cfg, info, ds)
     # the validation split (best.pt) leaves the training pool before the labeled split is drawn
@@ -169,12 +171,15 @@ def build_data(cfg: TrainConfig, info: DistInfo, *, dataset: Any = None) -> Data
                       in_chans=int(ds.train_images.shape[-1]))
 
 
-def build_model(cfg: TrainConfig, name: str, data: DataBundle, device: torch.device) -> nn.Module:
-    """One model on ``device`` (channels-last if asked)."""
+def build_model(cfg: TrainConfig, name: str, data: DataBundle, device: torch.device, *,
+                pretrained: str | None = None) -> nn.Module:
+    """One model on ``device`` (channels-last if asked), starting from the weights
+    ``pretrained`` (a file or ``timm``; see mplfast.models.pretrained) when given."""
     from mplfast.models import create_model
 
     try:
-        model = create_model(name, data.num_classes, in_chans=data.in_chans, **cfg.model_kwargs)
+        model = create_model(name, data.num_classes, in_chans=data.in_chans, pretrained=pretrained,
+                             **cfg.model_kwargs)
     except TypeError as e:
         if "keyword argument" not in str(e):
             raise  # not about the user's model_kwargs: a bug, keep the traceback
@@ -186,12 +191,23 @@ def build_model(cfg: TrainConfig, name: str, data: DataBundle, device: torch.dev
 
 
 def make_optimizer(model: nn.Module, *, lr: float, momentum: float, nesterov: bool,
-                   weight_decay: float) -> torch.optim.Optimizer:
-    """SGD over no-decay-on-BN/bias groups; the fastest implementation when mplfast.perf has it."""
+                   weight_decay: float, backbone_lr_scale: float = 1.0) -> torch.optim.Optimizer:
+    """SGD over no-decay-on-BN/bias groups; the fastest implementation when mplfast.perf has it.
+
+    ``backbone_lr_scale`` != 1: every parameter outside the classifier head gets
+    ``lr * backbone_lr_scale`` (its own groups, which the lr schedule scales alike)."""
     from mplfast.optim import param_groups
     from mplfast.perf import make_sgd
 
-    groups = param_groups(model, weight_decay)
+    head = None
+    if backbone_lr_scale != 1.0:
+        from mplfast.models.pretrained import head_parameters
+
+        head = head_parameters(model)
+    groups = param_groups(model, weight_decay, head=head, backbone_lr_scale=backbone_lr_scale)
+    for g in groups:
+        if "lr_scale" in g:
+            g["lr"] = lr * g.pop("lr_scale")
     nesterov = nesterov and momentum > 0  # torch refuses nesterov without momentum
     # make_sgd's weight_decay is the default for groups without one; ours all set theirs
     return make_sgd(groups, lr=lr, momentum=momentum, nesterov=nesterov, weight_decay=weight_decay)

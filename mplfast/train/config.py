@@ -67,6 +67,8 @@ class TrainConfig:
     unlabeled: str | None = None      # extra unlabeled image folder (imagefolder only)
     labels: int | None = 50           # size of the class-balanced labeled subset; None: from the data
     image_size: int | None = None     # resize for image folders
+    mean: list[float] | None = None   # per-channel normalization in [0, 1] units; None: the weights' (--pretrained) or the data's
+    std: list[float] | None = None
     strict_data: bool = False         # imagefolder: fail on unreadable files instead of skipping
     test_fraction: float = 0.2        # imagefolder without val/ or test/: part of each class held out for testing
     val_fraction: float = 0.1         # part of each class of the training pool held out (never trained on) to pick best.pt; 0: no best.pt
@@ -83,6 +85,10 @@ class TrainConfig:
     model: str = "small_cnn"          # student (and teacher unless teacher_model is set)
     teacher_model: str | None = None
     model_kwargs: dict[str, Any] = field(default_factory=lambda: {"width": 16})
+    pretrained: str | None = None     # weights file (.safetensors, .pt, .pth) or "timm" (timm/<name> models)
+    pretrained_student: str = "same"  # same: the student starts from the weights too; none: from scratch
+    pretrained_sha256: str | None = None  # of the weights file, filled in at start; a changed file is refused
+    backbone_lr_scale: float | None = None  # lr of all but the classifier head, x lr; None: 0.1 if pretrained, else 1
 
     # --- optimisation ----------------------------------------------------------------------
     steps: int = 1000
@@ -287,6 +293,18 @@ def coerce_value(name: str, value: Any) -> Any:
         if not isinstance(value, dict):
             raise bad
         return dict(value)
+    if origin is list:
+        # "0.485,0.456,0.406" from the command line (plain YAML reads it as one string)
+        if isinstance(value, str):
+            value = [v.strip() for v in value.split(",")]
+        items = value if isinstance(value, list) else [value]
+        try:
+            out = [float(v) for v in items if not isinstance(v, bool)]
+        except (TypeError, ValueError):
+            raise bad from None
+        if len(out) != len(items) or not out:
+            raise bad
+        return out
     raise bad
 
 
@@ -327,6 +345,8 @@ def apply_overrides(cfg: TrainConfig, overrides: dict[str, Any], where: str = "c
                 mpl_changes[canon[4:]] = coerce_value(canon, v)
             else:
                 changes[canon] = coerce_value(canon, v)
+    if changes.get("pretrained", cfg.pretrained) != cfg.pretrained and "pretrained_sha256" not in changes:
+        changes["pretrained_sha256"] = None  # a recorded hash belongs to the file it was taken of
     new = dataclasses.replace(cfg, **changes)
     mpl_changes.update({n: getattr(new, n) for n in SHARED_MPL_FIELDS})  # keep mpl.precision in sync
     new.mpl = _build_mpl(new.mpl, mpl_changes)
@@ -426,6 +446,7 @@ def validate(cfg: TrainConfig) -> None:
            f"finetune_batch_size must be >= 1, got {cfg.finetune_batch_size}")
     _check(cfg.image_size is None or cfg.image_size >= 1,
            f"image_size must be >= 1, got {cfg.image_size}")
+    _validate_pretrained(cfg)
     _check(cfg.unlabeled is None or cfg.dataset == "imagefolder",
            "--unlabeled works only with --dataset imagefolder")
     _check(0 < cfg.test_fraction < 1, f"test_fraction must be in (0, 1), got {cfg.test_fraction}")
@@ -446,6 +467,32 @@ def validate(cfg: TrainConfig) -> None:
             env = f" (from ${DATA_ENV})" if name == "data" and path == os.environ.get(DATA_ENV) else ""
             raise UserError(f"{name} path does not exist: {path}{env}")
     mpl_config(cfg)  # MPL field ranges (threshold 2.5, unknown meta_signal, ...)
+
+
+def _validate_pretrained(cfg: TrainConfig) -> None:
+    """The pretrained-backbone fields (the weights file itself is checked at start-up)."""
+    _check(cfg.pretrained_student in ("same", "none"),
+           f"pretrained_student: choose same or none, got {cfg.pretrained_student!r}")
+    _check(cfg.pretrained is None or cfg.pretrained.strip() != "",
+           "pretrained: give a weights file or timm (or leave it unset)")
+    if cfg.pretrained == "timm":
+        from mplfast.train.pretrained import loading_models
+
+        for role, arch in loading_models(cfg):
+            _check(arch.startswith("timm/"),
+                   f"--pretrained timm loads timm's own weights and works only with timm/<name> "
+                   f"models, not the {role}'s {arch!r}; pass a weights file instead")
+    s = cfg.backbone_lr_scale
+    _check(s is None or (math.isfinite(s) and s >= 0),
+           f"backbone_lr_scale must be a finite number >= 0, got {s}")
+    for name in ("mean", "std"):
+        v = getattr(cfg, name)
+        _check(v is None or all(math.isfinite(x) for x in v), f"{name} must be finite numbers")
+    _check((cfg.mean is None) == (cfg.std is None), "give both mean and std, or neither")
+    _check(cfg.mean is None or len(cfg.mean) == len(cfg.std or []),
+           f"mean and std need one value per channel each, got {len(cfg.mean or [])} and "
+           f"{len(cfg.std or [])}")
+    _check(cfg.std is None or all(x > 0 for x in cfg.std), f"std must be > 0, got {cfg.std}")
 
 
 def mpl_config(cfg: TrainConfig) -> MPLConfig:
@@ -523,7 +570,11 @@ FIELD_DOCS: dict[str, tuple[str, str]] = {
     "unlabeled": ("path or null", "extra folder of unlabeled images (imagefolder only)"),
     "labels": (">= classes, a multiple of them, or null", "size of the class-balanced labeled "
                "subset (null: derived from the data)"),
-    "image_size": (">= 1 or null", "side length image folders are resized to (null: 32)"),
+    "image_size": (">= 1 or null", "side length image folders are resized to (null: the "
+                   "pretrained weights' size, else 32)"),
+    "mean": ("list of floats or null", "per-channel mean of the normalization, in [0, 1] units "
+             "(null: the pretrained weights', else the training images')"),
+    "std": ("list of floats > 0 or null", "per-channel std of the normalization (with mean)"),
     "strict_data": ("bool", "fail on an unreadable image instead of warning and skipping it"),
     "test_fraction": ("(0, 1)", "imagefolder without val/ or test/: part of each class held out "
                       "(seeded) for the final test report"),
@@ -541,6 +592,15 @@ FIELD_DOCS: dict[str, tuple[str, str]] = {
     "model": ("see `mplfast models`", "student model (and teacher unless teacher_model is set)"),
     "teacher_model": ("model name or null", "teacher model if it differs from the student"),
     "model_kwargs": ("mapping", "keyword arguments of the model (width, dropout, ...)"),
+    "pretrained": ("file or timm or null", "weights to start teacher and student from: "
+                   ".safetensors, .pt/.pth (read without running code), or timm (timm's own, "
+                   "for timm/<name> models); the classifier head is new where its shape differs"),
+    "pretrained_student": ("same|none", "none: only the teacher starts from the pretrained "
+                           "weights, the student from scratch"),
+    "pretrained_sha256": ("hex or null", "sha256 of the weights file, recorded at start-up; a "
+                          "file that no longer matches is refused"),
+    "backbone_lr_scale": (">= 0 or null", "learning rate of everything but the classifier head, "
+                          "as a multiple of the lr (null: 0.1 for pretrained weights, else 1)"),
     "steps": (">= 0", "training steps"),
     "teacher_lr": (">= 0", "teacher peak learning rate (warmup then cosine decay)"),
     "student_lr": (">= 0", "student peak learning rate"),

@@ -29,6 +29,7 @@ from mplfast.errors import UserError
 from mplfast.perf import maybe_compile
 from mplfast.precision import resolve_precision
 from mplfast.train import builders, checkpoint as ckpt_io
+from mplfast.train import pretrained
 from mplfast.train.config import TrainConfig, mpl_config, save_yaml
 from mplfast.train.distributed import DistInfo, any_flag, barrier, setup, teardown
 from mplfast.train.evaluate import accuracy
@@ -82,6 +83,8 @@ class _Run:
         self.provenance: dict[str, Any] = {}  # set by _run on rank 0 (see provenance.record)
 
         _seed_all(cfg.seed)  # identical init on every rank (DDP also broadcasts rank 0's)
+        if resume_state is None:  # a resumed run's config holds these; its weights are in the checkpoint
+            self.cfg = cfg = pretrained.resolve(cfg)
         self.data = builders.build_data(cfg, info, dataset=dataset)
         # the fields left to the data (labels=None, small_cnn's depth): the run and its saved
         # config are concrete
@@ -89,16 +92,20 @@ class _Run:
         self.teacher: nn.Module | None = None
         self.t_opt = self.t_sched = None
         if cfg.method != "supervised":
-            self.teacher = builders.build_model(cfg, cfg.teacher_model or cfg.model, self.data, self.device)
+            self.teacher = builders.build_model(cfg, cfg.teacher_model or cfg.model, self.data, self.device,
+                                                pretrained=self._weights("teacher", resume_state))
             self.t_opt = builders.make_optimizer(self.teacher, lr=cfg.teacher_lr, momentum=cfg.momentum,
-                                                 nesterov=cfg.nesterov, weight_decay=cfg.teacher_weight_decay)
+                                                 nesterov=cfg.nesterov, weight_decay=cfg.teacher_weight_decay,
+                                                 backbone_lr_scale=pretrained.lr_scale(cfg, "teacher"))
             self.t_sched = builders.make_scheduler(self.t_opt, cfg, cfg.steps, 0)
-        self.student = builders.build_model(cfg, cfg.model, self.data, self.device)
+        self.student = builders.build_model(cfg, cfg.model, self.data, self.device,
+                                            pretrained=self._weights("student", resume_state))
         if cfg.init_perturbation:  # the chaos control: one weight moved, everything else equal
             with torch.no_grad():
                 next(self.student.parameters()).view(-1)[0] += cfg.init_perturbation
         self.s_opt = builders.make_optimizer(self.student, lr=cfg.student_lr, momentum=cfg.momentum,
-                                             nesterov=cfg.nesterov, weight_decay=cfg.student_weight_decay)
+                                             nesterov=cfg.nesterov, weight_decay=cfg.student_weight_decay,
+                                             backbone_lr_scale=pretrained.lr_scale(cfg, "student"))
         wait = cfg.student_wait_steps if cfg.method != "supervised" else 0
         self.s_sched = builders.make_scheduler(self.s_opt, cfg, cfg.steps, wait)
         from mplfast.ema import ModelEMA
@@ -141,6 +148,11 @@ class _Run:
         self.ckpts = ModelCheckpoints(self.out, keep=self.cfg.keep, resume=self.resumed)
 
     # ------------------------------------------------------------------ helpers
+    def _weights(self, role: str, resume_state: dict[str, Any] | None) -> str | None:
+        """The pretrained weights model ``role`` starts from (none when resuming: the
+        checkpoint holds the trained ones)."""
+        return pretrained.source_for(self.cfg, role) if resume_state is None else None
+
     def _wrap(self, model: nn.Module) -> nn.Module:
         model = maybe_compile(model, self.cfg.compile)[0]
         if self.info.distributed:
@@ -560,6 +572,7 @@ class _Run:
         out["device"] = str(self.device)
         out["precision"] = self.precision
         out["provenance"] = self.provenance  # the reproducibility record (rank 0)
+        out.update(pretrained.summary_fields(cfg))  # source and sha256 of pretrained weights
         return out
 
 

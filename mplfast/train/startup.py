@@ -139,6 +139,7 @@ def summary_lines(*, cfg: Any, ds: Any, teacher: nn.Module | None, student: nn.M
                   out: str | None, resumed_at: int | None = None) -> list[str]:
     """The start-up summary block, one string per line."""
     from mplfast.train.presets import PRESET_HELP
+    from mplfast.train.pretrained import summary_line as pretrained_summary_line
 
     n_train = int(ds.train_labels.numel())
     n_test = int(ds.test_labels.numel())
@@ -165,6 +166,7 @@ def summary_lines(*, cfg: Any, ds: Any, teacher: nn.Module | None, student: nn.M
         batch += f" over {world_size} ranks"
     ft = f"finetune {finetune_steps} steps" if finetune_steps else "no finetune"
     threads = f", {torch.get_num_threads()} CPU thread(s)" if device.type == "cpu" else ""
+    pretrained_line = pretrained_summary_line(cfg, {"teacher": teacher, "student": student})
     lines = [
         f"mplfast train: {cfg.method} on {cfg.dataset}, seed {cfg.seed}",
         f"  preset     {preset}",
@@ -178,6 +180,7 @@ def summary_lines(*, cfg: Any, ds: Any, teacher: nn.Module | None, student: nn.M
         *([f"  storage    {ds.storage}"] if getattr(ds, "storage", "") else []),  # memory / streamed
         f"  labeled    {cfg.labels} ({cfg.labels // max(1, k)} per class, drawn with seed {cfg.seed})",
         f"  models     {', '.join(models)}",
+        *([pretrained_line] if pretrained_line else []),
         f"  device     {device}, {precision}{threads}" + (f", {world_size} ranks" if world_size > 1 else ""),
         f"  steps      {cfg.steps} ({batch}; {ft})"
         + (f"; resuming at step {resumed_at}" if resumed_at else ""),
