@@ -147,6 +147,9 @@ def _add_eval_parsers(sub: Any) -> None:
                    help="which model of a run or model file (default: the headline one)")
     p.add_argument("--batch-size", dest="batch_size", type=int, default=64, metavar="N")
     p.add_argument("--device", help="auto (default), cpu, cuda, cuda:N")
+    p.add_argument("--strict", action="store_true",
+                   help="fail on an unreadable or corrupt image (default: warn, naming it, skip "
+                        "it, and fail only if no image can be read)")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -373,15 +376,18 @@ def cmd_predict(args: argparse.Namespace) -> int:
         raise UserError(f"--device: {str(e).splitlines()[0]}") from None
     files = collect_images(args.images)
     model, meta = load_any(args.source, device, model=args.model)
-    text = render(predict_files(model, meta, files, top_k=args.top_k,
-                                batch_size=args.batch_size, device=device), fmt)
+    preds = predict_files(model, meta, files, top_k=args.top_k, batch_size=args.batch_size,
+                          device=device, strict=args.strict)
+    text = render(preds, fmt)
     if args.output:
         try:
             with open(args.output, "w", encoding="utf-8") as f:
                 f.write(text)
         except OSError as e:
             raise UserError(f"cannot write --output {args.output}: {e.strerror or e}") from None
-        print(f"{len(files)} predictions written to {args.output}")
+        skipped = len(files) - len(preds)
+        print(f"{len(preds)} predictions written to {args.output}"
+              + (f" ({skipped} unreadable file(s) skipped)" if skipped else ""))
     else:
         sys.stdout.write(text)
     return 0
@@ -434,8 +440,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         parser.error(_unknown_args_message(parser, args.command, unknown))
     args.argv = raw  # the ablation table records the exact command
     if args.command is None:
-        parser.print_help()
-        return 0
+        # no command is a usage error (as for `git`): the help goes to stderr, status 2, so a
+        # script that lost its arguments fails instead of silently doing nothing
+        parser.print_help(sys.stderr)
+        return EXIT_USAGE
     previous_formatwarning = warnings.formatwarning
     warnings.formatwarning = _format_warning
     try:

@@ -352,6 +352,8 @@ def load_yaml(path: str) -> dict[str, Any]:
     try:
         with open(path, encoding="utf-8") as f:
             data = safe_yaml.load(f)
+    except yaml.MarkedYAMLError as e:
+        raise UserError(yaml_error_line(path, e)) from None
     except (yaml.YAMLError, UnicodeDecodeError) as e:
         first = str(e).splitlines()[0] if str(e) else type(e).__name__
         raise UserError(f"cannot parse config file {path}: {first}") from None
@@ -363,6 +365,21 @@ def load_yaml(path: str) -> dict[str, Any]:
     if bad:  # `1: x` or `null: x` is no field name (and difflib's hints need strings)
         raise UserError(f"config file {path}: {bad[0]!r} is not a field name")
     return data
+
+
+def yaml_error_line(path: str, e: yaml.MarkedYAMLError) -> str:
+    """``FILE:LINE:COL: cannot parse config file: PROBLEM (CONTEXT at L:C)`` on one line, the
+    form editors and terminals jump to (PyYAML's own text spreads it over four lines with a
+    snippet). Line and column are 1-based, where the parser noticed the problem."""
+    mark = e.problem_mark or e.context_mark
+    where = f"{path}:{mark.line + 1}:{mark.column + 1}" if mark is not None else path
+    problem = " ".join(str(e.problem or e.context or type(e).__name__).split())
+    context = ""
+    if e.context and e.problem:
+        cm = e.context_mark
+        at = f" started at {cm.line + 1}:{cm.column + 1}" if cm is not None and cm is not mark else ""
+        context = f" ({' '.join(str(e.context).split())}{at})"
+    return f"{where}: cannot parse config file: {problem}{context}"
 
 
 def save_yaml(cfg: TrainConfig, path: str, header: str = "") -> None:
