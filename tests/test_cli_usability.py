@@ -271,3 +271,42 @@ def test_gpu_record_path(monkeypatch):
     line = [ln for ln in provenance.header({**provenance.record("digits", ["mplfast"]), "gpu": g})
             .splitlines() if ln.startswith("# GPU")]
     assert line == [f"# GPU: GPU0, GPU1 (driver 999.1, CUDA {torch.version.cuda})"]
+
+
+def test_data_without_dataset_infers_an_image_folder_or_refuses(tmp_path, capsys):
+    """`--data DIR` alone trained on the built-in digits and printed "digits from DIR": an
+    image-folder layout (flat or train/val) now means --dataset imagefolder, with the auto
+    preset as for an explicit one; anything else is one line naming --dataset."""
+    from imagefolder_fixtures import write_flat_folder
+
+    from mplfast.train.config import resolve
+
+    split = _image_folder(tmp_path / "split")
+    flat = write_flat_folder(tmp_path / "flat")
+    for data in (split, flat):
+        cfg = resolve(flags={"data": str(data)})
+        assert (cfg.dataset, cfg.preset, cfg.labels) == ("imagefolder", "auto", None)
+    out = tmp_path / "run"
+    assert main(["train", "--data", str(split), "--steps", "1", "--out", str(out), *QUICK]) == 0
+    text = capsys.readouterr().out
+    assert text.startswith("mplfast train: mpl on imagefolder"), text
+    assert f"data       imagefolder from {split}: " in text and "digits" not in text
+    assert yaml.safe_load(open(out / "config.yaml"))["dataset"] == "imagefolder"
+    # an explicit --dataset still wins, and a config file's dataset counts as naming it
+    assert resolve(flags={"data": str(flat), "dataset": "imagefolder"}).dataset == "imagefolder"
+    conf = tmp_path / "c.yaml"
+    conf.write_text(f"dataset: imagefolder\ndata: {flat}\n")
+    assert resolve(config_file=str(conf)).dataset == "imagefolder"
+
+    notimages = tmp_path / "notes"
+    (notimages / "sub").mkdir(parents=True)
+    (notimages / "sub" / "readme.txt").write_text("no images")
+    for argv, expect in (
+            (["train", "--data", str(notimages)], "not an image folder"),
+            (["train", "--data", str(tmp_path / "missing")], "does not exist"),
+            (["train", "--dataset", "digits", "--data", str(flat)], "reads no files"),
+            (["train", "--set", f"data={notimages}"], "--dataset")):
+        assert main(argv) == 2, argv
+        err = [ln for ln in capsys.readouterr().err.splitlines() if ln.strip()]
+        assert len(err) == 1 and err[0].startswith("mplfast: error:") and expect in err[0], err
+    assert not (tmp_path / "runs").exists()

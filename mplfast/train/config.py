@@ -483,6 +483,35 @@ def _default_data_root(cfg: TrainConfig, set_overrides: dict[str, Any]) -> Train
     return dataclasses.replace(cfg, data=root) if root else cfg
 
 
+def _infer_dataset(preset: str | None, file_overrides: dict[str, Any], flags: dict[str, Any],
+                   set_overrides: dict[str, Any]) -> dict[str, Any]:
+    """``flags`` with ``dataset: imagefolder`` when a layer gives ``data`` but none names the
+    data set (nor a named preset does) and ``data`` has an image-folder layout; a ``UserError``
+    when it has not. Without this, ``--data DIR`` alone trained on the built-in digits."""
+    from mplfast.data.imagefolder import LAYOUT, looks_like_imagefolder
+    from mplfast.train.presets import PRESETS
+
+    layers = (file_overrides, flags, set_overrides)
+    named = preset if preset is not None else file_overrides.get("preset")
+    dataset = next((d["dataset"] for d in reversed(layers) if d.get("dataset") is not None),
+                   PRESETS.get(str(named), {}).get("dataset"))
+    data = next((d["data"] for d in reversed(layers) if d.get("data") is not None), None)
+    if data is None:
+        return flags
+    if dataset in ("digits", "synthetic"):
+        raise UserError(f"--data {data}: the {dataset} data set reads no files; for your own "
+                        "images add --dataset imagefolder")
+    if dataset is not None:
+        return flags
+    if not os.path.exists(str(data)):
+        raise UserError(f"data path does not exist: {data}")
+    if not looks_like_imagefolder(str(data)):
+        files = ", ".join(d for d in DATASETS if d not in ("digits", "synthetic"))
+        raise UserError(f"--data {data} without --dataset: it is not an image folder ({LAYOUT}); "
+                        f"name its data set with --dataset ({files})")
+    return {**flags, "dataset": "imagefolder"}
+
+
 def resolve(preset: str | None = None, config_file: str | None = None,
             flags: dict[str, Any] | None = None, sets: list[str] | None = None,
             base: TrainConfig | None = None, check: bool = True) -> TrainConfig:
@@ -504,6 +533,7 @@ def resolve(preset: str | None = None, config_file: str | None = None,
     if base is not None:
         cfg = base
     else:
+        flags = _infer_dataset(preset, file_overrides, flags, set_overrides)
         if preset is None:
             preset = file_overrides.get("preset")
         if preset is None:
