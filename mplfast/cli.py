@@ -261,7 +261,22 @@ def _resume_config(args: argparse.Namespace, flags: dict[str, Any]) -> tuple[Any
                         f"schedule; resuming with --steps {cfg.steps} would change it mid-run. "
                         f"Start a new run instead: mplfast train --config "
                         f"{os.path.join(args.out, 'config.yaml')} --steps {cfg.steps}")
+    changed = C.resume_changes(saved, cfg)
+    if changed:
+        key, old, new = changed[0]
+        raise UserError(f"--resume: {args.out} was trained with {key} {_show(old)}; this command "
+                        f"gives {key} {_show(new)}, which would change the run mid-way (a resumed "
+                        f"run keeps every setting that defines it; to change {key}, start a new "
+                        f"run with another --out)")
     return cfg, ckpt
+
+
+def _show(value: Any) -> str:
+    """A config value as the user would type it (YAML flow style: null, true, {a: 1})."""
+    import yaml
+
+    text = yaml.safe_dump(value, default_flow_style=True, width=10**6).strip()
+    return text.removesuffix("\n...").strip()
 
 
 def _finished_message(cfg: Any, ckpt: dict[str, Any]) -> str:

@@ -194,3 +194,96 @@ def test_sigterm_during_finetune_resumes_bitwise(tmp_path):
     sa = json.load(open(os.path.join(ref, "summary.json")))
     sb = json.load(open(os.path.join(cut, "summary.json")))
     assert sa["finetune_acc"] == sb["finetune_acc"] == sa["test_acc"]
+
+
+def _stopped_run(out: str, monkeypatch, capsys, argv: list[str], stop_at: int = 3) -> int:
+    """Run ``argv``, stopped as by a signal after ``stop_at`` more steps (its checkpoint written
+    there); returns the checkpoint's step."""
+    from mplfast.cli import main
+    from mplfast.train import runner
+
+    calls = {"n": 0}
+    real = runner.any_flag
+
+    def stop_after(flag, info):  # the per-step "was a signal received?" poll
+        calls["n"] += 1
+        return real(flag, info) or calls["n"] == stop_at
+
+    monkeypatch.setattr(runner, "any_flag", stop_after)
+    assert main(argv) == 130
+    monkeypatch.setattr(runner, "any_flag", real)
+    capsys.readouterr()
+    return int(torch.load(os.path.join(out, "checkpoint.pt"), weights_only=True)["step"])
+
+
+QUICK = ["--set", "model_kwargs={width: 4}", "--set", "eval_interval=0", "--set", "plot=false",
+         "--set", "progress=none", "--set", "tensorboard=false", "--set", "log_interval=1"]
+
+
+def test_resume_refuses_a_change_to_what_defines_the_run(tmp_path, capsys, monkeypatch):
+    """--resume --seed 5 / --labels 100 / ... redrew the labeled set mid-run and reported the
+    run under the new settings: refused, one line naming the setting and both values, nothing
+    touched. Settings of where/how it runs (device, logging cadence) may change."""
+    from mplfast.cli import main
+
+    out = str(tmp_path / "run")
+    first = ["train", "--out", out, "--steps", "6", "--seed", "1", *QUICK]
+    assert _stopped_run(out, monkeypatch, capsys, first) == 3
+    files = ("checkpoint.pt", "config.yaml", "metrics.jsonl", "last.pt")
+    before = {n: open(os.path.join(out, n), "rb").read() for n in files}
+    saved = torch.load(os.path.join(out, "checkpoint.pt"), weights_only=True)["config"]
+    labels, thr, lr = saved["labels"], saved["mpl"]["threshold"], saved["student_lr"]
+    for extra, key, old, new in (
+            (["--seed", "5"], "seed", "1", "5"),
+            (["--labels", str(labels + 10)], "labels", labels, labels + 10),
+            (["--method", "uda"], "method", saved["method"], "uda"),
+            (["--dataset", "synthetic"], "dataset", "digits", "synthetic"),
+            (["--set", f"batch_size={saved['batch_size'] // 2}"], "batch_size",
+             saved["batch_size"], saved["batch_size"] // 2),
+            (["--set", "model_kwargs={width: 8}"], "model_kwargs", "{width: 4}", "{width: 8}"),
+            (["--set", f"mpl.threshold={thr / 2}"], "mpl.threshold", thr, thr / 2),
+            (["--set", f"student_lr={lr * 2}"], "student_lr", lr, lr * 2),
+            (["--set", "precision=bf16"], "precision", saved["precision"], "bf16")):
+        assert str(old) != str(new)
+        rc = main(["train", "--out", out, "--resume", *extra])
+        err = [ln for ln in capsys.readouterr().err.splitlines() if ln.strip()]
+        assert rc == 2 and len(err) == 1, (extra, err)
+        assert f"trained with {key} {old}; this command gives {key} {new}," in err[0], err[0]
+        assert {n: open(os.path.join(out, n), "rb").read() for n in files} == before, extra
+    # the same value again, and settings that do not define the run, are accepted
+    resume = ["train", "--out", out, "--resume", "--seed", "1", "--device", "cpu",
+              "--set", "log_interval=2", "--set", "ckpt_interval=4"]
+    assert main(resume) == 0
+    s = json.load(open(os.path.join(out, "summary.json")))
+    assert (s["seed"], s["labels"], s["steps"]) == (1, labels, 6)
+
+
+def test_resume_keeps_the_record_of_the_command_that_started_the_run(tmp_path, capsys,
+                                                                    monkeypatch):
+    """config.yaml's header and summary.json keep the first command; each --resume is
+    appended (`resumed:`), also across two resumes and from a checkpoint without `commands`."""
+    import shlex
+
+    import yaml
+
+    from mplfast.cli import main
+
+    out = str(tmp_path / "run")
+    first = ["train", "--out", out, "--steps", "9", *QUICK]
+    assert _stopped_run(out, monkeypatch, capsys, first) == 3
+    second = ["train", "--out", out, "--resume", "--device", "cpu"]
+    assert _stopped_run(out, monkeypatch, capsys, second) == 6
+    # a checkpoint written before the history was kept: config.yaml's header is read instead
+    ck = torch.load(os.path.join(out, "checkpoint.pt"), weights_only=True)
+    assert ck["commands"] == [shlex.join(["mplfast", *first]), shlex.join(["mplfast", *second])]
+    del ck["commands"]
+    torch.save(ck, os.path.join(out, "checkpoint.pt"))
+    third = ["train", "--out", out, "--resume"]
+    assert main(third) == 0
+    want = [shlex.join(["mplfast", *a]) for a in (first, second, third)]
+    header = [ln for ln in open(os.path.join(out, "config.yaml")) if ln.startswith("# ")]
+    assert [ln[2:].rstrip("\n") for ln in header if ln.startswith(("# command:", "# resumed:"))] \
+        == [f"command: {want[0]}", f"resumed: {want[1]}", f"resumed: {want[2]}"]
+    prov = json.load(open(os.path.join(out, "summary.json")))["provenance"]
+    assert prov["command"] == want[0] and prov["resumed"] == want[1:]
+    assert yaml.safe_load(open(os.path.join(out, "config.yaml")))["steps"] == 9

@@ -320,6 +320,10 @@ def validate_checkpoint(st: Any, expect: Expect = "weights") -> Any:
             raise _Bad("'finetune' is not a finetune state (step, model, optimizer, stepper)")
         _state_dict_like(ft.get("model"), "finetune.model")
         _optimizer_like(ft.get("optimizer"), "finetune.optimizer")
+    commands = st.get("commands")
+    if commands is not None and (not isinstance(commands, list)
+                                 or not all(isinstance(c, str) for c in commands)):
+        raise _Bad("'commands' is not a list of command lines")
     results = st.get("results", {})
     if not isinstance(results, dict) or not all(isinstance(k, str) and _num(v)
                                                 for k, v in results.items()):

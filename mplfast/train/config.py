@@ -465,6 +465,42 @@ def validate(cfg: TrainConfig) -> None:
     mpl_config(cfg)  # MPL field ranges (threshold 2.5, unknown meta_signal, ...)
 
 
+# What `--resume` may change: where and how the run is computed, shown and saved, never what
+# it computes. Every other field (seed, labels, data set and its path, splits, model, method,
+# batch sizes, augmentation, optimisation, the MPL step, precision, finetune) defines the run:
+# changing one mid-run would silently mix two runs under the second one's name. A new field is
+# defining unless listed here.
+RESUME_MAY_CHANGE: frozenset[str] = frozenset({
+    "out", "device", "cpu_threads", "compile", "channels_last", "aug_backend", "stream",
+    "strict_data", "progress", "log_interval", "eval_interval", "ckpt_interval", "keep",
+    "eval_batch_size", "tensorboard", "plot", "check_memory"})
+
+
+def _same_path(a: Any, b: Any) -> bool:
+    if a is None or b is None:
+        return a is b
+    return os.path.realpath(os.path.expanduser(str(a))) == os.path.realpath(os.path.expanduser(str(b)))
+
+
+def resume_changes(saved: TrainConfig, new: TrainConfig) -> list[tuple[str, Any, Any]]:
+    """``(key, saved value, new value)`` of every setting that defines the run and differs
+    (paths compared as resolved paths; MPL fields as ``mpl.<field>``)."""
+    a, b = saved.to_dict(), new.to_dict()
+    out: list[tuple[str, Any, Any]] = []
+    for key in a:
+        if key in RESUME_MAY_CHANGE:
+            continue
+        if key == "mpl":
+            out += [(f"mpl.{n}", v, b["mpl"].get(n)) for n, v in a["mpl"].items()
+                    if n not in SHARED_MPL_FIELDS and v != b["mpl"].get(n)]
+        elif key in ("data", "unlabeled"):
+            if not _same_path(a[key], b[key]):
+                out.append((key, a[key], b[key]))
+        elif a[key] != b.get(key):
+            out.append((key, a[key], b.get(key)))
+    return out
+
+
 def mpl_config(cfg: TrainConfig) -> MPLConfig:
     """The ``mplfast.MPLConfig`` of ``cfg``'s step; its ValueError becomes a one-line UserError."""
     return effective_mpl(cfg)

@@ -78,6 +78,7 @@ class _Run:
         self.finetuned_sd: dict[str, Any] | None = None  # final finetuned weights (phase "done")
         self.running = RunningMean()  # metrics since the last log line (checkpointed too)
         self.provenance: dict[str, Any] = {}  # set by _run on rank 0 (see provenance.record)
+        self.commands: list[str] = []  # the command that started the run, then each --resume
 
         _seed_all(cfg.seed)  # identical init on every rank (DDP also broadcasts rank 0's)
         self.data = builders.build_data(cfg, info, dataset=dataset)
@@ -263,6 +264,7 @@ class _Run:
             "running_metrics": self.running.state_dict(),
             "finetune": self.ft_state,
             "finetuned": self.finetuned_sd,
+            "commands": list(self.commands),
         }
 
     def _check_resume_state(self, st: dict[str, Any], path: str) -> None:
@@ -639,7 +641,7 @@ def _discard_out_dir(out: str, created: str | None) -> None:
 def _run(cfg: TrainConfig, info: DistInfo, stop: StopRequest, resume_state: dict[str, Any] | None,
          progress_mode: str, t_start: float, dataset: Any = None,
          argv: list[str] | None = None) -> RunResult:
-    from mplfast.train.provenance import record
+    from mplfast.train import provenance
 
     r = _Run(cfg, info, stop, resume_state, dataset)
     cfg = r.cfg  # with the fields derived from the data filled in
@@ -647,7 +649,13 @@ def _run(cfg: TrainConfig, info: DistInfo, stop: StopRequest, resume_state: dict
     if info.is_main and progress_mode != "none":
         print(r.summary_block(estimate, available, resume_state is not None), flush=True)
     out = cfg.out if info.is_main else None
-    prov = r.provenance = record(cfg.dataset, argv) if info.is_main else {}
+    prov = r.provenance = provenance.record(cfg.dataset, argv) if info.is_main else {}
+    if info.is_main and resume_state is not None:
+        # a resumed run keeps the record of the command that started it and appends this one
+        earlier = resume_state.get("commands") or (
+            provenance.header_commands(os.path.join(out, "config.yaml")) if out else [])
+        prov = r.provenance = provenance.continued(prov, earlier)
+    r.commands = [prov["command"], *prov.get("resumed", [])] if prov else []
     created = _open_out_dir(cfg, out, resume_state is not None, prov) if out else None
     r.open_model_files()
     start_step = r.step
