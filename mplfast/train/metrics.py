@@ -95,12 +95,10 @@ def _truncate_after(path: str, step: int) -> None:
     """Drop records a killed run wrote after the checkpoint we resume from."""
     if not os.path.isfile(path):
         return
+    from mplfast.train.fileio import write_text_atomic
+
     keep = [line for line in read_records(path) if int(line.get("step", 0)) <= step]
-    tmp = path + ".tmp"
-    with open(tmp, "w", encoding="utf-8") as f:
-        for rec in keep:
-            f.write(json.dumps(rec) + "\n")
-    os.replace(tmp, path)
+    write_text_atomic(path, "".join(json.dumps(rec) + "\n" for rec in keep))
 
 
 def read_records(path: str) -> list[dict[str, Any]]:

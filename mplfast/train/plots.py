@@ -135,10 +135,12 @@ def _finish(ax: Any, title: str, drawn: bool) -> None:
 
 
 def _save(fig: Any, plt: Any, out_path: str) -> None:
-    tmp = out_path + ".tmp.png"
-    fig.savefig(tmp, dpi=100)
-    plt.close(fig)
-    os.replace(tmp, out_path)
+    from mplfast.train.fileio import write_atomic
+
+    try:
+        write_atomic(out_path, lambda f: fig.savefig(f, dpi=100, format="png"))
+    finally:
+        plt.close(fig)
 
 
 def plot_confusion(confusion: Any, class_names: Sequence[str], out_path: str, *,

@@ -11,6 +11,7 @@ resumed ends bitwise identical to an uninterrupted one.
 """
 from __future__ import annotations
 
+import contextlib
 import copy
 import json
 import os
@@ -534,12 +535,9 @@ class _Run:
 
 
 def _write_json_atomic(obj: Any, path: str) -> None:
-    tmp = path + ".tmp"
-    with open(tmp, "w", encoding="utf-8") as f:
-        json.dump(obj, f, indent=2)
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, path)
+    from mplfast.train.fileio import write_text_atomic
+
+    write_text_atomic(path, json.dumps(obj, indent=2))
 
 
 def default_out_dir(cfg: TrainConfig, root: str = "runs") -> str:
@@ -576,7 +574,25 @@ def prepare_out_dir(cfg: TrainConfig, resume: bool) -> dict[str, Any] | None:
                         "or choose another --out")
     if os.path.exists(cfg.out) and not os.path.isdir(cfg.out):
         raise UserError(f"--out {cfg.out} exists and is not a directory")
+    _check_writable(cfg.out)
     return None
+
+
+def _check_writable(out: str) -> None:
+    """``UserError`` unless ``out`` can be created and written in, checked before the data is
+    loaded: the nearest existing folder on its path must be a writable folder."""
+    probe = os.path.abspath(out)
+    while not os.path.exists(probe) and os.path.dirname(probe) != probe:
+        probe = os.path.dirname(probe)
+    if not os.path.isdir(probe):
+        raise UserError(f"--out {out}: {probe} is a file, not a folder")
+    if not os.access(probe, os.W_OK | os.X_OK):
+        try:
+            ro = bool(os.statvfs(probe).f_flag & os.ST_RDONLY)
+        except OSError:
+            ro = False
+        why = "read-only file system" if ro else "permission denied"
+        raise UserError(f"--out {out}: cannot write in {probe} ({why})")
 
 
 def run(cfg: TrainConfig, *, resume_state: dict[str, Any] | None = None,
@@ -601,6 +617,13 @@ def run(cfg: TrainConfig, *, resume_state: dict[str, Any] | None = None,
         # joins a gloo thread that waits for it), leaving a rank hanging after the run.
         barrier(info)
         return result
+    except Exception as e:
+        from mplfast.train.fileio import storage_error
+
+        err = storage_error(e) if cfg.out else None
+        if err is None:
+            raise
+        raise UserError(_storage_message(cfg.out, err)) from None  # type: ignore[arg-type]
     finally:
         teardown(info)
 
@@ -663,7 +686,7 @@ def _run(cfg: TrainConfig, info: DistInfo, stop: StopRequest, resume_state: dict
                            resume_step=(r.step + (int(r.ft_state["step"]) if r.ft_state else 0))
                            if resume_state is not None else None)
     result = RunResult(summary={}, out_dir=out, config=cfg)
-    discard = False
+    discard = failed = False
     try:
         try:
             interrupted = r.run_train(writer, progress_mode)
@@ -689,12 +712,35 @@ def _run(cfg: TrainConfig, info: DistInfo, stop: StopRequest, resume_state: dict
         r.save()
         if out:
             _write_json_atomic(summary, os.path.join(out, "summary.json"))
+    except BaseException:
+        failed = True
+        raise
     finally:
-        writer.close()
-        if out and discard:
-            _discard_out_dir(out, created)
-        elif out and cfg.plot:
-            from mplfast.train.plots import plot_curves
-
-            plot_curves(os.path.join(out, "metrics.jsonl"), os.path.join(out, "curves.png"))
+        # after a failure these are best-effort: on a full disk they fail too, and their
+        # errors would only bury the first one under more tracebacks
+        with contextlib.suppress(Exception) if failed else contextlib.nullcontext():
+            _close_outputs(writer, out, created, discard=discard, plot=cfg.plot)
     return result
+
+
+def _close_outputs(writer: MetricsWriter, out: str | None, created: str | None, *,
+                   discard: bool, plot: bool) -> None:
+    writer.close()
+    if out and discard:
+        _discard_out_dir(out, created)
+    elif out and plot:
+        from mplfast.train.plots import plot_curves
+
+        plot_curves(os.path.join(out, "metrics.jsonl"), os.path.join(out, "curves.png"))
+
+
+def _storage_message(out: str, err: OSError) -> str:
+    """One line for a run whose files could not be written (full or read-only disk, ...)."""
+    name = f" ({err.filename})" if err.filename else ""
+    ckpt = os.path.join(out, ckpt_io.CHECKPOINT_NAME)
+    if os.path.isfile(ckpt):
+        tail = (f"{ckpt} is intact (checkpoints are replaced atomically, nothing was lost); "
+                f"once it can be written, continue with `mplfast train --out {out} --resume`")
+    else:
+        tail = "no checkpoint had been written yet; once the folder can be written, run again"
+    return f"cannot write the run's files in {out}: {err.strerror or err}{name}; {tail}"
