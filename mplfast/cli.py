@@ -488,6 +488,18 @@ def main(argv: Sequence[str] | None = None) -> int:
         name = f": {e.filename}" if e.filename else ""
         print(f"mplfast: error: {e.strerror or e}{name}", file=sys.stderr, flush=True)
         return EXIT_USAGE
+    except Exception as e:
+        # a full, read-only or unwritable destination (export, ablate, ...; a training run says
+        # more itself) is no bug of mplfast: one line, not a traceback
+        from mplfast.train.fileio import storage_error
+
+        err = storage_error(e)
+        if err is None:
+            raise
+        name = f" {err.filename}" if err.filename else ""
+        print(f"mplfast: error: cannot write{name}: {err.strerror or err}", file=sys.stderr,
+              flush=True)
+        return EXIT_USAGE
     finally:
         warnings.formatwarning = previous_formatwarning
 

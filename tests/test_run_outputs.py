@@ -180,3 +180,22 @@ def test_outputs_get_the_umask_mode(tmp_path, capsys):
     modes = {p.name: oct(stat.S_IMODE(p.stat().st_mode)) for p in files}
     assert set(modes.values()) == {"0o644"}, modes
     assert oct(stat.S_IMODE(w2.stat().st_mode)) == "0o664"
+
+
+def test_export_and_ablate_into_an_unwritable_place_are_one_line(tmp_path, capsys, monkeypatch):
+    from mplfast.train import fileio
+
+    out = tmp_path / "run"
+    assert main(["train", "--out", str(out), "--steps", "1", "--set", "plot=false", *QUICK]) == 0
+    (tmp_path / "f").write_text("x")
+    capsys.readouterr()
+    rc = main(["ablate", "--seeds", "1", "--variants", "supervised", "--steps", "1",
+               "--out", str(tmp_path / "f" / "abl")])
+    _one_line(rc, capsys.readouterr().err, "Not a directory")
+
+    def full(path, write):
+        raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+
+    monkeypatch.setattr(fileio, "write_atomic", full)
+    rc = main(["export", str(out), "--out", str(tmp_path / "m.safetensors")])
+    _one_line(rc, capsys.readouterr().err, "No space left on device")
