@@ -287,3 +287,50 @@ def test_resume_keeps_the_record_of_the_command_that_started_the_run(tmp_path, c
     prov = json.load(open(os.path.join(out, "summary.json")))["provenance"]
     assert prov["command"] == want[0] and prov["resumed"] == want[1:]
     assert yaml.safe_load(open(os.path.join(out, "config.yaml")))["steps"] == 9
+
+
+def _tb_steps(tb_dir: str, tag: str = "train/teacher_loss") -> list[int]:
+    """The steps TensorBoard shows for ``tag`` (its own reader: all event files of the folder,
+    purge_step honoured)."""
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    acc = EventAccumulator(tb_dir)
+    acc.Reload()
+    return [e.step for e in acc.Scalars(tag)]
+
+
+def test_tensorboard_after_resume_shows_each_step_once(tmp_path, capsys, monkeypatch):
+    """The killed run's events after its checkpoint are purged, those up to and including the
+    checkpoint's step kept (as metrics.jsonl keeps them): steps 1..6, each once."""
+    from mplfast.cli import main
+
+    out = str(tmp_path / "run")
+    tb = ["--set", "tensorboard=true"]
+    assert _stopped_run(out, monkeypatch, capsys, ["train", "--out", out, "--steps", "6",
+                                                     *QUICK, *tb]) == 3
+    assert _tb_steps(os.path.join(out, "tb")) == [1, 2, 3]
+    assert main(["train", "--out", out, "--resume"]) == 0
+    assert _tb_steps(os.path.join(out, "tb")) == [1, 2, 3, 4, 5, 6]
+    assert [r["step"] for r in map(json.loads, open(os.path.join(out, "metrics.jsonl")))
+            if r.get("phase") == "train"] == [1, 2, 3, 4, 5, 6]
+
+
+def test_fresh_run_in_a_reused_folder_drops_the_old_runs_events(tmp_path, capsys):
+    """A folder whose run was killed before its first checkpoint (so a fresh run may use it):
+    the old run's TensorBoard events, logs and figures go, the user's own files stay."""
+    from mplfast.cli import main
+
+    out = tmp_path / "run"
+    argv = ["train", "--out", str(out), *QUICK, "--set", "tensorboard=true", "--set", "plot=true"]
+    assert main([*argv, "--steps", "5"]) == 0
+    for name in ("checkpoint.pt", "last.pt"):  # as if killed before its first checkpoint
+        os.remove(out / name)
+    (out / "tb" / "notes.txt").write_text("mine")
+    (out / "mine.txt").write_text("mine")
+    old_events = set(os.listdir(out / "tb")) - {"notes.txt"}
+    assert main([*argv, "--steps", "2", "--set", "plot=false"]) == 0
+    events = set(os.listdir(out / "tb")) - {"notes.txt"}
+    assert len(events) == 1 and not events & old_events
+    assert _tb_steps(str(out / "tb")) == [1, 2]
+    assert (out / "tb" / "notes.txt").read_text() == "mine" and (out / "mine.txt").exists()
+    assert not (out / "curves.png").exists()  # the old run's figure is not this run's

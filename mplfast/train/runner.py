@@ -640,10 +640,27 @@ def _open_out_dir(cfg: TrainConfig, out: str, resumed: bool, record: dict[str, A
     os.makedirs(out, exist_ok=True)
     save_yaml(cfg, os.path.join(out, "config.yaml"), header=header(record))
     if not resumed:
-        for name in ("metrics.jsonl", "summary.json"):  # a fresh run starts fresh logs
-            if os.path.exists(os.path.join(out, name)):
-                os.remove(os.path.join(out, name))
+        _remove_replaced_run(out)
     return created
+
+
+def _remove_replaced_run(out: str) -> None:
+    """Remove what an earlier run left in ``out`` that a fresh run there writes anew (such a run
+    had no checkpoint: one killed before its first, or whose checkpoint was deleted), so that
+    nothing of the two is mixed: its logs, figures and TensorBoard event files. Only these
+    mplfast artefacts go; any other file in ``out`` or ``out/tb`` is the user's and stays
+    (model files: ModelCheckpoints)."""
+    import glob
+
+    for name in ("metrics.jsonl", "summary.json", "curves.png", "confusion.png"):
+        if os.path.exists(os.path.join(out, name)):
+            os.remove(os.path.join(out, name))
+    tb = os.path.join(out, "tb")
+    # SummaryWriter's file names; TensorBoard would draw the killed run's points beside ours
+    for p in glob.glob(os.path.join(glob.escape(tb), "events.out.tfevents.*")):
+        os.remove(p)
+    with contextlib.suppress(OSError):  # only if nothing else is in it
+        os.rmdir(tb)
 
 
 def _discard_out_dir(out: str, created: str | None) -> None:
