@@ -310,3 +310,52 @@ def test_data_without_dataset_infers_an_image_folder_or_refuses(tmp_path, capsys
         err = [ln for ln in capsys.readouterr().err.splitlines() if ln.strip()]
         assert len(err) == 1 and err[0].startswith("mplfast: error:") and expect in err[0], err
     assert not (tmp_path / "runs").exists()
+
+
+def test_progress_bar_fits_80_columns(monkeypatch, capsys):
+    """At 80 columns the step count, the elapsed time and the ETA stay on the bar's line (the
+    metrics, appended to it, pushed them out); the metrics get their own line, whole."""
+    import io
+    import re
+
+    from mplfast.train.progress import Progress
+
+    monkeypatch.setenv("COLUMNS", "80")
+    buf = io.StringIO()
+    p = Progress(100000, 0, mode="rich", desc="supervised train", stream=buf)
+    p.advance(50000)
+    p.log(50000, {"teacher_loss": 1.234, "student_loss": 0.5, "uda_loss": 0.1, "h": 0.0012,
+                  "mask_rate": 0.8})
+    p.close()
+    lines = [ln.rstrip() for ln in (buf.getvalue() + capsys.readouterr().out).splitlines()
+             if ln.strip()]
+    assert lines and all(len(ln) <= 80 for ln in lines), lines
+    bar = next(ln for ln in lines if ln.startswith("supervised train"))
+    assert re.search(r" 50000/100000 [\d.]+ it/s \d+:\d\d:\d\d ETA (\d+:\d\d:\d\d|-:--:--)$", bar), bar
+    assert "  T 1.234 S 0.500 uda 0.100 h +0.0012 mask 0.800" in lines, lines
+
+
+def test_eval_tables_fit_80_columns(tmp_path, capsys, monkeypatch):
+    """`mplfast eval` at 80 columns: no header wrapped over two lines, nothing cut; a confusion
+    matrix whose class names are too wide is headed by class numbers instead."""
+    from imagefolder_fixtures import TINY, write_flat_folder
+
+    names = ("zero", "one", "two", "three", "four", "five", "six", "seven", "eight", "nine")
+    data = write_flat_folder(tmp_path / "data", classes=names, per_class=6, size=8)
+    out = tmp_path / "a-run-folder-with-a-long-name-to-show-that-paths-are-not-broken"
+    assert main(["train", "--dataset", "imagefolder", "--data", str(data), "--out", str(out),
+                 "--steps", "1", "--labels", "10", *TINY]) == 0
+    capsys.readouterr()
+    monkeypatch.setenv("COLUMNS", "80")
+    assert main(["eval", str(out)]) == 0
+    lines = capsys.readouterr().out.splitlines()
+    assert lines[0] == str(out / "best.pt")  # the path whole, on its own line
+    assert all(len(ln) <= 80 for ln in lines[1:]) and not any("…" in ln for ln in lines), lines
+    head = next(i for i, ln in enumerate(lines) if "true \\ pred" in ln)
+    assert lines[head].split()[3:] == [str(i) for i in range(10)], lines[head]
+    rows = [ln.split() for ln in lines[head + 2:head + 12]]
+    assert [r[:2] for r in rows] == [[str(i), n] for i, n in enumerate(sorted(names))], rows
+    monkeypatch.setenv("COLUMNS", "200")  # room for the names
+    assert main(["eval", str(out)]) == 0
+    wide = capsys.readouterr().out.splitlines()
+    assert next(ln for ln in wide if "true \\ pred" in ln).split()[3:] == sorted(names)
