@@ -137,7 +137,7 @@ def print_report(r: EvalResult, *, model: str | None = None, file: TextIO | None
     C = len(r.class_names)
     # the path on a line of its own, never broken by rich (it stays one string to copy)
     con.print(r.source, soft_wrap=True)
-    con.print(f"step {r.step}, split {r.split}: {r.images} images, {C} classes")
+    con.print(f"step {r.step}: split {r.split}, {r.images} images, {C} classes")
     t = Table(title=None, show_lines=False)
     for col in ("model", "top-1 %", "top-5 %", "balanced %"):
         t.add_column(col, justify="left" if col == "model" else "right")
