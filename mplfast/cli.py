@@ -80,9 +80,11 @@ def _add_config_options(p: argparse.ArgumentParser) -> None:
 def _add_data_options(p: argparse.ArgumentParser) -> None:
     from mplfast.train.config import DATASETS
 
-    p.add_argument("--dataset", choices=DATASETS, help="data set (default: digits)")
+    p.add_argument("--dataset", choices=DATASETS, help="data set (default: digits; imagefolder "
+                   "when --data is an image folder)")
     p.add_argument("--data", metavar="PATH",
-                   help="data set root (cifar/svhn/imagefolder; default: $MPLFAST_DATA)")
+                   help="data set root (cifar/svhn/imagefolder; default: $MPLFAST_DATA; without "
+                        "--dataset it must be an image folder, DIR/<class> or DIR/train/<class>)")
     p.add_argument("--unlabeled", metavar="PATH", help="extra unlabeled image folder (imagefolder)")
     p.add_argument("--labels", type=int, metavar="N", help="number of labeled images, class-balanced "
                    "(default: 50 on digits; else derived from the data: 10%% of the train "
