@@ -670,12 +670,10 @@ def _discard_out_dir(out: str, created: str | None) -> None:
     if created:
         shutil.rmtree(created, ignore_errors=True)
         return
-    for name in ("config.yaml", "metrics.jsonl", "summary.json", "curves.png", "tb"):
-        p = os.path.join(out, name)
-        if os.path.isdir(p):
-            shutil.rmtree(p, ignore_errors=True)
-        elif os.path.exists(p):
-            os.remove(p)
+    # a folder that existed: only this run's artefacts go (the user's files in tb/ stay)
+    _remove_replaced_run(out)
+    if os.path.exists(os.path.join(out, "config.yaml")):
+        os.remove(os.path.join(out, "config.yaml"))
 
 
 def _run(cfg: TrainConfig, info: DistInfo, stop: StopRequest, resume_state: dict[str, Any] | None,
