@@ -469,9 +469,10 @@ def validate(cfg: TrainConfig) -> None:
 # it computes. Every other field (seed, labels, data set and its path, splits, model, method,
 # batch sizes, augmentation, optimisation, the MPL step, precision, finetune) defines the run:
 # changing one mid-run would silently mix two runs under the second one's name. A new field is
-# defining unless listed here.
+# defining unless listed here. (`aug_backend`: the backends are bit-compatible; `stream` is not
+# listed: DALI streaming draws other images, with a random resized crop, than the in-memory path.)
 RESUME_MAY_CHANGE: frozenset[str] = frozenset({
-    "out", "device", "cpu_threads", "compile", "channels_last", "aug_backend", "stream",
+    "out", "device", "cpu_threads", "compile", "channels_last", "aug_backend",
     "strict_data", "progress", "log_interval", "eval_interval", "ckpt_interval", "keep",
     "eval_batch_size", "tensorboard", "plot", "check_memory"})
 
