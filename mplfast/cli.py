@@ -80,9 +80,11 @@ def _add_config_options(p: argparse.ArgumentParser) -> None:
 def _add_data_options(p: argparse.ArgumentParser) -> None:
     from mplfast.train.config import DATASETS
 
-    p.add_argument("--dataset", choices=DATASETS, help="data set (default: digits)")
+    p.add_argument("--dataset", choices=DATASETS, help="data set (default: digits; imagefolder "
+                   "when --data is an image folder)")
     p.add_argument("--data", metavar="PATH",
-                   help="data set root (cifar/svhn/imagefolder; default: $MPLFAST_DATA)")
+                   help="data set root (cifar/svhn/imagefolder; default: $MPLFAST_DATA; without "
+                        "--dataset it must be an image folder, DIR/<class> or DIR/train/<class>)")
     p.add_argument("--unlabeled", metavar="PATH", help="extra unlabeled image folder (imagefolder)")
     p.add_argument("--labels", type=int, metavar="N", help="number of labeled images, class-balanced "
                    "(default: 50 on digits; else derived from the data: 10%% of the train "
@@ -195,6 +197,9 @@ def _add_eval_parsers(sub: Any) -> None:
                    help="which model of a run or model file (default: the headline one)")
     p.add_argument("--batch-size", dest="batch_size", type=int, default=64, metavar="N")
     p.add_argument("--device", help="auto (default), cpu, cuda, cuda:N")
+    p.add_argument("--strict", action="store_true",
+                   help="fail on an unreadable or corrupt image (default: warn, naming it, skip "
+                        "it, and fail only if no image can be read)")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -308,7 +313,22 @@ def _resume_config(args: argparse.Namespace, flags: dict[str, Any]) -> tuple[Any
                         f"schedule; resuming with --steps {cfg.steps} would change it mid-run. "
                         f"Start a new run instead: mplfast train --config "
                         f"{os.path.join(args.out, 'config.yaml')} --steps {cfg.steps}")
+    changed = C.resume_changes(saved, cfg)
+    if changed:
+        key, old, new = changed[0]
+        raise UserError(f"--resume: {args.out} was trained with {key} {_show(old)}; this command "
+                        f"gives {key} {_show(new)}, which would change the run mid-way (a resumed "
+                        f"run keeps every setting that defines it; to change {key}, start a new "
+                        f"run with another --out)")
     return cfg, ckpt
+
+
+def _show(value: Any) -> str:
+    """A config value as the user would type it (YAML flow style: null, true, {a: 1})."""
+    import yaml
+
+    text = yaml.safe_dump(value, default_flow_style=True, width=10**6).strip()
+    return text.removesuffix("\n...").strip()
 
 
 def _finished_message(cfg: Any, ckpt: dict[str, Any]) -> str:
@@ -424,15 +444,18 @@ def cmd_predict(args: argparse.Namespace) -> int:
         raise UserError(f"--device: {str(e).splitlines()[0]}") from None
     files = collect_images(args.images)
     model, meta = load_any(args.source, device, model=args.model)
-    text = render(predict_files(model, meta, files, top_k=args.top_k,
-                                batch_size=args.batch_size, device=device), fmt)
+    preds = predict_files(model, meta, files, top_k=args.top_k, batch_size=args.batch_size,
+                          device=device, strict=args.strict)
+    text = render(preds, fmt)
     if args.output:
         try:
             with open(args.output, "w", encoding="utf-8") as f:
                 f.write(text)
         except OSError as e:
             raise UserError(f"cannot write --output {args.output}: {e.strerror or e}") from None
-        print(f"{len(files)} predictions written to {args.output}")
+        skipped = len(files) - len(preds)
+        print(f"{len(preds)} predictions written to {args.output}"
+              + (f" ({skipped} unreadable file(s) skipped)" if skipped else ""))
     else:
         sys.stdout.write(text)
     return 0
@@ -486,8 +509,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         parser.error(_unknown_args_message(parser, args.command, unknown))
     args.argv = raw  # the ablation table records the exact command
     if args.command is None:
-        parser.print_help()
-        return 0
+        # no command is a usage error (as for `git`): the help goes to stderr, status 2, so a
+        # script that lost its arguments fails instead of silently doing nothing
+        parser.print_help(sys.stderr)
+        return EXIT_USAGE
     previous_formatwarning = warnings.formatwarning
     warnings.formatwarning = _format_warning
     try:
@@ -516,6 +541,18 @@ def main(argv: Sequence[str] | None = None) -> int:
         # a path the user gave that vanished between validation and use
         name = f": {e.filename}" if e.filename else ""
         print(f"mplfast: error: {e.strerror or e}{name}", file=sys.stderr, flush=True)
+        return EXIT_USAGE
+    except Exception as e:
+        # a full, read-only or unwritable destination (export, ablate, ...; a training run says
+        # more itself) is no bug of mplfast: one line, not a traceback
+        from mplfast.train.fileio import storage_error
+
+        err = storage_error(e)
+        if err is None:
+            raise
+        name = f" {err.filename}" if err.filename else ""
+        print(f"mplfast: error: cannot write{name}: {err.strerror or err}", file=sys.stderr,
+              flush=True)
         return EXIT_USAGE
     finally:
         warnings.formatwarning = previous_formatwarning

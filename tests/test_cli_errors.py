@@ -141,3 +141,26 @@ def test_memory_estimate_refuses_before_an_oom_kill(capsys, monkeypatch):
     rc, err = _run_inprocess(["train", "--steps", "1"], capsys)
     _assert_one_line(rc, err, "lower --set batch_size")
     assert not os.path.exists("runs")
+
+
+def test_no_command_is_a_usage_error():
+    """`mplfast` alone prints the usage on stderr and exits 2 (a script that lost its
+    arguments must fail, not succeed having done nothing)."""
+    p = subprocess.run([sys.executable, "-m", "mplfast"], capture_output=True, text=True,
+                       timeout=120)
+    assert p.returncode == 2 and p.stdout == ""
+    assert p.stderr.startswith("usage: mplfast") and "train" in p.stderr
+
+
+@pytest.mark.parametrize("doc, where, expect", [
+    ("steps: [1, 2\n", "2:1", "expected ',' or ']'"),
+    ("steps: 3\n  seed: 1\n", "2:7", "mapping values are not allowed here"),
+    ("seed: 1\nsteps: {a: 1\nmu: 2\n", "3:3", "while parsing a flow mapping started at 2:8"),
+    ("seed: 1\n\tsteps: 2\n", "2:1", "cannot start any token"),
+])
+def test_yaml_syntax_error_names_file_line_and_column(tmp_path, capsys, doc, where, expect):
+    bad = tmp_path / "bad.yaml"
+    bad.write_text(doc)
+    rc, err = _run_inprocess(["train", "--config", str(bad)], capsys)
+    _assert_one_line(rc, err, f"{bad}:{where}: cannot parse config file: ")
+    assert expect in err, err

@@ -271,3 +271,91 @@ def test_gpu_record_path(monkeypatch):
     line = [ln for ln in provenance.header({**provenance.record("digits", ["mplfast"]), "gpu": g})
             .splitlines() if ln.startswith("# GPU")]
     assert line == [f"# GPU: GPU0, GPU1 (driver 999.1, CUDA {torch.version.cuda})"]
+
+
+def test_data_without_dataset_infers_an_image_folder_or_refuses(tmp_path, capsys):
+    """`--data DIR` alone trained on the built-in digits and printed "digits from DIR": an
+    image-folder layout (flat or train/val) now means --dataset imagefolder, with the auto
+    preset as for an explicit one; anything else is one line naming --dataset."""
+    from imagefolder_fixtures import write_flat_folder
+
+    from mplfast.train.config import resolve
+
+    split = _image_folder(tmp_path / "split")
+    flat = write_flat_folder(tmp_path / "flat")
+    for data in (split, flat):
+        cfg = resolve(flags={"data": str(data)})
+        assert (cfg.dataset, cfg.preset, cfg.labels) == ("imagefolder", "auto", None)
+    out = tmp_path / "run"
+    assert main(["train", "--data", str(split), "--steps", "1", "--out", str(out), *QUICK]) == 0
+    text = capsys.readouterr().out
+    assert text.startswith("mplfast train: mpl on imagefolder"), text
+    assert f"data       imagefolder from {split}: " in text and "digits" not in text
+    assert yaml.safe_load(open(out / "config.yaml"))["dataset"] == "imagefolder"
+    # an explicit --dataset still wins, and a config file's dataset counts as naming it
+    assert resolve(flags={"data": str(flat), "dataset": "imagefolder"}).dataset == "imagefolder"
+    conf = tmp_path / "c.yaml"
+    conf.write_text(f"dataset: imagefolder\ndata: {flat}\n")
+    assert resolve(config_file=str(conf)).dataset == "imagefolder"
+
+    notimages = tmp_path / "notes"
+    (notimages / "sub").mkdir(parents=True)
+    (notimages / "sub" / "readme.txt").write_text("no images")
+    for argv, expect in (
+            (["train", "--data", str(notimages)], "not an image folder"),
+            (["train", "--data", str(tmp_path / "missing")], "does not exist"),
+            (["train", "--dataset", "digits", "--data", str(flat)], "reads no files"),
+            (["train", "--set", f"data={notimages}"], "--dataset")):
+        assert main(argv) == 2, argv
+        err = [ln for ln in capsys.readouterr().err.splitlines() if ln.strip()]
+        assert len(err) == 1 and err[0].startswith("mplfast: error:") and expect in err[0], err
+    assert not (tmp_path / "runs").exists()
+
+
+def test_progress_bar_fits_80_columns(monkeypatch, capsys):
+    """At 80 columns the step count, the elapsed time and the ETA stay on the bar's line (the
+    metrics, appended to it, pushed them out); the metrics get their own line, whole."""
+    import io
+    import re
+
+    from mplfast.train.progress import Progress
+
+    monkeypatch.setenv("COLUMNS", "80")
+    buf = io.StringIO()
+    p = Progress(100000, 0, mode="rich", desc="supervised train", stream=buf)
+    p.advance(50000)
+    p.log(50000, {"teacher_loss": 1.234, "student_loss": 0.5, "uda_loss": 0.1, "h": 0.0012,
+                  "mask_rate": 0.8})
+    p.close()
+    lines = [ln.rstrip() for ln in (buf.getvalue() + capsys.readouterr().out).splitlines()
+             if ln.strip()]
+    assert lines and all(len(ln) <= 80 for ln in lines), lines
+    bar = next(ln for ln in lines if ln.startswith("supervised train"))
+    assert re.search(r" 50000/100000 [\d.]+ it/s \d+:\d\d:\d\d ETA (\d+:\d\d:\d\d|-:--:--)$", bar), bar
+    assert "  T 1.234 S 0.500 uda 0.100 h +0.0012 mask 0.800" in lines, lines
+
+
+def test_eval_tables_fit_80_columns(tmp_path, capsys, monkeypatch):
+    """`mplfast eval` at 80 columns: no header wrapped over two lines, nothing cut; a confusion
+    matrix whose class names are too wide is headed by class numbers instead."""
+    from imagefolder_fixtures import TINY, write_flat_folder
+
+    names = ("zero", "one", "two", "three", "four", "five", "six", "seven", "eight", "nine")
+    data = write_flat_folder(tmp_path / "data", classes=names, per_class=6, size=8)
+    out = tmp_path / "a-run-folder-with-a-long-name-to-show-that-paths-are-not-broken"
+    assert main(["train", "--dataset", "imagefolder", "--data", str(data), "--out", str(out),
+                 "--steps", "1", "--labels", "10", *TINY]) == 0
+    capsys.readouterr()
+    monkeypatch.setenv("COLUMNS", "80")
+    assert main(["eval", str(out)]) == 0
+    lines = capsys.readouterr().out.splitlines()
+    assert lines[0] == str(out / "best.pt")  # the path whole, on its own line
+    assert all(len(ln) <= 80 for ln in lines[1:]) and not any("…" in ln for ln in lines), lines
+    head = next(i for i, ln in enumerate(lines) if "true \\ pred" in ln)
+    assert lines[head].split()[3:] == [str(i) for i in range(10)], lines[head]
+    rows = [ln.split() for ln in lines[head + 2:head + 12]]
+    assert [r[:2] for r in rows] == [[str(i), n] for i, n in enumerate(sorted(names))], rows
+    monkeypatch.setenv("COLUMNS", "200")  # room for the names
+    assert main(["eval", str(out)]) == 0
+    wide = capsys.readouterr().out.splitlines()
+    assert next(ln for ln in wide if "true \\ pred" in ln).split()[3:] == sorted(names)

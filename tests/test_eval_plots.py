@@ -67,3 +67,25 @@ def test_plot_files_written(tmp_path):
 def test_few_points_do_not_crash(n):
     fig = curves_figure(_records()[:n])
     plt.close(fig)
+
+
+def _clip_notes(ax) -> list[str]:
+    return [t.get_text() for t in ax.texts if "off scale" in t.get_text()]
+
+
+def test_a_clipped_spike_is_said_on_its_panel():
+    """The robust limits cut a spike of h (as the teacher loss's step-1 spike): the panel says
+    how many points are off scale and how far they go; a panel that shows everything says
+    nothing."""
+    recs = _records()
+    for r in recs:
+        if r.get("step") == 7 and r.get("phase") == "train":
+            r["h"] = -15.25  # the kind of spike an MPL update without warm-up gives
+    fig = curves_figure(recs)
+    h = _axis(fig, "meta signal h")
+    lo, hi = h.get_ylim()
+    assert lo > -15.25  # clipped: the +-0.01 oscillation stays readable
+    assert _clip_notes(h) == ["1 point off scale: 1 below (min -15.25)"]
+    assert _clip_notes(_axis(fig, "teacher loss")) == ["1 point off scale: 1 above (max 900)"]
+    assert _clip_notes(_axis(fig, "student loss")) == []
+    plt.close(fig)

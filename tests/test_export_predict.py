@@ -4,12 +4,15 @@ from __future__ import annotations
 
 import csv
 import json
+import subprocess
+import sys
 
 import pytest
 import torch
 from imagefolder_fixtures import one_line_error, train_args, write_flat_folder
 
 from mplfast.cli import main
+from mplfast.data.imagefolder import CorruptImageWarning
 from mplfast.train.export import load_export
 from mplfast.train.model_file import load_models
 
@@ -140,3 +143,58 @@ def test_predict_and_export_bad_inputs_one_line(run, tmp_path, capsys):
     for argv, expect in cases:
         line = one_line_error(main(argv), capsys.readouterr().err)
         assert expect in line, (argv, line)
+
+
+def _export(run, tmp_path, capsys):
+    w = tmp_path / "m.safetensors"
+    assert main(["export", str(run[1]), "--out", str(w)]) == 0
+    capsys.readouterr()
+    return w
+
+
+def test_predict_skips_an_unreadable_file_with_one_line_each(run, tmp_path, capsys):
+    """One corrupt image in a folder costs only its own prediction (as in training): a line on
+    stderr naming it, exit 0; --strict refuses; every file unreadable is an error."""
+    data, _ = run
+    w = _export(run, tmp_path, capsys)
+    folder = tmp_path / "photos"
+    folder.mkdir()
+    for f in sorted((data / "bee").glob("*.png"))[:3]:
+        (folder / f.name).write_bytes(f.read_bytes())
+    (folder / "bad1.png").write_bytes(b"\x89PNG\r\n\x1a\n truncated")
+    (folder / "bad2.jpg").write_text("not a jpeg")
+    # the console path: the skip lines are what the user sees on stderr
+    p = subprocess.run([sys.executable, "-m", "mplfast", "predict", str(w), str(folder)],
+                       capture_output=True, text=True, timeout=300)
+    assert p.returncode == 0, p.stderr
+    assert len(p.stdout.splitlines()) == 3 and "bad" not in p.stdout
+    err = [ln for ln in p.stderr.splitlines() if ln.strip()]
+    assert len(err) == 2 and "Traceback" not in p.stderr, p.stderr
+    assert "bad1.png" in err[0] and "bad2.jpg" in err[1]
+    assert all(ln.startswith("mplfast: warning: skipping") for ln in err), err
+    dest = tmp_path / "p.json"
+    with pytest.warns(CorruptImageWarning) as caught:
+        assert main(["predict", str(w), str(folder), "--output", str(dest)]) == 0
+    assert len(caught) == 2 and len(json.load(open(dest))) == 3
+    assert "3 predictions written" in capsys.readouterr().out
+    line = one_line_error(main(["predict", str(w), str(folder), "--strict"]), capsys.readouterr().err)
+    assert "bad1.png" in line
+    with pytest.warns(CorruptImageWarning):
+        rc = main(["predict", str(w), str(folder / "bad1.png"), str(folder / "bad2.jpg")])
+    line = one_line_error(rc, capsys.readouterr().err)
+    assert "none of the 2 image files could be read" in line
+
+
+def test_predict_names_each_file_once(run, tmp_path, capsys, monkeypatch):
+    """A file named twice (or named and inside a folder also given) is predicted once, in the
+    order of its first mention."""
+    data, _ = run
+    w = _export(run, tmp_path, capsys)
+    monkeypatch.chdir(data)
+    a, b = "ant/ant_0.png", str(data / "bee" / "bee_1.png")
+    assert main(["predict", str(w), a, b, "./ant/ant_0.png", str(data / "ant" / "ant_0.png"),
+                 b, "--format", "json"]) == 0
+    assert [g["path"] for g in json.loads(capsys.readouterr().out)] == [a, b]
+    assert main(["predict", str(w), b, "bee", "--format", "json"]) == 0
+    paths = [g["path"] for g in json.loads(capsys.readouterr().out)]
+    assert paths[0] == b and len(paths) == 20 and len(set(paths)) == 20

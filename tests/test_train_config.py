@@ -82,9 +82,15 @@ def test_cifar10_4k_is_the_paper_recipe():
 
 
 def test_every_preset_resolves(tmp_path):
+    # an image-folder layout: a preset that names no data set (digits, auto) gets
+    # --dataset imagefolder inferred from --data
+    for c in ("a", "b"):
+        (tmp_path / c).mkdir()
+        (tmp_path / c / "x.png").write_bytes(b"")
     for name in PRESETS:
         cfg = resolve(preset=name, flags={"data": str(tmp_path)})
         assert cfg.preset == name
+        assert cfg.dataset == PRESETS[name].get("dataset", "imagefolder")
 
 
 def test_mpl_fields_map_onto_mplconfig():

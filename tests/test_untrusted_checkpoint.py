@@ -290,8 +290,15 @@ def test_resume_with_a_different_model_is_one_line(tmp_path, capsys, good):
     d = tmp_path / "run"
     d.mkdir()
     torch.save(_mid_run(dict(good)), d / "checkpoint.pt")
+    # asked for on the command line: refused as a change to what defines the run
     rc, _, err = run_cli(["train", "--out", str(d), "--resume", "--set", "model_kwargs={width: 8}"],
                          capsys)
+    assert_one_line(rc, err, "this command gives model_kwargs {width: 8}")
+    # a checkpoint whose config does not build its own weights: the structure check
+    st = _mid_run(dict(good))
+    st["config"] = {**st["config"], "model_kwargs": {"width": 8}}
+    torch.save(st, d / "checkpoint.pt")
+    rc, _, err = run_cli(["train", "--out", str(d), "--resume"], capsys)
     assert_one_line(rc, err, "the model its config builds")
 
 

@@ -144,6 +144,22 @@ class FolderScan:
         return self.train_files + self.test_files + (self.val_files or [])
 
 
+def looks_like_imagefolder(root: str | Path) -> bool:
+    """Whether ``root`` has one of the two layouts: a non-hidden sub-folder of ``root`` (or of
+    ``root/train``) holding at least one .jpg/.jpeg/.png file at any depth. Cheap: stops at the
+    first image found. Whether the folder is a usable data set is :func:`scan_imagefolder`'s
+    to say, with its own messages."""
+    root = Path(root).expanduser()
+    base = root / "train" if (root / "train").is_dir() else root
+    if not base.is_dir():
+        return False
+    for name in class_folders(base):
+        for p in (base / name).rglob("*"):
+            if p.suffix.lower() in IMAGE_EXTS and not _hidden(p.name) and p.is_file():
+                return True
+    return False
+
+
 def scan_imagefolder(root: str | Path) -> FolderScan:
     """Find the layout of ``root`` and list its classes and files (see the module docstring)."""
     root = Path(root).expanduser()

@@ -692,10 +692,9 @@ def _write(rows: list[Row], runs: dict[tuple[str, int], dict[str, Any]], seeds: 
            "config": base.to_dict(),
            "rows": [{k: (v.to_dict() if isinstance(v, Paired) else v) for k, v in r.items()}
                     for r in aggr]}
-    tmp = json_path + ".tmp"
-    with open(tmp, "w", encoding="utf-8") as f:
-        json.dump(_json_safe(doc), f, indent=1)
-    os.replace(tmp, json_path)
+    from mplfast.train.fileio import write_text_atomic
+
+    write_text_atomic(json_path, json.dumps(_json_safe(doc), indent=1))
     plot = _plot(aggr, os.path.join(out, "ablation.png"),
                  f"{base.dataset}, {base.labels} labels, {base.steps} steps, n = {len(seeds)} seeds")
     return AblationTable(markdown=md, md_path=md_path, json_path=json_path, plot_path=plot, rows=aggr)

@@ -25,7 +25,6 @@ import dataclasses
 import io
 import os
 import random
-import tempfile
 from typing import Any, Literal
 
 import numpy as np
@@ -52,34 +51,11 @@ Expect = Literal["weights", "resume"]
 # ---------------------------------------------------------------------------------------------
 def save_atomic(obj: Any, path: str) -> None:
     """``torch.save`` to ``path`` so that a crash at any moment leaves either the old or the new
-    file, never a truncated one: write a temp file in the same directory (same file system, so
-    the rename is atomic), fsync it, ``os.replace`` it over the target, then fsync the directory
-    so the rename itself survives a power loss."""
-    directory = os.path.dirname(os.path.abspath(path))
-    fd, tmp = tempfile.mkstemp(prefix=".tmp-" + os.path.basename(path) + ".", dir=directory)
-    try:
-        with os.fdopen(fd, "wb") as f:
-            torch.save(obj, f)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        # the old checkpoint (if any) is untouched; only our temp file goes
-        try:
-            os.unlink(tmp)
-        except FileNotFoundError:
-            pass
-        raise
-    try:
-        dfd = os.open(directory, os.O_RDONLY)
-    except OSError:  # some file systems do not allow opening directories
-        return
-    try:
-        os.fsync(dfd)
-    except OSError:
-        pass
-    finally:
-        os.close(dfd)
+    file, never a truncated one (:func:`mplfast.train.fileio.write_atomic`: temp file in the
+    same directory, fsync, ``os.replace``, fsync of the directory; the umask's file mode)."""
+    from mplfast.train.fileio import write_atomic
+
+    write_atomic(path, lambda f: torch.save(obj, f))
 
 
 def save_checkpoint(state: dict[str, Any], path: str) -> None:
@@ -320,6 +296,10 @@ def validate_checkpoint(st: Any, expect: Expect = "weights") -> Any:
             raise _Bad("'finetune' is not a finetune state (step, model, optimizer, stepper)")
         _state_dict_like(ft.get("model"), "finetune.model")
         _optimizer_like(ft.get("optimizer"), "finetune.optimizer")
+    commands = st.get("commands")
+    if commands is not None and (not isinstance(commands, list)
+                                 or not all(isinstance(c, str) for c in commands)):
+        raise _Bad("'commands' is not a list of command lines")
     results = st.get("results", {})
     if not isinstance(results, dict) or not all(isinstance(k, str) and _num(v)
                                                 for k, v in results.items()):

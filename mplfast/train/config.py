@@ -372,6 +372,8 @@ def load_yaml(path: str) -> dict[str, Any]:
     try:
         with open(path, encoding="utf-8") as f:
             data = safe_yaml.load(f)
+    except yaml.MarkedYAMLError as e:
+        raise UserError(yaml_error_line(path, e)) from None
     except (yaml.YAMLError, UnicodeDecodeError) as e:
         first = str(e).splitlines()[0] if str(e) else type(e).__name__
         raise UserError(f"cannot parse config file {path}: {first}") from None
@@ -383,6 +385,21 @@ def load_yaml(path: str) -> dict[str, Any]:
     if bad:  # `1: x` or `null: x` is no field name (and difflib's hints need strings)
         raise UserError(f"config file {path}: {bad[0]!r} is not a field name")
     return data
+
+
+def yaml_error_line(path: str, e: yaml.MarkedYAMLError) -> str:
+    """``FILE:LINE:COL: cannot parse config file: PROBLEM (CONTEXT at L:C)`` on one line, the
+    form editors and terminals jump to (PyYAML's own text spreads it over four lines with a
+    snippet). Line and column are 1-based, where the parser noticed the problem."""
+    mark = e.problem_mark or e.context_mark
+    where = f"{path}:{mark.line + 1}:{mark.column + 1}" if mark is not None else path
+    problem = " ".join(str(e.problem or e.context or type(e).__name__).split())
+    context = ""
+    if e.context and e.problem:
+        cm = e.context_mark
+        at = f" started at {cm.line + 1}:{cm.column + 1}" if cm is not None and cm is not mark else ""
+        context = f" ({' '.join(str(e.context).split())}{at})"
+    return f"{where}: cannot parse config file: {problem}{context}"
 
 
 def save_yaml(cfg: TrainConfig, path: str, header: str = "") -> None:
@@ -495,6 +512,43 @@ def _validate_pretrained(cfg: TrainConfig) -> None:
     _check(cfg.std is None or all(x > 0 for x in cfg.std), f"std must be > 0, got {cfg.std}")
 
 
+# What `--resume` may change: where and how the run is computed, shown and saved, never what
+# it computes. Every other field (seed, labels, data set and its path, splits, model, method,
+# batch sizes, augmentation, optimisation, the MPL step, precision, finetune) defines the run:
+# changing one mid-run would silently mix two runs under the second one's name. A new field is
+# defining unless listed here. (`aug_backend`: the backends are bit-compatible; `stream` is not
+# listed: DALI streaming draws other images, with a random resized crop, than the in-memory path.)
+RESUME_MAY_CHANGE: frozenset[str] = frozenset({
+    "out", "device", "cpu_threads", "compile", "channels_last", "aug_backend",
+    "strict_data", "progress", "log_interval", "eval_interval", "ckpt_interval", "keep",
+    "eval_batch_size", "tensorboard", "plot", "check_memory"})
+
+
+def _same_path(a: Any, b: Any) -> bool:
+    if a is None or b is None:
+        return a is b
+    return os.path.realpath(os.path.expanduser(str(a))) == os.path.realpath(os.path.expanduser(str(b)))
+
+
+def resume_changes(saved: TrainConfig, new: TrainConfig) -> list[tuple[str, Any, Any]]:
+    """``(key, saved value, new value)`` of every setting that defines the run and differs
+    (paths compared as resolved paths; MPL fields as ``mpl.<field>``)."""
+    a, b = saved.to_dict(), new.to_dict()
+    out: list[tuple[str, Any, Any]] = []
+    for key in a:
+        if key in RESUME_MAY_CHANGE:
+            continue
+        if key == "mpl":
+            out += [(f"mpl.{n}", v, b["mpl"].get(n)) for n, v in a["mpl"].items()
+                    if n not in SHARED_MPL_FIELDS and v != b["mpl"].get(n)]
+        elif key in ("data", "unlabeled"):
+            if not _same_path(a[key], b[key]):
+                out.append((key, a[key], b[key]))
+        elif a[key] != b.get(key):
+            out.append((key, a[key], b.get(key)))
+    return out
+
+
 def mpl_config(cfg: TrainConfig) -> MPLConfig:
     """The ``mplfast.MPLConfig`` of ``cfg``'s step; its ValueError becomes a one-line UserError."""
     return effective_mpl(cfg)
@@ -511,6 +565,35 @@ def _default_data_root(cfg: TrainConfig, set_overrides: dict[str, Any]) -> Train
         return cfg
     root = os.environ.get(DATA_ENV)
     return dataclasses.replace(cfg, data=root) if root else cfg
+
+
+def _infer_dataset(preset: str | None, file_overrides: dict[str, Any], flags: dict[str, Any],
+                   set_overrides: dict[str, Any]) -> dict[str, Any]:
+    """``flags`` with ``dataset: imagefolder`` when a layer gives ``data`` but none names the
+    data set (nor a named preset does) and ``data`` has an image-folder layout; a ``UserError``
+    when it has not. Without this, ``--data DIR`` alone trained on the built-in digits."""
+    from mplfast.data.imagefolder import LAYOUT, looks_like_imagefolder
+    from mplfast.train.presets import PRESETS
+
+    layers = (file_overrides, flags, set_overrides)
+    named = preset if preset is not None else file_overrides.get("preset")
+    dataset = next((d["dataset"] for d in reversed(layers) if d.get("dataset") is not None),
+                   PRESETS.get(str(named), {}).get("dataset"))
+    data = next((d["data"] for d in reversed(layers) if d.get("data") is not None), None)
+    if data is None:
+        return flags
+    if dataset in ("digits", "synthetic"):
+        raise UserError(f"--data {data}: the {dataset} data set reads no files; for your own "
+                        "images add --dataset imagefolder")
+    if dataset is not None:
+        return flags
+    if not os.path.exists(str(data)):
+        raise UserError(f"data path does not exist: {data}")
+    if not looks_like_imagefolder(str(data)):
+        files = ", ".join(d for d in DATASETS if d not in ("digits", "synthetic"))
+        raise UserError(f"--data {data} without --dataset: it is not an image folder ({LAYOUT}); "
+                        f"name its data set with --dataset ({files})")
+    return {**flags, "dataset": "imagefolder"}
 
 
 def resolve(preset: str | None = None, config_file: str | None = None,
@@ -534,6 +617,7 @@ def resolve(preset: str | None = None, config_file: str | None = None,
     if base is not None:
         cfg = base
     else:
+        flags = _infer_dataset(preset, file_overrides, flags, set_overrides)
         if preset is None:
             preset = file_overrides.get("preset")
         if preset is None:

@@ -135,7 +135,9 @@ def print_report(r: EvalResult, *, model: str | None = None, file: TextIO | None
 
     con = Console(file=file, highlight=False, soft_wrap=False)
     C = len(r.class_names)
-    con.print(f"{r.source} (step {r.step}): split {r.split}, {r.images} images, {C} classes")
+    # the path on a line of its own, never broken by rich (it stays one string to copy)
+    con.print(r.source, soft_wrap=True)
+    con.print(f"step {r.step}: split {r.split}, {r.images} images, {C} classes")
     t = Table(title=None, show_lines=False)
     for col in ("model", "top-1 %", "top-5 %", "balanced %"):
         t.add_column(col, justify="left" if col == "model" else "right")
@@ -153,17 +155,33 @@ def print_report(r: EvalResult, *, model: str | None = None, file: TextIO | None
     for name, n, a in zip(r.class_names, m.support(), m.per_class()):
         pc.add_row(str(name), str(n), _pct(a))
     con.print(pc)
-    if C <= 20:
+    cm = _confusion_table(con, r.class_names, m.confusion.tolist()) if C <= 20 else None
+    if cm is not None:
         con.print(f"confusion matrix of {key} (rows: true class, columns: predicted):")
-        cm = Table()
-        cm.add_column("true \\ pred")
-        for name in r.class_names:
-            cm.add_column(str(name), justify="right")
-        for name, row in zip(r.class_names, m.confusion.tolist()):
-            cm.add_row(str(name), *(str(v) for v in row))
         con.print(cm)
     else:
-        con.print(f"confusion matrix ({C} x {C}): see --json FILE")
+        con.print(f"confusion matrix ({C} x {C}): does not fit {con.width} columns; see --json FILE")
+
+
+def _confusion_table(con: Any, names: list[str], rows: list[list[int]]) -> Any:
+    """The confusion matrix as a table that fits the console: columns headed by the class
+    names, or by their numbers (the rows then say which is which) when the names are too wide;
+    None when neither fits. rich would otherwise wrap the headers over several lines."""
+    from rich import box
+    from rich.measure import Measurement
+    from rich.table import Table
+
+    for numbered in (False, True):
+        t = Table(box=box.SIMPLE_HEAD, pad_edge=False)
+        t.add_column("true \\ pred", no_wrap=True)
+        for i, name in enumerate(names):
+            t.add_column(str(i) if numbered else str(name), justify="right", no_wrap=True)
+        for i, (name, row) in enumerate(zip(names, rows)):
+            t.add_row(f"{i} {name}" if numbered else str(name), *(str(v) for v in row))
+        # measured unbounded (options clamp it to the console's width)
+        if Measurement.get(con, con.options.update_width(10**6), t).maximum <= con.width:
+            return t
+    return None
 
 
 def write_json(r: EvalResult, path: str) -> None:

@@ -55,7 +55,9 @@ def export_run(src: str, out: str, *, model: str | None = None) -> tuple[str, st
 
     ``model``: teacher | student | ema | finetuned; default the run's headline model.
     Returns (weights path, JSON path, the description written)."""
-    from safetensors.torch import save_file
+    from safetensors.torch import save
+
+    from mplfast.train.fileio import write_atomic
 
     if not out.endswith(".safetensors"):
         raise UserError(f"--out must name a .safetensors file, got {out!r}")
@@ -73,9 +75,9 @@ def export_run(src: str, out: str, *, model: str | None = None) -> tuple[str, st
     if not os.path.isdir(out_dir):
         raise UserError(f"--out {out}: folder {out_dir} does not exist")
     text = json.dumps(meta, indent=2)
-    tmp = out + ".tmp"
-    save_file(sd, tmp, metadata={_META_KEY: json.dumps(meta)})
-    os.replace(tmp, out)
+    # safetensors' save_file creates its file 0600; write_atomic gives the umask's mode
+    data = save(sd, metadata={_META_KEY: json.dumps(meta)})
+    write_atomic(out, lambda f: f.write(data))
     jpath = json_path_for(out)
     with open(jpath, "w", encoding="utf-8") as f:
         f.write(text + "\n")

@@ -67,8 +67,11 @@ class MetricsWriter:
             except ImportError:  # tensorboard is optional at run time
                 SummaryWriter = None  # type: ignore[assignment]  # noqa: N806
             if SummaryWriter is not None:
-                # purge_step drops events a killed run wrote after its last checkpoint
-                self._tb = SummaryWriter(os.path.join(out_dir, "tb"), purge_step=resume_step)
+                # purge_step: TensorBoard drops the events of earlier files at steps >= it, those
+                # a killed run wrote after its last checkpoint. The records at the checkpoint's
+                # own step came before the checkpoint (as metrics.jsonl keeps them), so + 1.
+                purge = resume_step + 1 if resume_step is not None else None
+                self._tb = SummaryWriter(os.path.join(out_dir, "tb"), purge_step=purge)
 
     def write(self, record: dict[str, Any]) -> None:
         """Write one record (must contain ``step``)."""
@@ -95,12 +98,10 @@ def _truncate_after(path: str, step: int) -> None:
     """Drop records a killed run wrote after the checkpoint we resume from."""
     if not os.path.isfile(path):
         return
+    from mplfast.train.fileio import write_text_atomic
+
     keep = [line for line in read_records(path) if int(line.get("step", 0)) <= step]
-    tmp = path + ".tmp"
-    with open(tmp, "w", encoding="utf-8") as f:
-        for rec in keep:
-            f.write(json.dumps(rec) + "\n")
-    os.replace(tmp, path)
+    write_text_atomic(path, "".join(json.dumps(rec) + "\n" for rec in keep))
 
 
 def read_records(path: str) -> list[dict[str, Any]]:

@@ -4,7 +4,8 @@
 another: accuracy (validation curve, test points), teacher loss, student loss, meta signal h,
 mask rate, learning rates. A loss panel's limits come from the 2nd..98th percentile of its values
 (an early spike does not squash the rest) and switch to a log scale when positive values span
-more than two decades.
+more than two decades; the points such limits leave out are counted on the panel, with the
+extreme value ("2 points off scale: 1 above (max 15.3), ...").
 """
 from __future__ import annotations
 
@@ -56,16 +57,33 @@ def _percentile(vals: Sequence[float], q: float) -> float:
 
 
 def _robust_limits(ax: Any, values: list[float]) -> None:
-    """Y limits from the 2nd..98th percentile (with a margin); log scale for wide positive data."""
+    """Y limits from the 2nd..98th percentile (with a margin); log scale for wide positive data.
+    Points the limits leave out are said on the panel (how many, and how far they go), so a
+    spike is never hidden without a word."""
     if len(values) < 5:
         return
     lo, hi = _percentile(values, 0.02), _percentile(values, 0.98)
     if lo > 0 and hi / lo > 100:
         ax.set_yscale("log")
         ax.set_ylim(lo / 1.5, hi * 1.5)
+    else:
+        pad = 0.1 * (hi - lo) if hi > lo else max(abs(hi) * 0.1, 1e-3)
+        ax.set_ylim(lo - pad, hi + pad)
+    _note_clipped(ax, values)
+
+
+def _note_clipped(ax: Any, values: list[float]) -> None:
+    ymin, ymax = ax.get_ylim()
+    below = [v for v in values if v < ymin]
+    above = [v for v in values if v > ymax]
+    if not below and not above:
         return
-    pad = 0.1 * (hi - lo) if hi > lo else max(abs(hi) * 0.1, 1e-3)
-    ax.set_ylim(lo - pad, hi + pad)
+    parts = ([f"{len(above)} above (max {max(above):.4g})"] if above else []) + \
+            ([f"{len(below)} below (min {min(below):.4g})"] if below else [])
+    n = len(below) + len(above)
+    ax.text(0.99, 0.98, f"{n} point{'s' if n > 1 else ''} off scale: " + ", ".join(parts),
+            transform=ax.transAxes, ha="right", va="top", fontsize=7, color="C3",
+            bbox={"boxstyle": "round", "facecolor": "white", "alpha": 0.8, "lw": 0})
 
 
 def plot_curves(metrics_path: str, out_path: str) -> bool:
@@ -135,10 +153,12 @@ def _finish(ax: Any, title: str, drawn: bool) -> None:
 
 
 def _save(fig: Any, plt: Any, out_path: str) -> None:
-    tmp = out_path + ".tmp.png"
-    fig.savefig(tmp, dpi=100)
-    plt.close(fig)
-    os.replace(tmp, out_path)
+    from mplfast.train.fileio import write_atomic
+
+    try:
+        write_atomic(out_path, lambda f: fig.savefig(f, dpi=100, format="png"))
+    finally:
+        plt.close(fig)
 
 
 def plot_confusion(confusion: Any, class_names: Sequence[str], out_path: str, *,

@@ -10,6 +10,7 @@ from __future__ import annotations
 import csv
 import io
 import json
+import warnings
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Sequence
@@ -34,19 +35,30 @@ class Prediction:
 
 
 def collect_images(args: Sequence[str]) -> list[Path]:
-    """Image paths from files and folders (folders: every image below, sorted)."""
+    """Image paths from files and folders (folders: every image below, sorted), each file once:
+    a file named twice, or named and also inside a folder given, keeps its first place (the
+    same file is recognised by its resolved path, so ``a.png`` and ``./a.png`` are one)."""
     from mplfast.data.imagefolder import list_images
 
     out: list[Path] = []
+    seen: set[Path] = set()
+
+    def add(p: Path) -> None:
+        key = p.resolve()
+        if key not in seen:
+            seen.add(key)
+            out.append(p)
+
     for a in args:
         p = Path(a).expanduser()
         if p.is_dir():
             found = list_images(p)
             if not found:
                 raise UserError(f"no .jpg/.jpeg/.png images under {p}")
-            out += found
+            for f in found:
+                add(f)
         elif p.is_file():
-            out.append(p)
+            add(p)
         else:
             raise UserError(f"image not found: {p}")
     if not out:
@@ -81,26 +93,55 @@ def normalize(images: Tensor, mean: Sequence[float], std: Sequence[float]) -> Te
     return (images.to(torch.float32) * scale + shift).permute(0, 3, 1, 2).contiguous()
 
 
+def _readable(files: Sequence[Path], size: tuple[int, int], in_chans: int, strict: bool
+              ) -> tuple[list[Path], list[np.ndarray]]:
+    """(files, decoded arrays) of the files that decode; each one that does not is skipped with
+    one warning naming it (as training skips them), or is a ``UserError`` when ``strict``."""
+    from mplfast.data.imagefolder import CorruptImageWarning
+
+    ok: list[Path] = []
+    arrays: list[np.ndarray] = []
+    for f in files:
+        try:
+            arrays.append(load_image(f, size, in_chans))
+        except UserError as e:
+            if strict:
+                raise
+            warnings.warn(f"skipping {f}: {str(e).removeprefix(f'cannot read image {f}: ')}",
+                          CorruptImageWarning, stacklevel=3)
+            continue
+        ok.append(f)
+    return ok, arrays
+
+
 @torch.no_grad()
 def predict_files(model: nn.Module, meta: dict[str, Any], files: Sequence[Path], *,
                   top_k: int = 5, batch_size: int = 64,
-                  device: torch.device | str = "cpu") -> list[Prediction]:
-    """Top-``top_k`` (at most C) predictions of ``model`` for every file, in order."""
+                  device: torch.device | str = "cpu", strict: bool = False) -> list[Prediction]:
+    """Top-``top_k`` (at most C) predictions of ``model`` for every readable file, in order.
+
+    A file that cannot be decoded is skipped with a ``CorruptImageWarning`` naming it, so one
+    bad file in a folder costs only its own prediction; ``strict=True`` makes it a
+    ``UserError``. ``UserError`` too when no file at all can be read."""
     if top_k < 1:
         raise UserError(f"--top-k must be >= 1, got {top_k}")
     k = min(top_k, int(meta["num_classes"]))
     size = (int(meta["image_size"][0]), int(meta["image_size"][1]))
     names = meta["class_names"]
+    strict = strict or len(files) == 1  # one file: its own error is the one line to show
     model.eval()
     out: list[Prediction] = []
     for i in range(0, len(files), batch_size):
-        chunk = files[i:i + batch_size]
-        x = torch.from_numpy(np.stack([load_image(f, size, int(meta["in_chans"]))
-                                       for f in chunk]))
+        chunk, arrays = _readable(files[i:i + batch_size], size, int(meta["in_chans"]), strict)
+        if not chunk:
+            continue
+        x = torch.from_numpy(np.stack(arrays))
         logits = model(normalize(x, meta["mean"], meta["std"]).to(device)).float()
         p, idx = torch.softmax(logits, dim=1).topk(k, dim=1)
         for f, pr, ix in zip(chunk, p.cpu().tolist(), idx.cpu().tolist()):
             out.append(Prediction(str(f), [str(names[j]) for j in ix], ix, pr))
+    if not out:
+        raise UserError(f"none of the {len(files)} image files could be read (each is named above)")
     return out
 
 

@@ -28,6 +28,29 @@ def _fmt_eta(seconds: float) -> str:
     return f"{h}:{m:02d}:{s:02d}" if h else f"{m}:{s:02d}"
 
 
+def _rich_progress(stream: TextIO | None) -> Any:
+    """rich's Progress: the bar takes what the other columns leave, and each task's metrics get
+    a line of their own under it (cut with an ellipsis, never wrapped): on one 80-column line
+    they pushed the step count and the ETA out."""
+    from rich.console import Console
+    from rich.progress import (BarColumn, MofNCompleteColumn, Progress as RichProgress,
+                               TextColumn, TimeElapsedColumn, TimeRemainingColumn)
+    from rich.text import Text
+
+    class TwoLine(RichProgress):
+        def get_renderables(self):  # type: ignore[no-untyped-def]
+            yield self.make_tasks_table(self.tasks)
+            for task in self.tasks:
+                if task.fields.get("metrics"):
+                    yield Text("  " + task.fields["metrics"], no_wrap=True, overflow="ellipsis")
+
+    return TwoLine(
+        TextColumn("[bold]{task.description}"), BarColumn(bar_width=None), MofNCompleteColumn(),
+        TextColumn("{task.fields[rate]}"), TimeElapsedColumn(), TextColumn("ETA"),
+        TimeRemainingColumn(), console=Console(file=stream) if stream is not None else None,
+        refresh_per_second=4, transient=False)
+
+
 class Progress:
     """One phase's progress (``train`` or ``finetune``); ``mode`` in auto|rich|plain|none."""
 
@@ -45,14 +68,7 @@ class Progress:
         self._rich: Any = None
         self._task: Any = None
         if mode == "rich":
-            from rich.progress import (BarColumn, MofNCompleteColumn, Progress as RichProgress,
-                                       TextColumn, TimeElapsedColumn, TimeRemainingColumn)
-
-            self._rich = RichProgress(
-                TextColumn("[bold]{task.description}"), BarColumn(bar_width=24), MofNCompleteColumn(),
-                TextColumn("{task.fields[rate]}"), TimeElapsedColumn(), TextColumn("ETA"),
-                TimeRemainingColumn(), TextColumn("{task.fields[metrics]}"),
-                refresh_per_second=4, transient=False)
+            self._rich = _rich_progress(stream)
             self._rich.start()
             self._task = self._rich.add_task(desc, total=total, completed=start, rate="",
                                              metrics="")

@@ -132,6 +132,32 @@ def record(dataset: str, argv: Sequence[str] | None = None) -> dict[str, Any]:
     }
 
 
+def header_commands(config_path: str) -> list[str]:
+    """The ``command:`` and ``resumed:`` lines of a run's config.yaml header, in order (the
+    history of a run whose checkpoint predates ``commands``); [] if there is none."""
+    found: list[str] = []
+    try:
+        with open(config_path, encoding="utf-8") as f:
+            for line in f:
+                if not line.startswith("#"):
+                    break
+                for tag in ("# command: ", "# resumed: "):
+                    if line.startswith(tag):
+                        found.append(line[len(tag):].rstrip("\n"))
+    except (OSError, UnicodeDecodeError):
+        pass
+    return found
+
+
+def continued(rec: dict[str, Any], earlier: Sequence[str]) -> dict[str, Any]:
+    """The record of a resumed run: ``command`` stays the command that started it, and
+    ``resumed`` lists every command that continued it, this one last. ``earlier``: the run's
+    commands so far (empty: ``rec`` is a fresh run's and is returned as is)."""
+    if not earlier:
+        return rec
+    return {**rec, "command": earlier[0], "resumed": [*earlier[1:], rec["command"]]}
+
+
 def header(rec: dict[str, Any]) -> str:
     """The record as YAML comment lines (the header of a run's config.yaml)."""
     cpu = rec["cpu"]
@@ -139,6 +165,7 @@ def header(rec: dict[str, Any]) -> str:
     lines = [
         f"mplfast {rec['mplfast']}" + (f" (git {rec['git_commit']})" if rec["git_commit"] else ""),
         f"command: {rec['command']}",
+        *(f"resumed: {c}" for c in rec.get("resumed", [])),
         f"torch {rec['torch']}, triton {rec['triton']}, DALI {rec['dali']}, "
         f"Python {rec['python']} on {rec['platform']}",
         f"CPU: {cpu['model']} ({cpu['cores']} cores; flags {' '.join(cpu['flags']) or 'n/a'})",

@@ -11,6 +11,7 @@ resumed ends bitwise identical to an uninterrupted one.
 """
 from __future__ import annotations
 
+import contextlib
 import copy
 import json
 import math
@@ -81,6 +82,7 @@ class _Run:
         self.finetuned_sd: dict[str, Any] | None = None  # final finetuned weights (phase "done")
         self.running = RunningMean()  # metrics since the last log line (checkpointed too)
         self.provenance: dict[str, Any] = {}  # set by _run on rank 0 (see provenance.record)
+        self.commands: list[str] = []  # the command that started the run, then each --resume
 
         _seed_all(cfg.seed)  # identical init on every rank (DDP also broadcasts rank 0's)
         if resume_state is None:  # a resumed run's config holds these; its weights are in the checkpoint
@@ -304,6 +306,7 @@ class _Run:
             "running_metrics": self.running.state_dict(),
             "finetune": self.ft_state,
             "finetuned": self.finetuned_sd,
+            "commands": list(self.commands),
         }
 
     def _check_resume_state(self, st: dict[str, Any], path: str) -> None:
@@ -577,12 +580,9 @@ class _Run:
 
 
 def _write_json_atomic(obj: Any, path: str) -> None:
-    tmp = path + ".tmp"
-    with open(tmp, "w", encoding="utf-8") as f:
-        json.dump(obj, f, indent=2)
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, path)
+    from mplfast.train.fileio import write_text_atomic
+
+    write_text_atomic(path, json.dumps(obj, indent=2))
 
 
 def default_out_dir(cfg: TrainConfig, root: str = "runs") -> str:
@@ -619,7 +619,25 @@ def prepare_out_dir(cfg: TrainConfig, resume: bool) -> dict[str, Any] | None:
                         "or choose another --out")
     if os.path.exists(cfg.out) and not os.path.isdir(cfg.out):
         raise UserError(f"--out {cfg.out} exists and is not a directory")
+    _check_writable(cfg.out)
     return None
+
+
+def _check_writable(out: str) -> None:
+    """``UserError`` unless ``out`` can be created and written in, checked before the data is
+    loaded: the nearest existing folder on its path must be a writable folder."""
+    probe = os.path.abspath(out)
+    while not os.path.exists(probe) and os.path.dirname(probe) != probe:
+        probe = os.path.dirname(probe)
+    if not os.path.isdir(probe):
+        raise UserError(f"--out {out}: {probe} is a file, not a folder")
+    if not os.access(probe, os.W_OK | os.X_OK):
+        try:
+            ro = bool(os.statvfs(probe).f_flag & os.ST_RDONLY)
+        except OSError:
+            ro = False
+        why = "read-only file system" if ro else "permission denied"
+        raise UserError(f"--out {out}: cannot write in {probe} ({why})")
 
 
 def run(cfg: TrainConfig, *, resume_state: dict[str, Any] | None = None,
@@ -644,6 +662,13 @@ def run(cfg: TrainConfig, *, resume_state: dict[str, Any] | None = None,
         # joins a gloo thread that waits for it), leaving a rank hanging after the run.
         barrier(info)
         return result
+    except Exception as e:
+        from mplfast.train.fileio import storage_error
+
+        err = storage_error(e) if cfg.out else None
+        if err is None:
+            raise
+        raise UserError(_storage_message(cfg.out, err)) from None  # type: ignore[arg-type]
     finally:
         teardown(info)
 
@@ -660,10 +685,27 @@ def _open_out_dir(cfg: TrainConfig, out: str, resumed: bool, record: dict[str, A
     os.makedirs(out, exist_ok=True)
     save_yaml(cfg, os.path.join(out, "config.yaml"), header=header(record))
     if not resumed:
-        for name in ("metrics.jsonl", "summary.json"):  # a fresh run starts fresh logs
-            if os.path.exists(os.path.join(out, name)):
-                os.remove(os.path.join(out, name))
+        _remove_replaced_run(out)
     return created
+
+
+def _remove_replaced_run(out: str) -> None:
+    """Remove what an earlier run left in ``out`` that a fresh run there writes anew (such a run
+    had no checkpoint: one killed before its first, or whose checkpoint was deleted), so that
+    nothing of the two is mixed: its logs, figures and TensorBoard event files. Only these
+    mplfast artefacts go; any other file in ``out`` or ``out/tb`` is the user's and stays
+    (model files: ModelCheckpoints)."""
+    import glob
+
+    for name in ("metrics.jsonl", "summary.json", "curves.png", "confusion.png"):
+        if os.path.exists(os.path.join(out, name)):
+            os.remove(os.path.join(out, name))
+    tb = os.path.join(out, "tb")
+    # SummaryWriter's file names; TensorBoard would draw the killed run's points beside ours
+    for p in glob.glob(os.path.join(glob.escape(tb), "events.out.tfevents.*")):
+        os.remove(p)
+    with contextlib.suppress(OSError):  # only if nothing else is in it
+        os.rmdir(tb)
 
 
 def _discard_out_dir(out: str, created: str | None) -> None:
@@ -673,18 +715,16 @@ def _discard_out_dir(out: str, created: str | None) -> None:
     if created:
         shutil.rmtree(created, ignore_errors=True)
         return
-    for name in ("config.yaml", "metrics.jsonl", "summary.json", "curves.png", "tb"):
-        p = os.path.join(out, name)
-        if os.path.isdir(p):
-            shutil.rmtree(p, ignore_errors=True)
-        elif os.path.exists(p):
-            os.remove(p)
+    # a folder that existed: only this run's artefacts go (the user's files in tb/ stay)
+    _remove_replaced_run(out)
+    if os.path.exists(os.path.join(out, "config.yaml")):
+        os.remove(os.path.join(out, "config.yaml"))
 
 
 def _run(cfg: TrainConfig, info: DistInfo, stop: StopRequest, resume_state: dict[str, Any] | None,
          progress_mode: str, t_start: float, dataset: Any = None,
          argv: list[str] | None = None) -> RunResult:
-    from mplfast.train.provenance import record
+    from mplfast.train import provenance
 
     r = _Run(cfg, info, stop, resume_state, dataset)
     cfg = r.cfg  # with the fields derived from the data filled in
@@ -692,7 +732,13 @@ def _run(cfg: TrainConfig, info: DistInfo, stop: StopRequest, resume_state: dict
     if info.is_main and progress_mode != "none":
         print(r.summary_block(estimate, available, resume_state is not None), flush=True)
     out = cfg.out if info.is_main else None
-    prov = r.provenance = record(cfg.dataset, argv) if info.is_main else {}
+    prov = r.provenance = provenance.record(cfg.dataset, argv) if info.is_main else {}
+    if info.is_main and resume_state is not None:
+        # a resumed run keeps the record of the command that started it and appends this one
+        earlier = resume_state.get("commands") or (
+            provenance.header_commands(os.path.join(out, "config.yaml")) if out else [])
+        prov = r.provenance = provenance.continued(prov, earlier)
+    r.commands = [prov["command"], *prov.get("resumed", [])] if prov else []
     created = _open_out_dir(cfg, out, resume_state is not None, prov) if out else None
     r.open_model_files()
     start_step = r.step
@@ -700,7 +746,7 @@ def _run(cfg: TrainConfig, info: DistInfo, stop: StopRequest, resume_state: dict
                            resume_step=(r.step + (int(r.ft_state["step"]) if r.ft_state else 0))
                            if resume_state is not None else None)
     result = RunResult(summary={}, out_dir=out, config=cfg)
-    discard = False
+    discard = failed = False
     try:
         try:
             interrupted = r.run_train(writer, progress_mode)
@@ -726,12 +772,35 @@ def _run(cfg: TrainConfig, info: DistInfo, stop: StopRequest, resume_state: dict
         r.save()
         if out:
             _write_json_atomic(summary, os.path.join(out, "summary.json"))
+    except BaseException:
+        failed = True
+        raise
     finally:
-        writer.close()
-        if out and discard:
-            _discard_out_dir(out, created)
-        elif out and cfg.plot:
-            from mplfast.train.plots import plot_curves
-
-            plot_curves(os.path.join(out, "metrics.jsonl"), os.path.join(out, "curves.png"))
+        # after a failure these are best-effort: on a full disk they fail too, and their
+        # errors would only bury the first one under more tracebacks
+        with contextlib.suppress(Exception) if failed else contextlib.nullcontext():
+            _close_outputs(writer, out, created, discard=discard, plot=cfg.plot)
     return result
+
+
+def _close_outputs(writer: MetricsWriter, out: str | None, created: str | None, *,
+                   discard: bool, plot: bool) -> None:
+    writer.close()
+    if out and discard:
+        _discard_out_dir(out, created)
+    elif out and plot:
+        from mplfast.train.plots import plot_curves
+
+        plot_curves(os.path.join(out, "metrics.jsonl"), os.path.join(out, "curves.png"))
+
+
+def _storage_message(out: str, err: OSError) -> str:
+    """One line for a run whose files could not be written (full or read-only disk, ...)."""
+    name = f" ({err.filename})" if err.filename else ""
+    ckpt = os.path.join(out, ckpt_io.CHECKPOINT_NAME)
+    if os.path.isfile(ckpt):
+        tail = (f"{ckpt} is intact (checkpoints are replaced atomically, nothing was lost); "
+                f"once it can be written, continue with `mplfast train --out {out} --resume`")
+    else:
+        tail = "no checkpoint had been written yet; once the folder can be written, run again"
+    return f"cannot write the run's files in {out}: {err.strerror or err}{name}; {tail}"

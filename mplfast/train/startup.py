@@ -153,7 +153,8 @@ def summary_lines(*, cfg: Any, ds: Any, teacher: nn.Module | None, student: nn.M
     names = class_names(ds)
     shown = ", ".join(names[:10]) + (f", ... ({k - 10} more)" if k > 10 else "") if names else ""
     preset = f"{cfg.preset} ({PRESET_HELP[cfg.preset]})" if cfg.preset in PRESET_HELP else cfg.preset
-    where = f" from {cfg.data}" if cfg.data else ""
+    # the built-in sets read no files (a config of an older mplfast may still name a folder)
+    where = f" from {cfg.data}" if cfg.data and cfg.dataset not in ("digits", "synthetic") else ""
     unl = f"{n_train + n_extra} unlabeled" + (f" ({n_train} train + {n_extra} extra)" if n_extra else
                                              " (the train images)")
     models = []
