@@ -24,15 +24,22 @@ def twomoon():
         sys.modules.pop(spec.name, None)
 
 
+def _tiny_run(twomoon, out, flag: str, doc_name: str, files: tuple[str, ...], steps: int):
+    """main() on 2 seeds, one process, ``steps`` steps, with ``flag``; every file in ``files``
+    written; returns the JSON ``doc_name`` and its rows by name."""
+    assert twomoon.main(["--out", str(out), "--seeds", "2", "--steps", str(steps),
+                         "--workers", "1", flag]) == 0
+    for name in files + (doc_name,):
+        assert (out / name).is_file(), name
+    doc = json.load(open(out / doc_name))
+    return doc, {r["name"]: r for r in doc["rows"]}
+
+
 @pytest.mark.slow
 def test_twomoon_smoke(twomoon, tmp_path, capsys):
     out = tmp_path / "tm"
-    assert twomoon.main(["--out", str(out), "--seeds", "2", "--steps", "4", "--workers", "1",
-                         "--explore"]) == 0
-    for name in ("twomoon.md", "twomoon.json", "twomoon.png", "explore.md", "explore.json"):
-        assert (out / name).is_file(), name
-    doc = json.load(open(out / "twomoon.json"))
-    rows = {r["name"]: r for r in doc["rows"]}
+    _, rows = _tiny_run(twomoon, out, "--explore", "twomoon.json",
+                        ("twomoon.md", "twomoon.png", "explore.md", "explore.json"), steps=4)
     assert list(rows) == ["supervised", "pl:hard", "mpl:hard", "pl:sample", "mpl:sample",
                           "pl:soft", "mpl:soft"]
     for mode in ("hard", "sample", "soft"):
@@ -84,15 +91,10 @@ def test_uda_rows_run(twomoon, tmp_path):
     # with its h = 0 control, with the same 95 % t-interval as scipy's
     from scipy import stats
 
-    out = tmp_path / "tm"
-    assert twomoon.main(["--out", str(out), "--seeds", "2", "--steps", "3", "--workers", "1",
-                         "--uda"]) == 0
-    for name in ("uda-select.md", "uda.md", "uda.json", "uda.png", "twomoon.md"):
-        assert (out / name).is_file(), name
-    doc = json.load(open(out / "uda.json"))
+    doc, rows = _tiny_run(twomoon, tmp_path / "tm", "--uda", "uda.json",
+                          ("uda-select.md", "uda.md", "uda.png", "uda-worst.png", "twomoon.md"), steps=3)
     assert (doc["jitter"]["weak"], doc["jitter"]["strong"]) in twomoon.JITTER_GRID
     assert set(doc["selection_seeds"]).isdisjoint(doc["seeds"])
-    rows = {r["name"]: r for r in doc["rows"]}
     assert list(rows) == ["supervised", "uda-pl:hard", "uda-pl:soft", "uda-mpl:hard",
                           "uda-mpl:soft", "uda-soft:x10", "uda-flip:soft:x10"]
     for name, ctl in (("uda-mpl:hard", "uda-pl:hard"), ("uda-mpl:soft", "uda-pl:soft"),
