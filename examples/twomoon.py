@@ -224,12 +224,13 @@ def uda_setting(name: str, weak: float, strong: float, steps: int, **kw: Any) ->
 
 def select_jitter(steps: int, workers: int, cache: str | None, train: bool = True,
                   grid: list[tuple[float, float]] | None = None, seeds: list[int] | None = None
-                  ) -> tuple[tuple[float, float], str]:
+                  ) -> tuple[tuple[float, float] | None, str]:
     """The (weak, strong) jitter of ``grid`` whose h = 0 control (UDA teacher, hard pseudo labels)
     has the best mean student accuracy on the validation draws of ``seeds`` (default 100-104).
 
     Neither the test draws nor the reported seeds take part, and the choice favours the control,
-    never an MPL row. Returns the choice and its table (markdown).
+    never an MPL row. Returns the choice (None when no candidate has all its runs, which only
+    ``train=False`` can leave) and its table (markdown).
     """
     grid, seeds = grid or JITTER_GRID, seeds or list(SELECT_SEEDS)
     cands = [uda_setting(f"sel:w{w:g}:s{s:g}", w, s, steps, meta_signal="none") for w, s in grid]
@@ -247,9 +248,8 @@ def select_jitter(steps: int, workers: int, cache: str | None, train: bool = Tru
         lines.append(f"| {w:g} | {s:g} | {sm:.2f} ± {ss:.2f} | {tm:.2f} ± {ts:.2f} |")
         if sm > best_acc:  # strict: a tie keeps the smaller jitter listed first
             best, best_acc = (w, s), sm
-    if best is None:
-        raise RuntimeError("select_jitter: no candidate has all its runs (drop --cached-only)")
-    lines += ["", f"Chosen: weak σ = {best[0]:g}, strong σ = {best[1]:g}."]
+    if best is not None:
+        lines += ["", f"Chosen: weak σ = {best[0]:g}, strong σ = {best[1]:g}."]
     return best, "\n".join(lines)
 
 
@@ -486,6 +486,10 @@ def main(argv: list[str] | None = None) -> int:
     base = default_settings(args.steps)
     res = run_all(base, seeds, args.workers, {s.name for s in base}, cache,
                   train=not args.cached_only)
+    if not all((s.name, k) in res for s in base for k in seeds):  # only --cached-only gets here
+        print(f"twomoon: error: --cached-only: the default rows' runs are not all in {cache}; "
+              "run without --cached-only", file=sys.stderr)
+        return 2
     rows = summarize(base, res, seeds)
     md = markdown(rows, seeds, f"TwoMoon ({N_POINTS} points, noise {NOISE}, {LABELS_PER_CLASS} labels "
                   f"per moon, {args.steps} steps, MLP 2-64-64-2, SGD momentum 0.9, lr 0.1)")
@@ -498,8 +502,8 @@ def main(argv: list[str] | None = None) -> int:
                             for r in res.values()]}, f, indent=1)
     print(md)
     print(f"[twomoon] {len(res)} runs in {time.perf_counter() - t0:.0f} s; outputs in {args.out}")
-    if args.uda:
-        _uda(args, cache, seeds)
+    if args.uda and _uda(args, cache, seeds) != 0:
+        return 2
     if args.explore:
         t1 = time.perf_counter()
         ex = _with_controls(explore_settings(args.steps))
@@ -525,15 +529,22 @@ def main(argv: list[str] | None = None) -> int:
     return 0
 
 
-def _uda(args: argparse.Namespace, cache: str, seeds: list[int]) -> None:
+def _uda(args: argparse.Namespace, cache: str, seeds: list[int]) -> int:
     """``--uda``: choose the jitter on validation draws, then the UDA-teacher rows on ``seeds``."""
     t0 = time.perf_counter()
-    (weak, strong), md_sel = select_jitter(args.steps, args.workers, cache,
-                                           train=not args.cached_only)
+    jitter, md_sel = select_jitter(args.steps, args.workers, cache, train=not args.cached_only)
     t_sel = time.perf_counter() - t0
-    rows_s = uda_settings(args.steps, weak, strong)
-    res = run_all(rows_s, seeds, args.workers, {s.name for s in rows_s}, cache,
-                  train=not args.cached_only)
+    missing = "the jitter selection's"
+    if jitter is not None:
+        weak, strong = jitter
+        rows_s = uda_settings(args.steps, weak, strong)
+        res = run_all(rows_s, seeds, args.workers, {s.name for s in rows_s}, cache,
+                      train=not args.cached_only)
+        missing = "" if all((s.name, k) in res for s in rows_s for k in seeds) else "the UDA rows'"
+    if missing:  # only --cached-only leaves runs out
+        print(f"twomoon: error: --uda --cached-only: {missing} runs are not all in {cache}; "
+              "run without --cached-only", file=sys.stderr)
+        return 2
     rows = summarize(rows_s, res, seeds)
     for r, s in zip(rows, rows_s):
         if s.mode != "supervised":
@@ -562,6 +573,7 @@ def _uda(args: argparse.Namespace, cache: str, seeds: list[int]) -> None:
     print(md_sel)
     print(md)
     print(f"[twomoon] uda: selection {t_sel:.0f} s, rows {time.perf_counter() - t0 - t_sel:.0f} s")
+    return 0
 
 
 def _confirm(args: argparse.Namespace, cache: str) -> int:

@@ -86,7 +86,7 @@ def test_mpl_only_gate_stops_the_labeled_loss(twomoon):
     assert moved["teacher_acc"] != r["teacher_acc"]
 
 
-def test_uda_rows_run(twomoon, tmp_path):
+def test_uda_rows_run(twomoon, tmp_path, capsys):
     # --uda at a tiny size: the jitter selection, then the UDA-teacher rows, each paired by seed
     # with its h = 0 control, with the same 95 % t-interval as scipy's
     from scipy import stats
@@ -111,6 +111,17 @@ def test_uda_rows_run(twomoon, tmp_path):
         assert rows[ctl]["mean_abs_h"] == 0.0 and rows[ctl]["mean_uda_term"] > 0.0
     assert rows["uda-flip:soft:x10"]["setting"]["meta_sign"] == -1
     assert rows["uda-soft:x10"]["setting"]["meta_scale"] == 10.0
+    # runs that were never trained: one clear line and exit 2, not a traceback
+    capsys.readouterr()
+    assert twomoon.main(["--out", str(tmp_path / "empty"), "--seeds", "2", "--steps", "3",
+                         "--uda", "--cached-only"]) == 2
+    assert "default rows' runs are not all in" in capsys.readouterr().err
+    tiny = ["--seeds", "2", "--steps", "3", "--workers", "1"]
+    assert twomoon.main(["--out", str(tmp_path / "tm"), "--uda", "--cached-only"] + tiny) == 0
+    assert twomoon.main(["--out", str(tmp_path / "base")] + tiny) == 0  # no UDA runs in it
+    capsys.readouterr()
+    assert twomoon.main(["--out", str(tmp_path / "base"), "--uda", "--cached-only"] + tiny) == 2
+    assert "--uda --cached-only: the jitter selection's runs" in capsys.readouterr().err
 
 
 def test_uda_term_trains_the_teacher(twomoon):
