@@ -11,9 +11,21 @@ anything. Rows, each over the same seeds (same data, labels, initial weights and
                   its hard / sampled / soft labels) -- the control for the MPL term
     mpl:<mode>    MPL, h = L_old - L_new (hard, sample) or the exact meta-gradient (soft)
 
+With ``--uda``, rows whose teacher loss is the official code's, L_sup + w_t L_uda + L_mpl: the
+weak view is the point plus small Gaussian jitter, the strong view plus a larger one (both
+scales chosen first, on validation draws of seeds 100-104, by the h = 0 control's student:
+``uda-select.md``), with the recipe's tau 0.7, threshold 0.6 and lambda_u 8 ramped over a fifth
+of the steps:
+
+    uda-pl:<mode>           h = 0 control: UDA teacher, no MPL term (hard, soft)
+    uda-mpl:<mode>          MPL at its natural weight (hard, soft)
+    uda-soft:x10, uda-flip:soft:x10   soft, meta_scale 10, meta_sign +1 / -1
+
     python examples/twomoon.py --out runs/twomoon            # table + figure, < 5 min on 2 cores
     python examples/twomoon.py --out runs/twomoon --explore  # + the search for a setting where
                                                              #   the feedback beats pseudo labels
+    python examples/twomoon.py --out runs/twomoon --uda      # + the UDA-teacher rows (about
+                                                             #   6 CPU-minutes more; see docs)
 
 Writes ``twomoon.md`` / ``twomoon.json`` (per-seed numbers, paired differences with 95 %
 t-intervals) and ``twomoon.png`` (decision boundaries of the first seed); every finished run
@@ -60,6 +72,13 @@ class Setting:
     unlabeled_batch: int = 128
     mpl_only_after: int = -1       # >= 0: from this step on L_sup no longer trains the teacher
     control: str | None = None     # the h = 0 row this one is paired against
+    # UDA teacher (the official code's teacher loss, L_sup + w_t L_uda + L_mpl): the weak view
+    # is the point plus N(0, weak_jitter^2) noise, the strong view plus N(0, strong_jitter^2);
+    # tau, threshold and lambda_u are the recipe's (MPLConfig's defaults), ramped over uda_steps.
+    lambda_u: float = 0.0
+    weak_jitter: float = 0.0
+    strong_jitter: float = 0.0
+    uda_steps: int = 200           # a fifth of the run, as the digits recipe (200 of 1,000)
 
     def as_control(self) -> "Setting":
         """The h = 0 twin: same labels and optimisation, no MPL term (nor MPL-only teacher)."""
@@ -72,17 +91,19 @@ class Setting:
 
 
 def make_data(seed: int) -> dict[str, torch.Tensor]:
-    """Training moons (2,000), 3 labeled indices per moon, and a fresh 2,000-point test draw."""
+    """Training moons (2,000), 3 labeled indices per moon, a fresh 2,000-point test draw and
+    another fresh 2,000-point validation draw (the only one anything is chosen on)."""
     from sklearn.datasets import make_moons
 
     x, y = make_moons(N_POINTS, noise=NOISE, random_state=seed)
     xt, yt = make_moons(N_POINTS, noise=NOISE, random_state=1_000_003 + seed)
+    xv, yv = make_moons(N_POINTS, noise=NOISE, random_state=2_000_003 + seed)
     rng = np.random.default_rng(seed)
     lab = np.concatenate([rng.choice(np.flatnonzero(y == c), LABELS_PER_CLASS, replace=False)
                           for c in (0, 1)])
     f = lambda a: torch.tensor(a, dtype=torch.float32)  # noqa: E731
     return {"x": f(x), "y": torch.tensor(y), "x_l": f(x[lab]), "y_l": torch.tensor(y[lab]),
-            "x_test": f(xt), "y_test": torch.tensor(yt)}
+            "x_test": f(xt), "y_test": torch.tensor(yt), "x_val": f(xv), "y_val": torch.tensor(yv)}
 
 
 def mlp(hidden: int = 64) -> nn.Module:
@@ -140,24 +161,34 @@ def run_one(setting: Setting, seed: int, grid: bool = False) -> dict[str, Any]:
                                 momentum=setting.teacher_momentum)
         s_opt = torch.optim.SGD(student.parameters(), lr=setting.student_lr,
                                 momentum=setting.student_momentum)
-        cfg = MPLConfig(lambda_u=0.0, uda_steps=1, label_smoothing=0.0,
+        cfg = MPLConfig(lambda_u=setting.lambda_u, uda_steps=setting.uda_steps, label_smoothing=0.0,
                         meta_signal=setting.meta_signal, meta_sign=setting.meta_sign,
                         meta_scale=setting.meta_scale, meta_baseline_decay=setting.baseline,
                         pseudo_label=setting.mode, precision="fp32")
         step = MPLStep(teacher, student, t_opt, s_opt, cfg, seed=seed)
-        hs = []
+        # The jitter has its own stream, so every row of a seed draws the same batches.
+        jit = torch.Generator().manual_seed(7_000_003 + seed)
+        hs, uda_terms = [], []
         for i in range(setting.steps):
             teacher.on = 0 <= setting.mpl_only_after <= i
             idx = torch.randint(0, N_POINTS, (setting.unlabeled_batch,), generator=gen)
             x_u = d["x"][idx]
-            m = step(d["x_l"], d["y_l"], x_u, x_u)
+            x_uw, x_us = x_u, x_u
+            if setting.weak_jitter or setting.strong_jitter:
+                x_uw = x_u + setting.weak_jitter * torch.randn(x_u.shape, generator=jit)
+                x_us = x_u + setting.strong_jitter * torch.randn(x_u.shape, generator=jit)
+            m = step(d["x_l"], d["y_l"], x_uw, x_us)
             hs.append(m["h"])
+            uda_terms.append(m["uda_weight"] * m["uda_loss"])
         h = torch.stack(hs)
         out.update(mean_h=float(h.mean()), mean_abs_h=float(h.abs().mean()),
-                   teacher_acc=_accuracy(teacher_net, d["x_test"], d["y_test"]))
+                   mean_uda_term=float(torch.stack(uda_terms).mean()),
+                   teacher_acc=_accuracy(teacher_net, d["x_test"], d["y_test"]),
+                   teacher_val_acc=_accuracy(teacher_net, d["x_val"], d["y_val"]))
         if grid:
             out["teacher_grid"] = _grid_pred(teacher_net).tolist()
     out["student_acc"] = _accuracy(student, d["x_test"], d["y_test"])
+    out["student_val_acc"] = _accuracy(student, d["x_val"], d["y_val"])
     if grid:
         out["grid"] = _grid_pred(student).tolist()
     out["seconds"] = time.perf_counter() - t0
@@ -172,6 +203,68 @@ def default_settings(steps: int) -> list[Setting]:
         mpl = Setting(f"mpl:{mode}", mode=mode, steps=steps)
         pl = replace(mpl.as_control(), name=f"pl:{mode}")
         rows += [pl, replace(mpl, control=pl.name)]
+    return rows
+
+
+# The jitter scales the selection chooses from (weak, strong), smallest first. The points' median
+# distance to their nearest neighbour is 0.016-0.018 and to their 5th 0.041-0.043 (seeds 0-2):
+# the weak view moves a point about that far; the strong view up to 0.3, past the moons'
+# noise (0.1) but not across the ~0.5 gap between them.
+JITTER_GRID = [(w, s) for w in (0.02, 0.05) for s in (0.05, 0.1, 0.2, 0.3) if s > w]
+SELECT_SEEDS = range(100, 105)  # never among the reported seeds
+
+
+def uda_setting(name: str, weak: float, strong: float, steps: int, **kw: Any) -> Setting:
+    """A row whose teacher has the official code's UDA term (recipe tau, threshold, lambda_u)."""
+    cfg = MPLConfig()
+    assert cfg.temperature == 0.7 and cfg.threshold == 0.6  # the recipe's, used by MPLStep
+    return Setting(name, steps=steps, lambda_u=cfg.lambda_u, weak_jitter=weak,
+                   strong_jitter=strong, uda_steps=max(1, steps // 5), **kw)
+
+
+def select_jitter(steps: int, workers: int, cache: str | None, train: bool = True,
+                  grid: list[tuple[float, float]] | None = None, seeds: list[int] | None = None
+                  ) -> tuple[tuple[float, float] | None, str]:
+    """The (weak, strong) jitter of ``grid`` whose h = 0 control (UDA teacher, hard pseudo labels)
+    has the best mean student accuracy on the validation draws of ``seeds`` (default 100-104).
+
+    Neither the test draws nor the reported seeds take part, and the choice favours the control,
+    never an MPL row. Returns the choice (None when no candidate has all its runs, which only
+    ``train=False`` can leave) and its table (markdown).
+    """
+    grid, seeds = grid or JITTER_GRID, seeds or list(SELECT_SEEDS)
+    cands = [uda_setting(f"sel:w{w:g}:s{s:g}", w, s, steps, meta_signal="none") for w, s in grid]
+    res = run_all(cands, seeds, workers, set(), cache, train=train)
+    lines = [f"Jitter selection: h = 0 control (UDA teacher, hard labels), {steps} steps, "
+             f"validation draws of seeds {seeds[0]}–{seeds[-1]}", "",
+             "| weak σ | strong σ | student val acc | teacher val acc |", "|---|---|---|---|"]
+    best, best_acc = None, -1.0
+    for (w, s), c in zip(grid, cands):
+        if not all((c.name, k) in res for k in seeds):
+            lines.append(f"| {w:g} | {s:g} | not run | not run |")
+            continue
+        sm, ss = mean_std([res[(c.name, k)]["student_val_acc"] for k in seeds])
+        tm, ts = mean_std([res[(c.name, k)]["teacher_val_acc"] for k in seeds])
+        lines.append(f"| {w:g} | {s:g} | {sm:.2f} ± {ss:.2f} | {tm:.2f} ± {ts:.2f} |")
+        if sm > best_acc:  # strict: a tie keeps the smaller jitter listed first
+            best, best_acc = (w, s), sm
+    if best is not None:
+        lines += ["", f"Chosen: weak σ = {best[0]:g}, strong σ = {best[1]:g}."]
+    return best, "\n".join(lines)
+
+
+def uda_settings(steps: int, weak: float, strong: float) -> list[Setting]:
+    """The official code's teacher (UDA + supervised + MPL): h = 0 controls and MPL rows."""
+    rows = [Setting("supervised", mode="supervised", steps=steps)]
+    for mode in ("hard", "soft"):
+        pl = uda_setting(f"uda-pl:{mode}", weak, strong, steps, mode=mode, meta_signal="none")
+        rows.append(pl)
+    for mode in ("hard", "soft"):
+        rows.append(uda_setting(f"uda-mpl:{mode}", weak, strong, steps, mode=mode,
+                                control=f"uda-pl:{mode}"))
+    for sign, pre in ((1, ""), (-1, "flip:")):
+        rows.append(uda_setting(f"uda-{pre}soft:x10", weak, strong, steps, mode="soft",
+                                meta_scale=10.0, meta_sign=sign, control="uda-pl:soft"))
     return rows
 
 
@@ -222,10 +315,15 @@ def _with_controls(settings: list[Setting]) -> list[Setting]:
     return out
 
 
+# Fields added with the UDA rows: left out of a run's key while at their defaults, so the
+# runs.jsonl of an earlier version still serves the rows without UDA.
+_UDA_DEFAULTS = {"lambda_u": 0.0, "weak_jitter": 0.0, "strong_jitter": 0.0, "uda_steps": 200}
+
+
 def _key(s: Setting) -> str:
     """What makes two settings the same run (names and pairing do not)."""
-    return json.dumps({k: v for k, v in asdict(s).items() if k not in ("name", "control")},
-                      sort_keys=True)
+    return json.dumps({k: v for k, v in asdict(s).items() if k not in ("name", "control")
+                       and not (k in _UDA_DEFAULTS and v == _UDA_DEFAULTS[k])}, sort_keys=True)
 
 
 def run_all(settings: list[Setting], seeds: list[int], workers: int, grid_names: set[str],
@@ -313,8 +411,10 @@ def markdown(rows: list[dict[str, Any]], seeds: list[int], title: str) -> str:
     return "\n".join(lines)
 
 
-def plot(res: dict[tuple[str, int], dict[str, Any]], names: list[str], seed: int, path: str) -> None:
-    """Decision boundaries of the students (and the first teacher) for one seed."""
+def plot(res: dict[tuple[str, int], dict[str, Any]], names: list[str], seed: int, path: str,
+         teacher: str | None = None, title: str = "") -> None:
+    """Decision boundaries of the students (and of ``teacher``'s teacher, by default the first
+    ``pl:`` row's) for one seed."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -322,7 +422,7 @@ def plot(res: dict[tuple[str, int], dict[str, Any]], names: list[str], seed: int
 
     d = make_data(seed)
     panels = [(n, res[(n, seed)]["grid"]) for n in names]
-    teacher = next((n for n in names if n.startswith("pl:")), None)
+    teacher = teacher or next((n for n in names if n.startswith("pl:")), None)
     if teacher:
         panels.insert(1, (f"{teacher} teacher", res[(teacher, seed)]["teacher_grid"]))
     cols = 4
@@ -340,7 +440,8 @@ def plot(res: dict[tuple[str, int], dict[str, Any]], names: list[str], seed: int
         ax.set_title(f"{name}: {acc:.1f} %", fontsize=9)
         ax.set_xticks([])
         ax.set_yticks([])
-    fig.suptitle(f"TwoMoon, seed {seed}: 6 labeled points (large), 2,000 unlabeled", fontsize=10)
+    fig.suptitle(f"TwoMoon{title}, seed {seed}: 6 labeled points (large), 2,000 unlabeled",
+                 fontsize=10)
     fig.tight_layout()
     fig.savefig(path, dpi=110)
     plt.close(fig)
@@ -364,6 +465,11 @@ def main(argv: list[str] | None = None) -> int:
                     "fresh seeds --first-seed.. (fresh data and test draws): a setting picked "
                     "because it looked good on seeds 0..N-1 is judged on seeds it was not picked on")
     ap.add_argument("--first-seed", type=int, default=10, help="first seed of --confirm (default 10)")
+    ap.add_argument("--uda", action="store_true",
+                    help="also run the rows whose teacher has the official code's UDA term "
+                    "(jitter chosen on validation draws of seeds 100-104 first: uda-select.md; "
+                    "rows: uda.md / uda.json; figures: uda.png for the first seed, "
+                    "uda-worst.png for the seed of the worst h = 0 control)")
     ap.add_argument("--cached-only", action="store_true",
                     help="train nothing: tabulate the settings whose runs are all in runs.jsonl "
                     "(and list the others as not run)")
@@ -380,6 +486,10 @@ def main(argv: list[str] | None = None) -> int:
     base = default_settings(args.steps)
     res = run_all(base, seeds, args.workers, {s.name for s in base}, cache,
                   train=not args.cached_only)
+    if not all((s.name, k) in res for s in base for k in seeds):  # only --cached-only gets here
+        print(f"twomoon: error: --cached-only: the default rows' runs are not all in {cache}; "
+              "run without --cached-only", file=sys.stderr)
+        return 2
     rows = summarize(base, res, seeds)
     md = markdown(rows, seeds, f"TwoMoon ({N_POINTS} points, noise {NOISE}, {LABELS_PER_CLASS} labels "
                   f"per moon, {args.steps} steps, MLP 2-64-64-2, SGD momentum 0.9, lr 0.1)")
@@ -392,6 +502,8 @@ def main(argv: list[str] | None = None) -> int:
                             for r in res.values()]}, f, indent=1)
     print(md)
     print(f"[twomoon] {len(res)} runs in {time.perf_counter() - t0:.0f} s; outputs in {args.out}")
+    if args.uda and _uda(args, cache, seeds) != 0:
+        return 2
     if args.explore:
         t1 = time.perf_counter()
         ex = _with_controls(explore_settings(args.steps))
@@ -414,6 +526,53 @@ def main(argv: list[str] | None = None) -> int:
                       f, indent=1)
         print(md_ex)
         print(f"[twomoon] explore: {len(res_ex)} runs in {time.perf_counter() - t1:.0f} s")
+    return 0
+
+
+def _uda(args: argparse.Namespace, cache: str, seeds: list[int]) -> int:
+    """``--uda``: choose the jitter on validation draws, then the UDA-teacher rows on ``seeds``."""
+    t0 = time.perf_counter()
+    jitter, md_sel = select_jitter(args.steps, args.workers, cache, train=not args.cached_only)
+    t_sel = time.perf_counter() - t0
+    missing = "the jitter selection's"
+    if jitter is not None:
+        weak, strong = jitter
+        rows_s = uda_settings(args.steps, weak, strong)
+        res = run_all(rows_s, seeds, args.workers, {s.name for s in rows_s}, cache,
+                      train=not args.cached_only)
+        missing = "" if all((s.name, k) in res for s in rows_s for k in seeds) else "the UDA rows'"
+    if missing:  # only --cached-only leaves runs out
+        print(f"twomoon: error: --uda --cached-only: {missing} runs are not all in {cache}; "
+              "run without --cached-only", file=sys.stderr)
+        return 2
+    rows = summarize(rows_s, res, seeds)
+    for r, s in zip(rows, rows_s):
+        if s.mode != "supervised":
+            r["mean_uda_term"] = float(np.mean([res[(s.name, k)]["mean_uda_term"] for k in seeds]))
+    md = markdown(rows, seeds, f"TwoMoon with the official code's teacher loss (L_sup + w_t L_uda "
+                  f"+ L_mpl): weak view = point + N(0, {weak:g}²), strong view = point + "
+                  f"N(0, {strong:g}²), τ 0.7, threshold 0.6, λ_u 8 ramped over "
+                  f"{rows_s[1].uda_steps} steps; otherwise as twomoon.md")
+    title = f" with a UDA teacher (jitter {weak:g} / {strong:g})"
+    names = [s.name for s in rows_s]
+    plot(res, names, seeds[0], os.path.join(args.out, "uda.png"), teacher="uda-pl:hard",
+         title=title)
+    # The UDA teacher does not find the moons on every seed: the second figure is the seed
+    # whose h = 0 control (hard labels) is least accurate, a rule that favours no row.
+    worst = min(seeds, key=lambda k: res[("uda-pl:hard", k)]["student_acc"])
+    res_w = run_all(rows_s, [worst], args.workers, set(names), cache, train=not args.cached_only)
+    if all("grid" in res_w.get((n, worst), {}) for n in names):
+        plot(res_w, names, worst, os.path.join(args.out, "uda-worst.png"), teacher="uda-pl:hard",
+             title=title + ", the seed of the worst h = 0 control")
+    for name, text in (("uda-select.md", md_sel), ("uda.md", md)):
+        with open(os.path.join(args.out, name), "w", encoding="utf-8") as f:
+            f.write(text + "\n")
+    with open(os.path.join(args.out, "uda.json"), "w", encoding="utf-8") as f:
+        json.dump({"seeds": seeds, "jitter": {"weak": weak, "strong": strong},
+                   "selection_seeds": list(SELECT_SEEDS), "rows": _json_rows(rows)}, f, indent=1)
+    print(md_sel)
+    print(md)
+    print(f"[twomoon] uda: selection {t_sel:.0f} s, rows {time.perf_counter() - t0 - t_sel:.0f} s")
     return 0
 
 
