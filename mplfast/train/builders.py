@@ -101,8 +101,9 @@ def fit_to_data(cfg: TrainConfig, ds: Any) -> TrainConfig:
     from dataclasses import replace
 
     side = int(ds.image_shape[0])
+    # (not with --pretrained: the weights fix the architecture)
     if (cfg.model == "small_cnn" and cfg.teacher_model in (None, "small_cnn")
-            and "input_size" not in cfg.model_kwargs and side > 8):
+            and "input_size" not in cfg.model_kwargs and side > 8 and cfg.pretrained is None):
         cfg = replace(cfg, model_kwargs={**cfg.model_kwargs, "input_size": side})
     if cfg.labels is not None:
         return cfg
