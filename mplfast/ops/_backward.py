@@ -54,6 +54,10 @@ def _scale_inplace_cuda(grad: Tensor, scale: Tensor) -> Tensor:
         with torch.cuda.device(grad.device):
             _native._C.scale_inplace_cuda(grad.data_ptr(), codes[grad.dtype], grad.numel(), s.data_ptr(),
                                           codes[s.dtype], stream)
+        # A write through a raw pointer is invisible to autograd: bump the saved tensor's version
+        # counter as an in-place torch op would, so a second backward through a retained graph
+        # raises "modified by an inplace operation" instead of scaling the gradient twice.
+        torch.autograd.graph.increment_version(grad)
         return grad
     return grad.mul_(scale.to(grad.dtype))
 
