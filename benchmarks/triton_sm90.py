@@ -27,7 +27,6 @@ import argparse
 import contextlib
 import io
 import json
-import math
 import os
 import re
 import sys
@@ -64,15 +63,14 @@ BUDGETS: dict[str, tuple[Callable[[dict], int], str]] = {
                                         "flight to reach HBM bandwidth"),
     "_finish_kernel": (lambda r: 128, "one program: only spills matter; 128 is generous"),
     "_sample_kernel": (lambda r: 64, "trivial index math, 4 warps: >= 32 warps per SM"),
-    "_augment_kernel": (lambda r: 128 if r["pixels"] <= 1024 else 255,
-                        "one image per program: <= 32x32 images need <= 128 (>= 2 programs of 8 warps "
-                        "per SM, so one's gathers overlap another's arithmetic); larger images (up to "
-                        "MAX_PIXELS) hold the whole image in registers, one program per SM, 255 allowed"),
+    "_augment_kernel": (lambda r: 128, "one image per program, gathers and reductions: <= 128 keeps >= 16 "
+                                       "warps per SM (2 programs of 8 warps, or one of 16), so one warp's "
+                                       "gathers overlap another's arithmetic"),
 }
 
 RECORDS: list[dict] = []
 _SEEN: dict[str, dict] = {}
-CASE: dict[str, Any] = {"name": "", "pixels": 0}
+CASE: dict[str, Any] = {"name": ""}
 
 
 def _ptxas_report(log: str) -> dict:
@@ -115,7 +113,7 @@ def _compile_run(self, *args, grid, warmup, **kwargs):
             "res": res,
         }
         _SEEN[key] = rec
-    RECORDS.append(dict(rec, case=CASE["name"], pixels=CASE["pixels"]))
+    RECORDS.append(dict(rec, case=CASE["name"]))
     return None
 
 
@@ -173,11 +171,13 @@ def _cases() -> list[tuple[str, Callable[[], None]]]:
         pol = P.Policy(h, w, hflip, n_ops=n_ops, magnitude=10.0, cutout=0.5)
         return lambda: ka.augment(imgs, torch.tensor([0, 2, 3]), out, pol, 12345, 0, (0.5,) * ch, (0.25,) * ch)
 
-    # digits (8x8x1), CIFAR (32x32x3: the strong view n_ops = 2, the weak view n_ops = 0), and the
-    # largest square image the dispatcher sends to this kernel (MAX_PIXELS), RGB and grey
-    side = math.isqrt(ka.MAX_PIXELS)
-    for h, w, ch, n_ops, dt in ((8, 8, 1, 2, fp32), (32, 32, 3, 2, bf16), (32, 32, 3, 2, fp32), (32, 32, 3, 0, fp32),
-                                (side, side, 3, 2, bf16), (side, side, 1, 3, fp32)):
+    # digits (8x8x1), CIFAR (32x32x3: the strong view n_ops = 2, the weak view n_ops = 0), and one
+    # image per warp-count class of the launcher (tiles of 1024, 2048 and 4096 = MAX_ELEMENTS
+    # elements: the largest the dispatcher sends here, RGB and grey)
+    for h, w, ch, n_ops, dt in ((8, 8, 1, 2, fp32), (16, 16, 3, 2, bf16), (32, 64, 1, 2, fp32),
+                                (32, 32, 3, 2, bf16), (32, 32, 3, 2, fp32), (32, 32, 3, 0, fp32),
+                                (64, 64, 1, 3, fp32)):
+        assert ka.fits(h, w, ch)
         cases.append((f"augment {h}x{w}x{ch} n_ops={n_ops} {str(dt)[6:]}", augment(h, w, ch, n_ops, dt)))
     cases.append(("sample_rows", lambda: ka.sample_rows(7, 0, 300, 37, torch.arange(37), torch.device("cpu"))))
     return cases
@@ -202,7 +202,6 @@ def compile_all(only: str = "") -> list[dict]:
         for name, run in _cases():
             if only in name:
                 CASE["name"] = name
-                CASE["pixels"] = int(re.search(r"(\d+)x(\d+)x\d", name)[1]) ** 2 if name.startswith("augment") else 0
                 run()
     finally:
         import shutil
