@@ -28,6 +28,38 @@ except ImportError:  # pragma: no cover - older torch: launch directly
 
 __all__ = ["device_guard", "launch", "interpreter_tiles"]
 
+
+def _fix_interpreter_index() -> None:
+    """Triton's interpreter up to 3.6 turns a scalar tensor into a Python int with
+    ``int(handle.data)``, where ``data`` is a 1-element 1-d array; NumPy 2.4 refuses that
+    (``TypeError: only 0-dimensional arrays can be converted to Python scalars``), which fails
+    every interpreted kernel that indexes or loops with a tensor scalar. Later Triton squeezes the
+    array first; this does the same for the versions that do not (found by reading the
+    interpreter's own source, not by version number). A no-op for a compiled launch."""
+    if os.environ.get("TRITON_INTERPRET") != "1":
+        return
+    import inspect
+
+    try:
+        from triton.runtime import interpreter as ti
+
+        src = inspect.getsource(ti._patch_lang_tensor)
+    except (ImportError, AttributeError, OSError, TypeError):  # another layout: nothing to fix
+        return
+    if "int(self.handle.data)" not in src or getattr(ti._patch_lang_tensor, "_mplfast_fixed", False):
+        return
+    original = ti._patch_lang_tensor
+
+    def patched(tensor: Any, scope: Any) -> None:
+        original(tensor, scope)
+        scope.set_attr(tensor, "__index__", lambda self: int(self.handle.data.squeeze()))
+
+    patched._mplfast_fixed = True  # type: ignore[attr-defined]
+    ti._patch_lang_tensor = patched
+
+
+_fix_interpreter_index()
+
 _WRAPPED: dict[int, tuple[Any, Any]] = {}
 
 

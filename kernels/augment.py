@@ -21,9 +21,13 @@ the kernel is compiled with ``enable_fp_fusion=False``, so no a*b+c is contracte
 (which could move a pixel on a rounding boundary by one level). The tests check exact equality
 under the interpreter, and that the sm_90 PTX holds no fma.rn.f32.
 
-Images with more than ``MAX_PIXELS`` pixels per image do not fit one program's registers (at
-96x96 a program would need ~10 KB of stack per thread); the dispatcher uses the torch path for
-them.
+One program holds the image as a [BLOCK, CP] register tile (pixels padded to a power of two,
+channels to 1 or 4). Tiles of more than ``MAX_ELEMENTS`` elements do not fit without spilling
+(``fits``; the dispatcher uses the torch path for them): on Triton 3.6's sm_90 build a 64x64 RGB
+tile (16384 elements) spills ~4 KB per thread at 8 warps, ~2 KB at 16 and ~1 KB at 32, and even
+32x64 RGB (8192) spills at 8 and 16 warps, while tiles of 4096 elements (32x32 RGB, 64x64 grey)
+take 16 warps at 84 / 125 registers without a spill (benchmarks/triton_sm90.py checks every
+configuration on the installed Triton).
 """
 from __future__ import annotations
 
@@ -38,7 +42,19 @@ from mplfast.augment import params as P
 from mplfast.augment.reference import normalize_constants
 from mplfast.kernels._launch import launch
 
-MAX_PIXELS = 4096  # 64 x 64: the largest image one program holds in registers without spilling
+MAX_ELEMENTS = 4096  # BLOCK * CP of the largest tile one program holds without spilling (module doc)
+
+
+def tile(h: int, w: int, c: int) -> tuple[int, int]:
+    """(BLOCK, CP): an image's register tile, pixels and channels padded."""
+    return triton.next_power_of_2(h * w), (4 if c == 3 else 1)
+
+
+def fits(h: int, w: int, c: int) -> bool:
+    """True when this kernel takes [h, w, c] images: 1 or 3 channels, a tile of at most
+    MAX_ELEMENTS elements (64x64 grey, 32x32 RGB)."""
+    block, cp = tile(h, w, c)
+    return c in (1, 3) and block * cp <= MAX_ELEMENTS
 
 # Small constant tensors per (device, ...): created once, so a step issues no host-to-device
 # copy (which would also be illegal inside CUDA-graph capture).
@@ -168,12 +184,15 @@ def _augment_kernel(
     ix = tl.floor(sx)
     iy = tl.floor(sy)
     inside = (ix >= 0) & (ix < W) & (iy >= 0) & (iy < H) & valid
-    ixi = tl.minimum(tl.maximum(ix, 0.0), W - 1.0).to(tl.int64)
-    iyi = tl.minimum(tl.maximum(iy, 0.0), H - 1.0).to(tl.int64)
-    src = ((row * H + iyi) * W + ixi) * C
+    ixi = tl.minimum(tl.maximum(ix, 0.0), W - 1.0).to(tl.int32)
+    iyi = tl.minimum(tl.maximum(iy, 0.0), H - 1.0).to(tl.int32)
+    # the image's base as one 64-bit scalar, per-pixel offsets in int32 (< H * W * C): 64-bit
+    # offsets per element would hold two registers each
+    img = img_ptr + row * (H * W * C)
+    src = (iyi * W + ixi) * C
     cmask = cidx < C
     m2 = inside[:, None] & cmask[None, :]
-    v = tl.load(img_ptr + src[:, None] + cidx[None, :], mask=m2, other=128).to(tl.float32)
+    v = tl.load(img + src[:, None] + cidx[None, :], mask=m2, other=128).to(tl.float32)
     v = tl.where(m2, v, 128.0)
     vm = valid[:, None] & cmask[None, :]
 
@@ -250,9 +269,11 @@ def _augment_kernel(
     scale = tl.load(scale_ptr + cidx, mask=cmask, other=0.0)
     shift = tl.load(shift_ptr + cidx, mask=cmask, other=0.0)
     y = v * scale[None, :] + shift[None, :]
-    o = (pid.to(tl.int64) * s_on + cidx[None, :].to(tl.int64) * s_oc
-         + py[:, None].to(tl.int64) * s_oh + px[:, None].to(tl.int64) * s_ow)
-    tl.store(out_ptr + o, y.to(out_ptr.dtype.element_ty, fp_downcast_rounding="rtne"), mask=vm)
+    # the image's base as one 64-bit scalar; offsets inside an image in int32 (the launcher
+    # checks they fit)
+    dst = out_ptr + pid.to(tl.int64) * s_on
+    o = cidx[None, :] * s_oc + py[:, None] * s_oh + px[:, None] * s_ow
+    tl.store(dst + o, y.to(out_ptr.dtype.element_ty, fp_downcast_rounding="rtne"), mask=vm)
 
 
 def augment(images: Tensor, index: Tensor, out: Tensor, policy: P.Policy, key: int,
@@ -265,13 +286,13 @@ def augment(images: Tensor, index: Tensor, out: Tensor, policy: P.Policy, key: i
         raise ValueError("images must be contiguous uint8 [M, H, W, C]")
     if N == 0:
         return
-    if H * W > MAX_PIXELS:
-        raise ValueError(f"triton augment handles up to {MAX_PIXELS} pixels per image, got {H}x{W}")
     if C not in (1, 3):
         raise ValueError(f"triton augment handles 1 or 3 channels, got {C}")
+    if not fits(H, W, C):
+        raise ValueError(f"triton augment handles images up to 64x64 grey / 32x32 RGB (a tile of "
+                         f"{MAX_ELEMENTS} elements), got {H}x{W}x{C}")
     dev = images.device
-    BLOCK = triton.next_power_of_2(H * W)
-    CP = 4 if C == 3 else 1
+    BLOCK, CP = tile(H, W, C)
     n = policy.n_ops
     scr = max(BLOCK * CP, 256 * C) if n > 0 else 1
     # uint8 scratch (pixel values and LUT entries are 0..255): 4 KiB per 32x32 RGB image
@@ -291,8 +312,9 @@ def augment(images: Tensor, index: Tensor, out: Tensor, policy: P.Policy, key: i
         float(policy.solarize_threshold), float(2 ** policy.posterize_shift), policy.cutout_px,
         policy.pad_x, policy.pad_y,
         H=H, W=W, C=C, BLOCK=BLOCK, CP=CP, N_OPS=n, HFLIP=policy.hflip, SCR=scr,
-        # 8 warps hold a 64x64 RGB tile in 255 registers a thread; 16 would cap ptxas at 128 and spill
-        num_warps=4 if BLOCK * CP <= 2048 else 8,
+        # 4096-element tiles take 16 warps: at 8, Triton 3.6 needs 148 registers for 32x32 RGB
+        # (one program of 8 warps per SM) and 3.9 spills at 64x64 grey; at 16, 84 and 51
+        num_warps=4 if BLOCK * CP <= 1024 else (8 if BLOCK * CP <= 2048 else 16),
         fp_fusion=False,  # bit-exact: no FMA contraction (Triton's default is on)
     )
 

@@ -13,10 +13,12 @@ independent of scheduling.
 
 Host time matters (this runs every MPL step over every parameter): a call builds one key from
 the lists (each tensor's address, and the first list's sizes and dtypes; ~30 us for ResNet-50's
-161 x 3 tensors), and on a hit reuses the whole plan: device tables, launch groups, the partials
-buffer. Then it issues ``groups + 1`` launches and allocates only the result. The lists
-themselves are not the key: a caller builds a fresh list of gradients every step, while the
-caching allocator hands their memory back at the same addresses.
+161 x 3 tensors), and on a hit reuses the whole plan: device tables, launch groups, and the
+current stream's partials buffer. Then it issues ``groups + 1`` launches and allocates only the
+result. The lists themselves are not the key: a caller builds a fresh list of gradients every
+step, while the caching allocator hands their memory back at the same addresses. Nor is the
+stream: a plan describes tensors; only its scratch (the partials) is per stream. Plans built
+during CUDA-graph capture are never reused outside it (``_run``).
 
 The table holds raw addresses, so this launcher cannot be traced by torch.compile: register it
 as an opaque custom op. It validates nothing (the public op did, once).
@@ -42,7 +44,8 @@ _INTERPRETER_BLOCK = 8192  # the interpreter pays per op, not per element, so it
 _FINISH_BLOCK = 1024  # partials summed per step of the finishing kernel
 _TABLE_CAPACITY = 4096  # chunks per launch
 _KIND = {torch.float32: 0, torch.float16: 1, torch.bfloat16: 2}
-_TABLE_CACHE: "OrderedDict[tuple, _Plan]" = OrderedDict()  # plans (tables, partials) by key
+_TABLE_CACHE: "OrderedDict[tuple, _Plan]" = OrderedDict()  # eager plans by key
+_CAPTURED_PLANS: "list[_Plan]" = []  # plans built during CUDA-graph capture (_run)
 _TABLE_CACHE_SIZE = 16
 T = torch.Tensor
 
@@ -81,7 +84,9 @@ def _multi_dot_kernel(
     offs = tl.arange(0, BLOCK)
     acc = tl.zeros([BLOCK], dtype=tl.float32)
     # Full blocks without a mask (vectorizable), then one masked tail block.
-    full = (numel // BLOCK) * BLOCK
+    # numel - numel % BLOCK, not (numel // BLOCK) * BLOCK: the same value, but with the latter
+    # ptxas kept a value on the stack in the bf16 variant (8 B of spills, Triton 3.6 and 3.9)
+    full = numel - numel % BLOCK
     for start in range(0, full, BLOCK):
         o = start + offs
         va = tl.load(a + o).to(tl.float32)
@@ -116,18 +121,46 @@ def _finish_kernel(partial_ptr, n, out_ptr, BLOCK: tl.constexpr):
 
 class _Launch(NamedTuple):
     table: torch.Tensor  # int64 [rows, k + 1], a slice of one group's table
-    partials: torch.Tensor  # fp32 [rows], a slice of the plan's partials
+    at: int  # first row of this launch's partials
     kinds: tuple[int, int, int]
     aligned: bool
 
 
-class _Plan(NamedTuple):
-    launches: list[_Launch]
-    partials: torch.Tensor  # fp32 [chunks]
+class _Plan:
+    """What follows from (addresses, sizes, dtypes): the device tables and launch groups, shared
+    by every stream (read-only once uploaded). The partials buffer is scratch a launch writes,
+    so each stream gets its own (``partials``: stream id -> the buffer and its per-launch
+    slices), allocated on that stream: calls on two streams never race on one buffer, and the
+    caching allocator knows which stream uses it."""
+
+    __slots__ = ("launches", "n_partials", "tables", "host", "stream", "partials")
+
+    def __init__(self, launches: list[_Launch], n_partials: int, tables: list[torch.Tensor],
+                 host: list[torch.Tensor], stream: "torch.cuda.Stream | None") -> None:
+        self.launches, self.n_partials, self.tables = launches, n_partials, tables
+        self.host = host  # pinned sources of the uploads: a captured copy reads them at every replay
+        self.stream = stream  # where the tables were uploaded (CUDA)
+        self.partials: dict[int | None, tuple[torch.Tensor, list[torch.Tensor]]] = {}
+
+    def scratch(self, device: torch.device, capturing: bool) -> tuple[torch.Tensor, list[torch.Tensor]]:
+        """(partials, one slice per launch) for the current stream."""
+        stream = torch.cuda.current_stream(device) if device.type == "cuda" else None
+        sid = stream.cuda_stream if stream is not None else None
+        hit = self.partials.get(sid)
+        if hit is None:
+            if stream is not None and not capturing and stream.cuda_stream != self.stream.cuda_stream:
+                # first use on another stream: order it after the upload, and keep the tables'
+                # memory from being reused while this stream may still read them
+                stream.wait_stream(self.stream)
+                for t in self.tables:
+                    t.record_stream(stream)
+            buf = torch.empty(self.n_partials, dtype=torch.float32, device=device)
+            hit = self.partials[sid] = (buf, [buf[ln.at:ln.at + ln.table.shape[0]] for ln in self.launches])
+        return hit
 
 
-def _table(group: list[tuple[torch.Tensor, ...]], device: torch.device) -> torch.Tensor:
-    """Device int64 table [n_chunks, k + 1] for same-shaped flat tensors."""
+def _table(group: list[tuple[torch.Tensor, ...]], device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
+    """(device int64 table [n_chunks, k + 1] for same-shaped flat tensors, its host source)."""
     rows: list[list[int]] = []
     for ts in group:
         numel = ts[0].numel()
@@ -135,10 +168,11 @@ def _table(group: list[tuple[torch.Tensor, ...]], device: torch.device) -> torch
         ptrs = [t.data_ptr() for t in ts]
         for off in range(0, numel, _CHUNK):
             rows.append([p + off * s for p, s in zip(ptrs, sizes)] + [min(_CHUNK, numel - off)])
-    table = torch.tensor(rows, dtype=torch.int64)
-    if device.type == "cuda":
-        table = table.pin_memory().to(device, non_blocking=True)
-    return table
+    host = torch.tensor(rows, dtype=torch.int64)
+    if device.type != "cuda":
+        return host, host
+    host = host.pin_memory()
+    return host.to(device, non_blocking=True), host
 
 
 def _plan(lists: Sequence[Sequence[torch.Tensor]], device: torch.device) -> _Plan:
@@ -150,18 +184,22 @@ def _plan(lists: Sequence[Sequence[torch.Tensor]], device: torch.device) -> _Pla
             continue
         aligned = all(t.data_ptr() % 16 == 0 for t in ts)
         groups.setdefault((ts[0].dtype, aligned), []).append(ts)
-    tables = [(dt, aligned, _table(group, device)) for (dt, aligned), group in groups.items()]
-    n = sum(t.shape[0] for _, _, t in tables)
-    partials = torch.empty(n, dtype=torch.float32, device=device)
+    tables = [(dt, aligned, *_table(group, device)) for (dt, aligned), group in groups.items()]
     launches: list[_Launch] = []
     at = 0
-    for dt, aligned, table in tables:  # insertion order: deterministic
+    for dt, aligned, table, _ in tables:  # insertion order: deterministic
         kind = _KIND[dt]
         for lo in range(0, table.shape[0], _TABLE_CAPACITY):
             sub = table[lo:lo + _TABLE_CAPACITY]
-            launches.append(_Launch(sub, partials[at:at + sub.shape[0]], (kind, kind, kind), aligned))
+            launches.append(_Launch(sub, at, (kind, kind, kind), aligned))
             at += sub.shape[0]
-    return _Plan(launches, partials)
+    stream = torch.cuda.current_stream(device) if device.type == "cuda" else None
+    return _Plan(launches, at, [t[2] for t in tables], [t[3] for t in tables], stream)
+
+
+def _capturing(device: torch.device) -> bool:
+    """True while the current stream of ``device`` is being captured into a CUDA graph."""
+    return device.type == "cuda" and torch.cuda.is_current_stream_capturing()
 
 
 def _run(lists: Sequence[Sequence[torch.Tensor]], delta: bool) -> torch.Tensor:
@@ -170,15 +208,22 @@ def _run(lists: Sequence[Sequence[torch.Tensor]], delta: bool) -> torch.Tensor:
         return torch.zeros((), dtype=torch.float32)
     device = first[0].device
     contiguous = all(all(map(T.is_contiguous, lst)) for lst in lists)
-    if contiguous:
+    capturing = _capturing(device)
+    if capturing:
+        # A plan built during CUDA-graph capture has tables that only the graph's replays fill
+        # (the upload is captured), in the graph's memory pool: it must serve this capture only
+        # and live as long as the graph (with the pinned host tables its copies read), so it is
+        # neither looked up nor evicted: it is kept for the process's lifetime.
+        lists = lists if contiguous else [[t.contiguous() for t in lst] for lst in lists]
+        plan = _plan(lists, device)
+        _CAPTURED_PLANS.append(plan)
+    elif contiguous:
         # Everything a plan holds follows from (addresses, sizes, dtypes): equal keys give equal
         # plans even if the memory now belongs to other tensors. The dtypes of the other lists
-        # equal the first's (the public op checks it).
+        # equal the first's (the public op checks it). Not the stream: the tables are shared
+        # by every stream, and the scratch is per stream (_Plan.scratch).
         key = (device, delta, tuple(map(T.numel, first)), tuple(t.dtype for t in first),
                *(tuple(map(T.data_ptr, lst)) for lst in lists))
-        if device.type == "cuda":
-            # the partials are reused: calls on one plan must be ordered on one stream
-            key += (torch.cuda.current_stream(device).cuda_stream,)
         plan = _TABLE_CACHE.get(key)
         if plan is None:
             plan = _TABLE_CACHE[key] = _plan(lists, device)
@@ -193,12 +238,13 @@ def _run(lists: Sequence[Sequence[torch.Tensor]], delta: bool) -> torch.Tensor:
     out = torch.empty((), dtype=torch.float32, device=device)
     if not plan.launches:
         return out.zero_()
+    partials, parts = plan.scratch(device, capturing)
     block = _INTERPRETER_BLOCK if interpreter_tiles() else _GPU_BLOCK
-    for ln in plan.launches:
-        launch(_multi_dot_kernel, (ln.table.shape[0],), device, ln.table, ln.partials,
+    for ln, part in zip(plan.launches, parts):
+        launch(_multi_dot_kernel, (ln.table.shape[0],), device, ln.table, part,
                NCOL=ln.table.shape[1], DELTA=delta, KA=ln.kinds[0], KB=ln.kinds[1], KC=ln.kinds[2],
                ALIGNED=ln.aligned, BLOCK=block, num_warps=4, fp_fusion=True)
-    launch(_finish_kernel, (1,), device, plan.partials, plan.partials.shape[0], out,
+    launch(_finish_kernel, (1,), device, partials, partials.shape[0], out,
            BLOCK=_FINISH_BLOCK, num_warps=4, fp_fusion=True)
     return out
 

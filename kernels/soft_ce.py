@@ -196,5 +196,8 @@ def soft_ce_forward(
         n, c, float(label_smoothing), float(grad_scale if grad_scale is not None else 1.0),
         SOFT=soft, GRAD=grad is not None, SINGLE=single, ROWS=rows, BLOCK_C=block_c, VEC=vec,
         num_warps=num_warps, fp_fusion=True,
+        # ptxas otherwise limits itself to 64 registers here and spills (C = 32003 bf16 with a
+        # gradient, Triton 3.9); 128 is the row kernels' budget (benchmarks/triton_sm90.py)
+        maxnreg=128,
     )
     return loss, grad

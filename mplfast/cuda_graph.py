@@ -169,17 +169,21 @@ class GraphedStep:
             step._after_step()
             return out
         self._next_pair = 0
-        if self.calls < self.warmup:
-            side = torch.cuda.Stream(step.device)
-            side.wait_stream(torch.cuda.current_stream(step.device))
-            with torch.cuda.stream(side):
-                out = step._step(*inputs)
-            torch.cuda.current_stream(step.device).wait_stream(side)
-        else:
-            if self.graph is None:
-                self._capture(inputs)
-            self.graph.replay()
-            out = self.outputs
+        # Everything on the step's device: the warm-up side stream, the capture (whose stream,
+        # memory pool and kernels follow the *current* device, not the tensors') and the replay.
+        # With another device current, capture would record on that device's stream.
+        with torch.cuda.device(step.device):
+            if self.calls < self.warmup:
+                side = torch.cuda.Stream(step.device)
+                side.wait_stream(torch.cuda.current_stream(step.device))
+                with torch.cuda.stream(side):
+                    out = step._step(*inputs)
+                torch.cuda.current_stream(step.device).wait_stream(side)
+            else:
+                if self.graph is None:
+                    self._capture(inputs)
+                self.graph.replay()
+                out = self.outputs
         self.calls += 1
         step._after_step()
         return dict(out)  # the graph's static outputs: overwritten by the next replay

@@ -18,6 +18,25 @@ os.environ["PYTHONSAFEPATH"] = "1"
 import pytest  # noqa: E402
 
 
+@pytest.hookimpl(tryfirst=True)
+def pytest_configure(config):
+    """pytest-benchmark creates its storage folder (default ``./.benchmarks``) at start-up, even
+    when no test benchmarks anything: tests must leave the work tree as they found it, so unless
+    ``--benchmark-storage`` was given it goes to a temporary folder, removed at exit. (The
+    benchmark plugin configures itself last, after this hook.)"""
+    if not hasattr(config.option, "benchmark_storage"):  # pytest-benchmark not installed
+        return
+    if any(str(a).startswith("--benchmark-storage") for a in config.invocation_params.args):
+        return
+    import atexit
+    import shutil
+    import tempfile
+
+    home = tempfile.mkdtemp(prefix="mplfast-benchmarks-")
+    atexit.register(shutil.rmtree, home, ignore_errors=True)
+    config.option.benchmark_storage = f"file://{home}"
+
+
 @pytest.fixture
 def seeded():
     """A fresh, seeded torch generator per test, so failures reproduce."""

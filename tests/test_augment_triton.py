@@ -146,22 +146,24 @@ def test_batcher_triton_sampling_path_matches_torch():
             assert torch.equal(p, q)
 
 
-def test_images_above_max_pixels_take_the_torch_path(monkeypatch):
-    """One program holds a whole image in registers; above 64x64 (MAX_PIXELS) the sm_90 build
-    spills (about 10 KB of stack per thread at 96x96), so the automatic choice routes such images
-    (ImageNet's 224 px included) to the torch path with one warning; asking for triton raises."""
+def test_images_above_the_tile_limit_take_the_torch_path(monkeypatch):
+    """One program holds a whole image in registers; a tile above 4096 elements (64x64 grey,
+    32x32 RGB) spills in Triton 3.6's sm_90 build (64x64 RGB: ~4 KB per thread), so the
+    automatic choice routes such images (64x64 RGB, ImageNet's 224 px) to the torch path with
+    one warning; asking for triton raises."""
     import mplfast.augment as A
-    from mplfast.kernels.augment import MAX_PIXELS
+    from mplfast.kernels.augment import fits
 
-    assert MAX_PIXELS == 64 * 64
-    imgs = _imgs(2, 72, 72, 3, seed=9)  # 5184 pixels
-    pol = P.Policy(72, 72, True, n_ops=1, magnitude=5.0)
+    assert fits(64, 64, 1) and fits(32, 32, 3) and fits(8, 8, 1)
+    assert not fits(64, 64, 3) and not fits(32, 64, 3) and not fits(72, 72, 1) and not fits(8, 8, 2)
+    imgs = _imgs(2, 64, 64, 3, seed=9)
+    pol = P.Policy(64, 64, True, n_ops=1, magnitude=5.0)
     monkeypatch.setattr(A, "resolve_backend", lambda backend, device: backend or "triton")
     monkeypatch.setattr(A, "_warned", set())
     called = []
     import mplfast.kernels.augment as ka
     monkeypatch.setattr(ka, "augment", lambda *a, **k: called.append(1))
-    out = torch.empty(2, 3, 72, 72)
+    out = torch.empty(2, 3, 64, 64)
     with pytest.warns(UserWarning, match="using the torch path"):
         A.augment_view(out, imgs, torch.tensor([1, 0]), pol, seed=1, step=0, view=2, id_offset=0,
                        mean=(0.5,) * 3, std=(0.2,) * 3)
@@ -171,5 +173,5 @@ def test_images_above_max_pixels_take_the_torch_path(monkeypatch):
                    mean=(0.5,) * 3, std=(0.2,) * 3, backend="reference")
     assert torch.equal(out, ref)
     monkeypatch.undo()
-    with pytest.raises(ValueError, match="up to 4096 pixels"):
+    with pytest.raises(ValueError, match="up to 64x64 grey / 32x32 RGB"):
         ka.augment(imgs, torch.tensor([0]), out[:1], pol, 1, 0, (0.5,) * 3, (0.2,) * 3)

@@ -1,6 +1,7 @@
 """backends() reports, resolve_backend() choices, warn-once fallbacks, explicit failures."""
 from __future__ import annotations
 
+import contextlib
 import importlib.util
 import subprocess
 import sys
@@ -271,3 +272,46 @@ def test_cuda_backward_scales_the_saved_gradient_in_place(monkeypatch, seeded):
     out = _backward._scale_inplace_cuda(grad, scale)
     assert out is grad and out.data_ptr() == ptr
     assert torch.equal(out, (before.float() * 2.5).to(torch.bfloat16))
+
+
+@pytest.mark.parametrize("op", ["soft_ce", "uda"])
+def test_cuda_inplace_scale_makes_a_second_backward_raise(monkeypatch, seeded, op):
+    """The CUDA backward scales the saved gradient in place through a raw pointer; autograd must
+    see that write (version counter), so a second backward through a graph kept with
+    retain_graph=True raises instead of scaling the gradient twice. Driven on CPU: the ops' CUDA
+    branch (_scale_inplace_cuda, with a fake binding that writes through the pointer) is routed
+    in for CPU tensors."""
+    import ctypes
+
+    from mplfast import _native
+    from mplfast.ops import _backward
+    from mplfast.ops.soft_ce import op as soft_ce_op
+    from mplfast.ops.uda import op as uda_op
+
+    class FakeC:
+        def scale_inplace_cuda(self, data, dtype, numel, scale_ptr, scale_dtype, stream):
+            assert dtype == 0 and scale_dtype == 0  # fp32 gradient, fp32 scale
+            s = ctypes.c_float.from_address(scale_ptr).value
+            buf = (ctypes.c_float * numel).from_address(data)
+            for i in range(numel):
+                buf[i] *= s
+
+    monkeypatch.setattr(_native, "_C", FakeC())
+    monkeypatch.setattr(_native, "has", lambda name: name == "scale_inplace_cuda")
+    monkeypatch.setattr(_native, "stream", lambda device: (0, 0))
+    monkeypatch.setattr(torch.cuda, "device", lambda device: contextlib.nullcontext())
+    for mod in (soft_ce_op, uda_op):
+        monkeypatch.setattr(mod, "scale_saved_grad", _backward._scale_inplace_cuda)
+    z = torch.randn(4, 5, generator=seeded, requires_grad=True)
+    if op == "soft_ce":
+        loss = mplfast.soft_cross_entropy(z, torch.tensor([0, 1, 2, 3]), backend="reference")
+        ref = F.cross_entropy(z, torch.tensor([0, 1, 2, 3]))
+    else:
+        weak = torch.randn(4, 5, generator=seeded) * 5
+        loss, _ = mplfast.uda_loss(weak, z, temperature=0.5, threshold=0.0, backend="reference")
+        ref = -(torch.softmax(weak / 0.5, 1) * torch.log_softmax(z, 1)).sum(1).mean()
+    (want,) = torch.autograd.grad(ref * 3.0, z)
+    (loss * 3.0).backward(retain_graph=True)
+    assert torch.allclose(z.grad, want, atol=1e-6)  # the fake binding scaled once, in place
+    with pytest.raises(RuntimeError, match="modified by an inplace operation"):
+        (loss * 3.0).backward()

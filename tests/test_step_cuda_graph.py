@@ -2,6 +2,7 @@
 eager fallback with one warning (the capture itself needs a CUDA device)."""
 from __future__ import annotations
 
+import contextlib
 import copy
 import warnings
 
@@ -99,3 +100,77 @@ def test_refused_optimizers_and_float_lr():
     with warnings.catch_warnings():  # a float lr without a scheduler is a constant: fine
         warnings.simplefilter("ignore", RuntimeWarning)
         MPLStep(T, S, _opt(T, lr=0.05), _opt(S, lr=0.05), cfg, cuda_graph=True)
+
+
+def test_warmup_capture_and_replay_run_on_the_steps_device(monkeypatch):
+    """A step on cuda:1 while cuda:0 is current: the warm-up side stream, the capture and every
+    replay happen inside torch.cuda.device(step.device) (capture takes its stream and memory pool
+    from the current device). Driven on CPU with the torch.cuda pieces replaced by recorders."""
+    from mplfast.cuda_graph import GraphedStep
+
+    dev = torch.device("cuda", 1)
+    current = [torch.device("cuda", 0)]
+    events: list[tuple[str, torch.device]] = []
+
+    class Device:
+        def __init__(self, d):
+            self.d = torch.device(d)
+
+        def __enter__(self):
+            current.append(self.d)
+
+        def __exit__(self, *exc):
+            current.pop()
+
+    class Stream:
+        def __init__(self, device=None):
+            events.append(("stream", current[-1]))
+
+        def wait_stream(self, other):
+            pass
+
+    class Graph:
+        def register_generator_state(self, state):
+            pass
+
+        def replay(self):
+            events.append(("replay", current[-1]))
+
+    class Capture:
+        def __init__(self, graph):
+            pass
+
+        def __enter__(self):
+            events.append(("capture", current[-1]))
+
+        def __exit__(self, *exc):
+            pass
+
+    class StepDouble:
+        device = dev
+        cfg = MPLConfig(precision="bf16")
+
+        def _step(self, *inputs):
+            events.append(("step", current[-1]))
+            return {"loss": torch.zeros(())}
+
+        def _after_step(self):
+            pass
+
+    monkeypatch.setattr(torch.cuda, "device", Device)
+    monkeypatch.setattr(torch.cuda, "Stream", Stream)
+    monkeypatch.setattr(torch.cuda, "current_stream", lambda device=None: Stream())
+    monkeypatch.setattr(torch.cuda, "stream", lambda s: contextlib.nullcontext())
+    monkeypatch.setattr(torch.cuda, "CUDAGraph", Graph)
+    monkeypatch.setattr(torch.cuda, "graph", Capture)
+    monkeypatch.setattr(torch.cuda, "synchronize", lambda device=None: None)
+    g = GraphedStep.__new__(GraphedStep)  # __init__ needs a real CUDA device
+    g.step, g.warmup, g.calls, g._inputs, g.graph, g.outputs = StepDouble(), 1, 0, None, None, None
+    g.active, g._pairs, g._next_pair = True, [], 0
+    x = torch.zeros(2)
+    for _ in range(3):  # warm-up, capture + replay, replay
+        g(x, x, x, x)
+    assert [e[0] for e in events] == ["stream", "stream", "step", "stream", "capture", "step", "replay",
+                                      "replay"]
+    assert all(d == dev for _, d in events), events
+    assert current == [torch.device("cuda", 0)]

@@ -112,6 +112,26 @@ __host__ __device__ __forceinline__ float nan_f() {
 #endif
 }
 
+// ---- masked classes --------------------------------------------------------------------------
+// A logit at or below -1e30 (-inf included) is a masked class: loaded as -1e30 (ld_logit), so the
+// arithmetic stays finite, and flagged, so the row's loss can be set to what -inf gives in the
+// reference and the Triton kernels (the CPU kernels do the same: common/rowwise.h).
+enum MaskFlags : int { kMaskedPos = 1, kMaskedZero = 2, kMaskedNeg = 4 };
+
+__device__ __forceinline__ bool is_masked(float floored) { return floored == -1e30f; }
+
+// Flag bit for a masked class with target weight w: +inf (w > 0), NaN (w == 0), -inf (w < 0).
+__device__ __forceinline__ int mask_flag(float w) {
+  return w > 0.f ? kMaskedPos : (w < 0.f ? kMaskedNeg : (w == 0.f ? kMaskedZero : 0));
+}
+
+// The row's loss given the OR of its flags (a NaN loss stays NaN; NaN tested on the bits).
+__device__ __forceinline__ float mask_loss(float loss, int flags) {
+  if (flags == 0 || (__float_as_uint(loss) & 0x7fffffffu) > 0x7f800000u) return loss;
+  if ((flags & kMaskedZero) || ((flags & kMaskedPos) && (flags & kMaskedNeg))) return nan_f();
+  return __uint_as_float((flags & kMaskedNeg) ? 0xff800000u : 0x7f800000u);
+}
+
 // Largest finite negative as "-inf": kernels are built with --use_fast_math (finite math).
 constexpr float kNegHuge = -3.0e38f;
 
@@ -199,6 +219,18 @@ __device__ __forceinline__ void group_sum(float (&v)[K], bool block_mode, GroupS
     for (int i = 0; i < nw; ++i) r += sm.v[k][i];
     v[k] = r;
   }
+}
+
+// Bitwise OR of the (3-bit) flags over the row group; every thread gets it (block mode: every
+// thread of the block must call it).
+__device__ __forceinline__ int group_or(int v, bool block_mode) {
+#pragma unroll
+  for (int o = 16; o > 0; o >>= 1) v |= __shfl_xor_sync(0xffffffffu, v, o);
+  if (!block_mode) return v;
+  int r = 0;
+#pragma unroll
+  for (int b = 0; b < 3; ++b) r |= __syncthreads_or(v & (1 << b)) ? (1 << b) : 0;
+  return r;
 }
 
 template <bool kW>

@@ -42,6 +42,47 @@ inline double floor_logit(double x) {
   return (i > kFloor && i <= kNegInf) ? -1e300 : x;
 }
 
+// The floor value itself, and whether a floored logit is a masked class. A logit at or below
+// the floor counts as -inf for the loss: the arithmetic runs on the floored value (finite), and
+// the row's loss is then corrected to what IEEE arithmetic on -inf gives, as in the reference
+// and the Triton kernels (mask_loss): +inf where a masked class has positive target weight,
+// NaN where it has weight 0 (0 * -inf) and for rows with every class masked.
+template <typename A> constexpr A floor_value() { return std::is_same_v<A, double> ? A(-1e300) : A(-1e30f); }
+template <typename A> inline bool is_masked(A floored) { return floored == floor_value<A>(); }
+
+// Bits of the per-row masked-class flags the row kernels collect (see mask_loss).
+enum MaskFlags : int { kMaskedPos = 1, kMaskedZero = 2, kMaskedNeg = 4 };
+
+// inf / NaN built from bits and NaN tested on bits: -ffast-math assumes finite math, so
+// std::numeric_limits<>::infinity() arithmetic and std::isnan may be folded away.
+inline float inf_bits(float, bool neg) { return bits_to_float(neg ? 0xff800000u : 0x7f800000u); }
+inline double inf_bits(double, bool neg) {
+  const uint64_t u = neg ? 0xfff0000000000000ull : 0x7ff0000000000000ull;
+  double d;
+  std::memcpy(&d, &u, 8);
+  return d;
+}
+inline bool nan_bits(float x) { return (float_to_bits(x) & 0x7fffffffu) > 0x7f800000u; }
+inline bool nan_bits(double x) {
+  uint64_t u;
+  std::memcpy(&u, &x, 8);
+  return (u & 0x7fffffffffffffffull) > 0x7ff0000000000000ull;
+}
+
+template <typename A> inline A nan_bits_value() {
+  if constexpr (sizeof(A) == 4) return bits_to_float(0x7fc00000u);
+  else { uint64_t u = 0x7ff8000000000000ull; double d; std::memcpy(&d, &u, 8); return d; }
+}
+
+// The loss of a row given its flags: a masked class with target weight w > 0 adds +inf, w < 0
+// adds -inf, w == 0 adds NaN (0 * -inf); a NaN loss stays NaN. Rows with every class masked
+// are the caller's (log_softmax of such a row is NaN: loss and gradient NaN).
+template <typename A> inline A mask_loss(A loss, int flags, A nan) {
+  if (flags == 0 || nan_bits(loss)) return loss;
+  if ((flags & kMaskedZero) || ((flags & kMaskedPos) && (flags & kMaskedNeg))) return nan;
+  return inf_bits(loss, (flags & kMaskedNeg) != 0);
+}
+
 // Row source in the compute type A: the row itself when T == A, else a converted scratch copy.
 template <typename T, typename A>
 inline const A* load_row(const T* src, int64_t C, A* scratch) {

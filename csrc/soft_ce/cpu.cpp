@@ -7,6 +7,11 @@
 //
 // The loss is computed as sum(t') * log(S) - sum_c t'_c (z_c - m), i.e. from the *shifted*
 // logits, like torch's log_softmax, so huge logits (|z| ~ 1e4) lose no precision.
+//
+// Masked classes (logits at or below the floor, -inf included) are computed with as the floor
+// (finite math), counted, and the row's loss is then set to what the reference gives
+// (common/rowwise.h, mask_loss): +inf for positive target weight on a masked class, NaN for
+// weight 0 and for rows with every class masked.
 #include <algorithm>
 #include <cmath>
 #include <limits>
@@ -21,10 +26,10 @@
 namespace mplfast {
 namespace {
 
-template <typename A> A nan_value() {
-  // Built from bits: under -ffast-math std::numeric_limits<>::quiet_NaN() may be folded oddly.
-  if constexpr (sizeof(A) == 4) return bits_to_float(0x7fc00000u);
-  else { uint64_t u = 0x7ff8000000000000ull; double d; std::memcpy(&d, &u, 8); return d; }
+// A row with every class masked (-inf): loss and gradient NaN, as log_softmax gives.
+template <typename A, typename T> void masked_row(A* loss, T* g, int64_t C) {
+  *loss = nan_bits_value<A>();
+  if (g) for (int64_t c = 0; c < C; ++c) g[c] = Store<T>::conv(nan_bits_value<A>());
 }
 
 // T: logits storage type; TT: probability-target storage type (unused for index targets);
@@ -51,21 +56,33 @@ void soft_ce_impl(const T* logits, const void* target_v, A* loss, T* grad, int64
         const int64_t y = tidx[n];
         if (y < 0 || y >= C) {
           // Python validates labels first; this only keeps a bad call from reading out of bounds.
-          loss[n] = nan_value<A>();
-          if (g) for (int64_t c = 0; c < C; ++c) g[c] = Store<T>::conv(nan_value<A>());
+          loss[n] = nan_bits_value<A>();
+          if (g) for (int64_t c = 0; c < C; ++c) g[c] = Store<T>::conv(nan_bits_value<A>());
           continue;
         }
-#pragma omp simd reduction(+ : S, sum_zm)
+        A n_masked = 0;  // a float count: an int reduction would change how gcc vectorizes the sums
+#pragma omp simd reduction(+ : S, sum_zm, n_masked)
         for (int64_t c = 0; c < C; ++c) {
-          const A d = floor_logit(z[c]) - m;
+          const A fz = floor_logit(z[c]);
+          const A d = fz - m;
           const A ec = exp_c(d);
           e[c] = ec;
           S += ec;
           sum_zm += d;
+          n_masked += is_masked(fz) ? A(1) : A(0);
         }
-        // t' = eps/C everywhere plus (1 - eps) at y; sum(t') = 1.
-        const A B = eps_c * sum_zm + keep * (floor_logit(z[y]) - m);
-        loss[n] = log_c(S) - B;
+        if (is_masked(m)) {  // every class masked: NaN, as log_softmax of the row
+          masked_row(loss + n, g, C);
+          continue;
+        }
+        // t' = eps/C everywhere plus (1 - eps) at y; sum(t') = 1. As the reference:
+        // (1 - eps) * nll (0 * inf = NaN when eps = 1) - eps/C * sum log p (only when eps > 0).
+        const A zy = floor_logit(z[y]);
+        const A B = eps_c * sum_zm + keep * (zy - m);
+        int flags = 0;
+        if (is_masked(zy)) flags |= keep > A(0) ? kMaskedPos : kMaskedZero;
+        if (n_masked > A(0) && eps_c > A(0)) flags |= kMaskedPos;
+        loss[n] = mask_loss(log_c(S) - B, flags, nan_bits_value<A>());
         if (g) {
           const A a = scale / S, b = scale * eps_c;
           for (int64_t c = 0; c < C; ++c) g[c] = Store<T>::conv(a * e[c] - b);
@@ -73,21 +90,35 @@ void soft_ce_impl(const T* logits, const void* target_v, A* loss, T* grad, int64
         }
       } else {
         const A* t = load_row<TT, A>(tprob + n * C, C, tbuf.data());
-        A sum_t = 0, sum_tzm = 0;
-#pragma omp simd reduction(+ : S, sum_zm, sum_t, sum_tzm)
+        A sum_t = 0, sum_tzm = 0, n_masked = 0;
+#pragma omp simd reduction(+ : S, sum_zm, sum_t, sum_tzm, n_masked)
         for (int64_t c = 0; c < C; ++c) {
-          const A d = floor_logit(z[c]) - m;
+          const A fz = floor_logit(z[c]);
+          const A d = fz - m;
           const A ec = exp_c(d);
           e[c] = ec;
           S += ec;
           sum_zm += d;
           sum_t += t[c];
           sum_tzm += t[c] * d;
+          n_masked += is_masked(fz) ? A(1) : A(0);
+        }
+        if (is_masked(m)) {
+          masked_row(loss + n, g, C);
+          continue;
+        }
+        int flags = 0;  // masked classes by the sign of their t' (rows with a masked class only)
+        if (n_masked > A(0)) {
+          for (int64_t c = 0; c < C; ++c) {
+            if (!is_masked(floor_logit(z[c]))) continue;
+            const A tp = keep * t[c] + eps_c;
+            flags |= tp > A(0) ? kMaskedPos : (tp < A(0) ? kMaskedNeg : (tp == A(0) ? kMaskedZero : 0));
+          }
         }
         // t' = (1 - eps) t + eps/C, which need not sum to 1 (torch does not renormalise).
         const A sum_tp = keep * sum_t + eps;
         const A B = keep * sum_tzm + eps_c * sum_zm;
-        loss[n] = sum_tp * log_c(S) - B;
+        loss[n] = mask_loss(sum_tp * log_c(S) - B, flags, nan_bits_value<A>());
         if (g) {
           const A a = scale * sum_tp / S, b = scale * keep, d0 = scale * eps_c;
 #pragma omp simd

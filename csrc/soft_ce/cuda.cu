@@ -8,7 +8,8 @@
 //     loss = sum(t') (m - r + log S) - sum_c t'_c (z_c - r),   t' = (1 - eps) t + eps / C,
 // so without a gradient the logits are read once. Pass 2 (gradient only) re-reads the row and
 // writes grad_c = scale (sum(t') exp(z_c - m) / S - t'_c). An out-of-range class index never
-// reads memory: the row's loss and gradient become NaN.
+// reads memory: the row's loss and gradient become NaN. Masked classes (-inf) are computed with
+// as -1e30 and flagged; the loss is then what -inf gives (cuda.cuh, mask_loss).
 #include "common/cuda.cuh"
 #include "soft_ce/soft_ce.h"
 
@@ -41,6 +42,9 @@ __global__ void __launch_bounds__(kRowMaxThreads, kRowMinBlocks)
   // ---- pass 1: online max / sum exp, and the shifted sums of the loss ----------------------
   Softmax sm_state;
   float sums[kIndex ? 1 : 3] = {};  // B, then A and T for soft targets
+  const float eps_c = eps / float(C);
+  const float keep = 1.f - eps;
+  int flags = 0;  // masked classes: any (index targets), or by the sign of t' (soft targets)
   for_strided<kUnroll>(lane, nvec, G, [&](auto ku, int i) {
     constexpr int K = decltype(ku)::value;
     float x[K * V], tt[kIndex ? 1 : K * V];
@@ -55,15 +59,17 @@ __global__ void __launch_bounds__(kRowMaxThreads, kRowMinBlocks)
       if constexpr (!kIndex) {
         sums[1] += tt[j] * d;
         sums[2] += tt[j];
+        if (is_masked(x[j])) flags |= mask_flag(keep * tt[j] + eps_c);
+      } else {
+        if (is_masked(x[j])) flags |= kMaskedPos;
       }
     }
   });
   group_softmax<false>(sm_state, block_mode, sm);
   group_sum(sums, block_mode, sm);
+  flags = group_or(flags, block_mode);
   const float m = sm_state.m, S = sm_state.s;
-
-  const float eps_c = eps / float(C);
-  const float keep = 1.f - eps;
+  const bool all_masked = is_masked(m);  // log_softmax of the row is NaN: loss and gradient too
   bool valid = true;
   int64_t y = 0;
   float sum_tp = 1.f;  // sum_c t'_c
@@ -74,15 +80,20 @@ __global__ void __launch_bounds__(kRowMaxThreads, kRowMinBlocks)
     sum_tp = keep * sums[2] + eps;
   }
   if (lane == 0) {
-    // log S is added last: in a row whose logits are all masked (m = -1e30, r = 0) the shifted
-    // terms cancel exactly first and the loss stays log C, as on the CPU.
+    // log S is added last, after the shifted terms (which cancel exactly when m = r).
     float l;
     if constexpr (kIndex) {
-      l = valid ? ((m - r) - keep * (ld_logit(z[y]) - r) - eps_c * sums[0]) + __logf(S) : nan_f();
+      const float zy = valid ? ld_logit(z[y]) : 0.f;
+      l = valid ? ((m - r) - keep * (zy - r) - eps_c * sums[0]) + __logf(S) : nan_f();
+      // as the reference: (1 - eps) * nll (0 * inf = NaN when eps = 1), and - eps/C sum log p
+      // only when eps > 0
+      int f = (flags && eps_c > 0.f) ? kMaskedPos : 0;
+      if (valid && is_masked(zy)) f |= keep > 0.f ? kMaskedPos : kMaskedZero;
+      flags = f;
     } else {
       l = (sum_tp * (m - r) - (keep * sums[1] + eps_c * sums[0])) + sum_tp * __logf(S);
     }
-    loss[row] = l;
+    loss[row] = all_masked ? nan_f() : mask_loss(l, flags);
   }
   if (!g) return;
 
@@ -107,7 +118,7 @@ __global__ void __launch_bounds__(kRowMaxThreads, kRowMinBlocks)
           tp = keep * tt[e] + eps_c;
         }
         const float gv = a * __expf(x[e] - m) - scale * tp;
-        x[e] = kIndex && !valid ? nan_f() : gv;
+        x[e] = (kIndex && !valid) || all_masked ? nan_f() : gv;
       }
     }
     store_strided<K, V>(g, i, G, x);

@@ -39,8 +39,7 @@ void uda_impl(const T* weak, const T* strong, A* loss, A* mask, T* grad, int64_t
       // The largest q is exp(0) / Sw. A weak row with no logit above the floor (all -inf) has
       // no distribution: it is dropped (mask, loss and gradient 0), as in the reference (whose
       // softmax of such a row is NaN, never >= threshold) and the Triton kernel.
-      constexpr A kFloorValue = std::is_same_v<A, double> ? A(-1e300) : A(-1e30f);
-      const bool keep = mw > kFloorValue && A(1) / Sw >= threshold;
+      const bool keep = !is_masked(mw) && A(1) / Sw >= threshold;
       mask[n] = keep ? A(1) : A(0);
       if (!keep) {
         loss[n] = A(0);
@@ -50,19 +49,35 @@ void uda_impl(const T* weak, const T* strong, A* loss, A* mask, T* grad, int64_t
       const A* s = load_row<T, A>(strong + n * C, C, sbuf.data());
       const A ms = row_max(s, C);
       const A inv_Sw = A(1) / Sw;
-      A Ss = 0, Q = 0, B = 0;
-#pragma omp simd reduction(+ : Ss, Q, B)
+      if (is_masked(ms)) {
+        // every strong class masked: log_softmax is NaN, so are the loss and the gradient
+        loss[n] = nan_bits_value<A>();
+        if (g) for (int64_t c = 0; c < C; ++c) g[c] = Store<T>::conv(nan_bits_value<A>());
+        continue;
+      }
+      A Ss = 0, Q = 0, B = 0, n_masked = 0;
+#pragma omp simd reduction(+ : Ss, Q, B, n_masked)
       for (int64_t c = 0; c < C; ++c) {
-        const A d = floor_logit(s[c]) - ms;
+        const A fs = floor_logit(s[c]);
+        const A d = fs - ms;
         const A v = exp_c(d);
         pe[c] = v;
         Ss += v;
         const A q = qe[c] * inv_Sw;
         Q += q;
         B += q * d;
+        n_masked += is_masked(fs) ? A(1) : A(0);
       }
-      // -sum q (s - ms - log Ss), from shifted logits so huge values keep their precision.
-      loss[n] = Q * log_c(Ss) - B;
+      // -sum q (s - ms - log Ss), from shifted logits so huge values keep their precision; a
+      // masked strong class adds q * inf as in the reference (common/rowwise.h, mask_loss):
+      // +inf for q > 0, NaN for q == 0.
+      int flags = 0;
+      if (n_masked > A(0)) {
+        for (int64_t c = 0; c < C; ++c) {
+          if (is_masked(floor_logit(s[c]))) flags |= qe[c] * inv_Sw > A(0) ? kMaskedPos : kMaskedZero;
+        }
+      }
+      loss[n] = mask_loss(Q * log_c(Ss) - B, flags, nan_bits_value<A>());
       if (g) {
         const A a = scale / Ss, b = scale * inv_Sw;
 #pragma omp simd

@@ -32,6 +32,10 @@ __global__ void __launch_bounds__(kRowMaxThreads, kRowMinBlocks)
   const float r = row_shift(ld_logit(s[0]));
 
   Softmax qw, ps;  // weak / tau (with W in qw.w), strong
+  // Masked strong classes: q > 0 there adds +inf to the loss, q == 0 (the weak class masked
+  // too) adds NaN (0 * -inf), as in the reference. (A q that underflows to 0 in the reference's
+  // softmax counts as > 0 here.)
+  int flags = 0;
   for_strided<kUnroll>(lane, nvec, G, [&](auto ku, int i) {
     constexpr int K = decltype(ku)::value;
     float xw[K * V], xs[K * V], d[K * V];
@@ -39,6 +43,7 @@ __global__ void __launch_bounds__(kRowMaxThreads, kRowMinBlocks)
     load_strided<K, V, true>(s, i, G, xs);
 #pragma unroll
     for (int j = 0; j < K * V; ++j) {
+      if (is_masked(xs[j])) flags |= is_masked(xw[j]) ? kMaskedZero : kMaskedPos;
       xw[j] *= inv_tau;
       d[j] = xs[j] - r;
     }
@@ -47,6 +52,8 @@ __global__ void __launch_bounds__(kRowMaxThreads, kRowMinBlocks)
   });
   group_softmax<true>(qw, block_mode, sm);
   group_softmax<false>(ps, block_mode, sm);
+  flags = group_or(flags, block_mode);
+  const bool all_masked = is_masked(ps.m);  // strong log_softmax NaN: loss and gradient NaN
 
   const float inv_Sw = 1.f / qw.s;
   // The largest q is exp(0) / Sw (uniform per row). A weak row with no logit above the floor
@@ -54,7 +61,8 @@ __global__ void __launch_bounds__(kRowMaxThreads, kRowMinBlocks)
   // the row max of ld_logit(w) * inv_tau, so the floor is compared in the same rounding.
   const bool keep = qw.m > -1e30f * inv_tau && inv_Sw >= threshold;
   if (lane == 0) {
-    loss[row] = keep ? ((ps.m - r) - qw.w * inv_Sw) + __logf(ps.s) : 0.f;  // log Ss last, as in soft_ce
+    const float l = ((ps.m - r) - qw.w * inv_Sw) + __logf(ps.s);  // log Ss last, as in soft_ce
+    loss[row] = keep ? (all_masked ? nan_f() : mask_loss(l, flags)) : 0.f;
     mask[row] = keep ? 1.f : 0.f;
   }
   if (!g) return;
@@ -74,7 +82,8 @@ __global__ void __launch_bounds__(kRowMaxThreads, kRowMinBlocks)
     load_strided<K, V, true>(w, i, G, xw);
     load_strided<K, V, true>(s, i, G, xs);
 #pragma unroll
-    for (int j = 0; j < K * V; ++j) xs[j] = a * __expf(xs[j] - ps.m) - b * __expf(xw[j] * inv_tau - qw.m);
+    for (int j = 0; j < K * V; ++j)
+      xs[j] = all_masked ? nan_f() : a * __expf(xs[j] - ps.m) - b * __expf(xw[j] * inv_tau - qw.m);
     store_strided<K, V>(g, i, G, xs);
   });
 }

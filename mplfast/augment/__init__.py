@@ -63,12 +63,12 @@ def augment_view(out: Tensor, images: Tensor, index: Tensor, policy: Policy, *, 
     ids = torch.arange(id_offset, id_offset + N, device=images.device, dtype=torch.int64)
     name = resolve_backend(backend, out.device)
     if name == "triton" and backend is None:
-        # one program per image holds the image in registers (no spills up to MAX_PIXELS, checked
-        # by tests/test_ops_triton_compile.py): larger images use torch instead
-        from mplfast.kernels.augment import MAX_PIXELS
+        # one program per image holds the image in registers (no spills up to 64x64 grey / 32x32
+        # RGB, checked by benchmarks/triton_sm90.py): larger images use torch instead
+        from mplfast.kernels.augment import fits
 
-        if H * W > MAX_PIXELS or C not in (1, 3):
-            why = f"triton augment handles <= {MAX_PIXELS} pixels with 1 or 3 channels, got {H}x{W}x{C}"
+        if not fits(H, W, C):
+            why = f"triton augment handles images up to 64x64 grey / 32x32 RGB, got {H}x{W}x{C}"
             if why not in _warned:
                 _warned.add(why)
                 warnings.warn(f"augment: using the torch path: {why}", stacklevel=2)

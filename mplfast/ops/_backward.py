@@ -22,7 +22,7 @@ from torch import Tensor
 
 from mplfast import _native
 
-__all__ = ["scale_saved_grad", "scale_rows"]
+__all__ = ["loss_dtype", "scale_saved_grad", "scale_rows"]
 
 try:  # both exist in torch >= 2.6; without them only torch.compiler.is_compiling() is consulted
     from torch._subclasses.fake_tensor import is_fake as _is_fake
@@ -36,6 +36,12 @@ def _traced(t: Tensor) -> bool:
     """True while the backward is being traced (Dynamo, AOTAutograd, make_fx, opcheck) rather
     than run: then no value may be read and nothing may be done in place behind the tracer."""
     return torch.compiler.is_compiling() or _is_fake(t) or _get_proxy_mode() is not None
+
+
+def loss_dtype(logits_dtype: torch.dtype) -> torch.dtype:
+    """The fused losses' dtype: float32, or float64 for float64 logits (never bf16/fp16, as
+    autocast's cross-entropy). Their saved gradient stays in the logits' dtype."""
+    return torch.promote_types(logits_dtype, torch.float32)
 
 
 def _is_cpu_one(t: Tensor) -> bool:
@@ -54,19 +60,25 @@ def _scale_inplace_cuda(grad: Tensor, scale: Tensor) -> Tensor:
         with torch.cuda.device(grad.device):
             _native._C.scale_inplace_cuda(grad.data_ptr(), codes[grad.dtype], grad.numel(), s.data_ptr(),
                                           codes[s.dtype], stream)
+        # A write through a raw pointer is invisible to autograd: bump the saved tensor's version
+        # counter as an in-place torch op would, so a second backward through a retained graph
+        # raises "modified by an inplace operation" instead of scaling the gradient twice.
+        torch.autograd.graph.increment_version(grad)
         return grad
-    return grad.mul_(scale.to(grad.dtype))
+    return grad.mul_(scale)  # the product in the wider dtype, rounded once (scale may be fp32)
 
 
 def scale_saved_grad(grad: Tensor, grad_out: Tensor) -> Tensor:
     """``grad * grad_out`` for a one-element ``grad_out``, by the rules in the module docstring."""
     if _traced(grad_out):
-        return grad * grad_out.to(grad.dtype)
+        return grad * grad_out.reshape(())
     if grad.device.type == "cuda":
         return _scale_inplace_cuda(grad, grad_out)
     if _is_cpu_one(grad_out):
         return grad
-    return grad * grad_out.to(grad.dtype)
+    # a 0-dim fp32 grad_out (the loss is fp32) keeps grad's dtype but multiplies in fp32: the
+    # factor (w_t, meta_scale * h) is not rounded to bf16 first
+    return grad * grad_out.reshape(())
 
 
 def scale_rows(grad: Tensor, grad_out: Tensor) -> Tensor:

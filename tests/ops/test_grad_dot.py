@@ -172,3 +172,32 @@ def test_iterables_accepted(seeded):
     val, _ = expected([p.detach() for p in model.parameters()], grads)
     assert out.item() == pytest.approx(val, rel=1e-5)
     assert not out.requires_grad
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+def test_triton_plan_serves_every_stream_with_its_own_scratch():
+    """Triton grad_dot, the same lists on two streams: one plan (tables shared), one partials buffer per stream,
+    both results right, also when the two streams run at once."""
+    pytest.importorskip("triton")
+    import mplfast.kernels.grad_dot as kg
+    from mplfast.ops.grad_dot import reference
+
+    kg._TABLE_CACHE.clear()
+    g = torch.Generator(device="cuda").manual_seed(0)
+    xs = [torch.randn(n, device="cuda", generator=g) for n in (5, 70000, 33, 1 << 20)]
+    ys = [torch.randn(x.shape, device="cuda", generator=g) for x in xs]
+    want = reference.grad_dot(xs, ys).item()
+    s1, s2 = torch.cuda.Stream(), torch.cuda.Stream()
+    for s in (s1, s2):
+        s.wait_stream(torch.cuda.current_stream())
+    outs = []
+    for _ in range(20):
+        for s in (s1, s2):
+            with torch.cuda.stream(s):
+                outs.append(kg.grad_dot(xs, ys))
+    torch.cuda.synchronize()
+    assert len(kg._TABLE_CACHE) == 1
+    plan = next(iter(kg._TABLE_CACHE.values()))
+    assert set(plan.partials) == {s1.cuda_stream, s2.cuda_stream}
+    assert all(o.item() == pytest.approx(want, rel=1e-5) for o in outs)
+    kg._TABLE_CACHE.clear()

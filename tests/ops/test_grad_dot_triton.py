@@ -116,3 +116,29 @@ def test_empty_lists_and_empty_tensors(kg):
     e = [torch.zeros(0), torch.zeros(2, 0)]
     assert kg.grad_dot(e, e).item() == 0.0
     assert kg.grad_dot_delta(e, e, e).item() == 0.0
+
+
+def test_plans_built_during_graph_capture_are_never_reused(kg, monkeypatch, seeded):
+    """A plan built while the stream is being captured has tables only the graph's replays fill
+    (and memory from the graph's pool): it serves that capture only and is kept alive for the
+    graph, never cached for eager calls nor for another capture; eager plans are keyed on the
+    tensors alone. (Capture is simulated: kg._capturing is what the launcher asks.)"""
+    xs = params(seeded)
+    ys = [torch.randn(x.shape, generator=seeded) for x in xs]
+    want = reference.grad_dot(xs, ys).item()
+    kept = len(kg._CAPTURED_PLANS)
+    monkeypatch.setattr(kg, "_capturing", lambda device: True)
+    a = kg.grad_dot(xs, ys)
+    b = kg.grad_dot(xs, ys)
+    assert len(kg.built) == 2 and len(kg._TABLE_CACHE) == 0
+    assert len(kg._CAPTURED_PLANS) == kept + 2
+    monkeypatch.setattr(kg, "_capturing", lambda device: False)
+    c = kg.grad_dot(xs, ys)
+    d = kg.grad_dot(list(xs), list(ys))
+    assert len(kg.built) == 3 and len(kg._TABLE_CACHE) == 1  # one eager plan, reused
+    plan = next(iter(kg._TABLE_CACHE.values()))
+    assert list(plan.partials) == [None]  # CPU: one scratch buffer, no stream
+    for r in (a, b, c, d):
+        assert r.item() == pytest.approx(want, rel=1e-5)
+    del kg._CAPTURED_PLANS[kept:]
+

@@ -72,13 +72,13 @@ def test_matches_cross_entropy(backend, dtype, shape, kind, device, seeded):
         z32 = logits.double().requires_grad_()
         ref = F.cross_entropy(z32, target.double() if kind == "prob" else target,
                               label_smoothing=eps, reduction=reduction)
-        assert loss.dtype == dtype  # like F.cross_entropy: the logits' dtype
+        # float32 at least, like autocast's F.cross_entropy (a bf16 loss would round it)
+        assert loss.dtype == torch.promote_types(dtype, torch.float32)
         if n == 0 and reduction == "mean":
             assert torch.isnan(loss.cpu()) and torch.isnan(ref)
             continue
-        if not torch.isfinite(ref.to(dtype)).all():
-            # e.g. a sum over 4099 rows beyond fp16's range: inf, as F.cross_entropy returns it
-            assert torch.equal(loss.cpu(), ref.to(dtype))
+        if not torch.isfinite(ref.to(loss.dtype)).all():
+            assert torch.equal(loss.cpu(), ref.to(loss.dtype))
         else:
             assert_close(loss.cpu(), ref, tol, f"loss[{reduction}]")
         # a random upstream gradient exercises the backward's scaling (not just the 1.0 shortcut)
@@ -264,11 +264,12 @@ def test_backward_only_scales_the_forward_gradient(monkeypatch, seeded):
     assert calls[-1] is None  # no gradient requested, none computed
 
 
-@pytest.mark.parametrize("backend", ["reference", "triton"])
+@pytest.mark.parametrize("backend", BACKENDS)
 def test_masked_classes_minus_inf(backend, seeded):
     """-inf logits (masked-out classes) as F.cross_entropy handles them: a finite loss without
     smoothing, +inf with smoothing (eps/C weight on a -inf log-prob), finite gradients both ways.
-    (The native backend is built with -ffast-math and does not promise this.)"""
+    (The native kernels compute with -inf floored at -1e30 and then set the row's loss to what
+    -inf gives: csrc/common/rowwise.h, mask_loss.)"""
     require_backend(backend)
     for c in (10, 9001):  # single-chunk and chunked Triton paths
         logits = torch.randn(4, c, generator=seeded) * SCALE
@@ -287,3 +288,33 @@ def test_masked_classes_minus_inf(backend, seeded):
             else:
                 assert torch.isposinf(loss).all() and torch.isposinf(ref).all()
             assert_close(z.grad, z2.grad, 1e-5, "grad")
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16], ids=str)
+def test_autocast_losses_are_float32(backend, dtype, seeded):
+    """Under autocast the fused losses come back in float32, as autocast's F.cross_entropy (a
+    bf16 loss would round the loss and the backward's factors w_t and meta_scale * h); the
+    gradient stays in the logits' dtype and is scaled by the fp32 factor, rounded once."""
+    require_backend(backend)
+    x = torch.randn(6, 16, generator=seeded)
+    lin = torch.nn.Linear(16, 7)
+    y = torch.tensor([0, 1, 2, 3, 4, 5])
+    factor = 1.0 / 3.0 + 1e-3  # not a bf16 value: rounding it first would show in the gradient
+    with torch.autocast("cpu", dtype=dtype):
+        z = lin(x)
+        assert z.dtype == dtype
+        zd = z.detach().requires_grad_()
+        want = F.cross_entropy(zd, y, label_smoothing=0.1)
+        loss = mplfast.soft_cross_entropy(zd, y, label_smoothing=0.1, backend=backend)
+        weak = torch.randn(6, 7, generator=seeded).to(dtype) * 4
+        uda, _ = mplfast.uda_loss(weak, zd, temperature=0.7, threshold=0.0, backend=backend)
+    assert want.dtype == torch.float32
+    assert loss.dtype == torch.float32 and uda.dtype == torch.float32
+    assert torch.allclose(loss, want, rtol=1e-5, atol=1e-6)
+    (g,) = torch.autograd.grad(loss * factor, zd)
+    (g1,) = torch.autograd.grad(mplfast.soft_cross_entropy(zd, y, label_smoothing=0.1, backend=backend), zd)
+    assert g.dtype == dtype
+    assert torch.equal(g, (g1.float() * torch.tensor(factor)).to(dtype))
+    (gu,) = torch.autograd.grad(uda, zd)
+    assert gu.dtype == dtype

@@ -122,3 +122,37 @@ def test_device_guard_makes_the_tensors_cuda_device_current(monkeypatch):
     with L.device_guard(torch.device("cpu")):
         pass
     assert entered == [torch.device("cuda", 1)]
+
+
+def _old_patch_lang_tensor(tensor, scope):
+    # the shape of Triton <= 3.6's interpreter code that NumPy 2.4 breaks
+    scope.set_attr(tensor, "__index__", lambda self: int(self.handle.data))
+
+
+def test_interpreter_index_fix_for_old_triton(monkeypatch):
+    """Triton <= 3.6's interpreter takes int() of a 1-element 1-d array for a scalar tensor's
+    __index__, which NumPy 2.4 refuses (TypeError); the launcher module replaces that patch with
+    one that squeezes first, only where the interpreter has the old code."""
+    import types
+
+    import numpy as np
+    from triton.runtime import interpreter as ti
+
+    import mplfast.kernels._launch as L
+
+    monkeypatch.setattr(ti, "_patch_lang_tensor", _old_patch_lang_tensor)
+    L._fix_interpreter_index()
+    assert ti._patch_lang_tensor is not _old_patch_lang_tensor
+
+    class Scope:
+        def set_attr(self, obj, name, value):
+            setattr(obj, name, value)
+
+    class Tensor:
+        handle = types.SimpleNamespace(data=np.array([7], dtype=np.int32))
+
+    ti._patch_lang_tensor(Tensor, Scope())
+    assert list(range(10))[Tensor()] == 7
+    patched = ti._patch_lang_tensor
+    L._fix_interpreter_index()  # idempotent
+    assert ti._patch_lang_tensor is patched

@@ -40,7 +40,8 @@ def soft_cross_entropy(
             ``"triton"``.
 
     Returns:
-        The loss in ``logits.dtype`` (as ``F.cross_entropy`` returns it).
+        The loss in float32 (float64 for float64 logits) whatever the logits' dtype, as autocast's
+        ``F.cross_entropy`` returns it; the gradient w.r.t. ``logits`` is in ``logits.dtype``.
 
     The gradient w.r.t. ``logits`` is computed in the forward pass and saved; backward only
     scales it. If a float ``target`` requires grad, the plain-torch composite runs instead so the

@@ -16,7 +16,7 @@ from torch import Tensor
 from torch.autograd.function import once_differentiable
 
 from mplfast.ops import primitives
-from mplfast.ops._backward import scale_rows, scale_saved_grad
+from mplfast.ops._backward import loss_dtype, scale_rows, scale_saved_grad
 from mplfast.ops._library import LazyTritonOp
 
 __all__ = ["soft_ce", "soft_ce_triton", "SoftCEEager", "REDUCTIONS"]
@@ -46,7 +46,9 @@ def _forward(impl, logits: Tensor, target: Tensor, eps: float, reduction: str,
         loss = rows.sum()
         if reduction == "mean":
             loss = loss / n  # zero rows: 0 / 0 = NaN, as F.cross_entropy
-    loss = loss.to(logits.dtype)
+    # float32 (float64 for float64) whatever the logits' dtype, as autocast's cross-entropy: a
+    # bf16 loss would round the loss, and the factors that scale backward (w_t, meta_scale * h)
+    loss = loss.to(loss_dtype(logits.dtype))
     if grad is None:
         grad = logits.new_empty((0,))  # placeholder: no gradient was asked for
     return loss, grad
@@ -55,7 +57,7 @@ def _forward(impl, logits: Tensor, target: Tensor, eps: float, reduction: str,
 def _fake(logits: Tensor, target: Tensor, label_smoothing: float, reduction: str,
           need_grad: bool, *backend: str) -> tuple[Tensor, Tensor]:
     n, c = logits.shape
-    loss = logits.new_empty((n,) if reduction == "none" else ())
+    loss = logits.new_empty((n,) if reduction == "none" else (), dtype=loss_dtype(logits.dtype))
     grad = logits.new_empty((n, c) if need_grad else (0,))
     return loss, grad
 
@@ -87,7 +89,7 @@ def _backward(ctx, grad_loss: Tensor, _grad_grad: Tensor):
 @torch.library.custom_op("mplfast::soft_ce", mutates_args=())
 def soft_ce(logits: Tensor, target: Tensor, label_smoothing: float, reduction: str, need_grad: bool,
             backend: str) -> tuple[Tensor, Tensor]:
-    """(loss: logits.dtype, [N] for reduction "none" else 0-dim; grad: logits.dtype [N, C], the
+    """(loss: float32 (float64 for float64 logits), [N] for reduction "none" else 0-dim; grad: logits.dtype [N, C], the
     gradient of that loss w.r.t. the logits, or an empty [0] placeholder without need_grad).
 
     logits [N, C] float; target int64 [N] or float [N, C]; backend "reference" | "native"."""

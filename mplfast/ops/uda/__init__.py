@@ -42,7 +42,8 @@ def uda_loss(
         backend: ``None`` (fastest available), ``"reference"``, ``"native"`` or ``"triton"``.
 
     Returns:
-        (loss, mask_rate): 0-dim tensors; loss in ``logits_strong.dtype`` (NaN for N = 0),
+        (loss, mask_rate): 0-dim tensors; loss in float32 (float64 for float64 logits; the gradient is
+        in ``logits_strong.dtype``) (NaN for N = 0),
         mask_rate in float32 (fraction of rows kept; not differentiable).
 
     A registered custom op (``mplfast::uda``, ``mplfast::uda_triton``): traced by

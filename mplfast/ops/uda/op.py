@@ -11,7 +11,7 @@ from torch import Tensor
 from torch.autograd.function import once_differentiable
 
 from mplfast.ops import primitives
-from mplfast.ops._backward import scale_saved_grad
+from mplfast.ops._backward import loss_dtype, scale_saved_grad
 from mplfast.ops._library import LazyTritonOp
 
 __all__ = ["uda", "uda_triton", "UDAEager"]
@@ -33,7 +33,7 @@ def _forward(impl, weak: Tensor, strong: Tensor, temperature: float, threshold: 
     scale = (1.0 / n if n > 0 else 1.0) if need_grad else None
     rows, mask, grad = impl(weak, strong, temperature, threshold, scale)
     # divisor: all N rows (the spec's 1/muB), not the kept ones; N = 0 gives NaN like mean().
-    loss = (rows.sum() / n).to(strong.dtype)
+    loss = (rows.sum() / n).to(loss_dtype(strong.dtype))  # float32 at least, as in soft_ce/op.py
     mask_rate = (mask.sum() / n).to(torch.float32)
     if grad is None:
         grad = strong.new_empty((0,))  # placeholder: no gradient was asked for
@@ -42,7 +42,7 @@ def _forward(impl, weak: Tensor, strong: Tensor, temperature: float, threshold: 
 
 def _fake(weak: Tensor, strong: Tensor, temperature: float, threshold: float, need_grad: bool,
           *backend: str) -> tuple[Tensor, Tensor, Tensor]:
-    return (strong.new_empty(()), strong.new_empty((), dtype=torch.float32),
+    return (strong.new_empty((), dtype=loss_dtype(strong.dtype)), strong.new_empty((), dtype=torch.float32),
             strong.new_empty(strong.shape if need_grad else (0,)))
 
 
@@ -68,7 +68,7 @@ def _backward(ctx, grad_loss: Tensor, _grad_rate: Tensor, _grad_grad: Tensor):
 @torch.library.custom_op("mplfast::uda", mutates_args=())
 def uda(logits_weak: Tensor, logits_strong: Tensor, temperature: float, threshold: float,
         need_grad: bool, backend: str) -> tuple[Tensor, Tensor, Tensor]:
-    """(loss: strong.dtype 0-dim; mask_rate: float32 0-dim; grad: strong.dtype [N, C], or an empty
+    """(loss: float32 0-dim (float64 for float64 logits); mask_rate: float32 0-dim; grad: strong.dtype [N, C], or an empty
     [0] placeholder without need_grad). backend "reference" | "native"."""
     return _forward(_primitive(backend), logits_weak, logits_strong, temperature, threshold, need_grad)
 
