@@ -36,7 +36,8 @@ def test_export_files_and_description(run, tmp_path, capsys):
     for key in ("model", "model_kwargs", "class_names", "mean", "std", "image_size",
                 "num_classes", "in_chans"):
         assert key in meta, key
-    assert meta["model"] == "small_cnn" and meta["model_kwargs"] == {"width": 8}
+    # input_size: the depth fitted to the 12 px folder, which rebuilding the model needs
+    assert meta["model"] == "small_cnn" and meta["model_kwargs"] == {"width": 8, "input_size": 12}
     assert meta["class_names"] == ["ant", "bee", "cat"] and meta["image_size"] == [12, 12]
     saved = load_models(str(out / "best.pt"))
     assert meta["source"]["weights"] == saved["headline"] == "ema"

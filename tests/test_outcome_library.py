@@ -105,11 +105,13 @@ def run_readme_loop(seed: int, steps: int, code: str | None = None) -> dict:
 
 
 @pytest.mark.slow
-def test_readme_loop_learns_as_written():
+def test_readme_loop_learns_as_written(capsys):
     """Over seeds, the README's loop's EMA student is far above chance and at least as good as
     supervised training on the same 50 labels (mean over seeds, 2-point margin: one seed's
     accuracy on 397 test images has a binomial standard error of about 2 points)."""
     res = [run_readme_loop(s, steps=600) for s in SEEDS]
+    with capsys.disabled():
+        print(f"\nREADME loop over seeds {SEEDS}: {res}")
     student = np.mean([r["student"] for r in res])
     sup = np.mean([r["supervised"] for r in res])
     assert student > 60, res
