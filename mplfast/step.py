@@ -12,7 +12,6 @@ the choice of the step size.
 from __future__ import annotations
 
 import contextlib
-import math
 import warnings
 from dataclasses import dataclass, field
 from typing import Any, Iterator
@@ -116,8 +115,10 @@ class _HLimitWatch:
             event = torch.cuda.Event()
             event.record()
             self._pending.append((host, event, t))
-            done = [p for p in self._pending if p[1].query()]
-            self._pending = [p for p in self._pending if not p[1].query()][-8:]
+            done, waiting = [], []
+            for p in self._pending:  # one query per event: it may complete between two
+                (done if p[1].query() else waiting).append(p)
+            self._pending = waiting[-8:]
         else:
             done = [(vals, None, t)]
         for host, _, step in done:

@@ -13,7 +13,6 @@ import torch
 
 from mplfast.augment import augment_view, rng
 from mplfast.augment import params as P
-from mplfast.augment import reference as R
 
 pytestmark = pytest.mark.skipif(
     not torch.cuda.is_available() and os.environ.get("TRITON_INTERPRET") != "1",

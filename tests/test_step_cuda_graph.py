@@ -3,7 +3,6 @@ eager fallback with one warning (the capture itself needs a CUDA device)."""
 from __future__ import annotations
 
 import contextlib
-import copy
 import warnings
 
 import pytest

@@ -13,7 +13,7 @@ import torch
 
 from mplfast.errors import UserError
 from mplfast.train import checkpoint as ckpt_io
-from untrusted_helpers import QUICK, Evil, EvilSystem, assert_one_line, run_cli, train_tiny
+from untrusted_helpers import QUICK, Evil, EvilSystem, assert_one_line, run_cli
 
 REFUSE = "not an mplfast checkpoint, or one that would run code when loaded; refusing"
 

@@ -203,8 +203,8 @@ class _Run:
         """A one-time warning once the headline model is no better than chance on ``split``
         (within 3 binomial standard errors of 100/C), from half of the run on: the run is not
         learning, and the user should hear it before the end. Not earlier: the EMA student of a
-        run that learns can still be at chance a quarter of the way in (seen on a 16 px folder
-        whose student ended at 84 %). A supervised baseline on the same labels would be a
+        run that learns can still be at chance a quarter of the way in (docs/recipe-imagefolder.md).
+        A supervised baseline on the same labels would be a
         sharper bar, but is not cheap to train alongside."""
         if self._warned_chance or step < self.cfg.steps // 2:
             return None
